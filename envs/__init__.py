@@ -1,0 +1,1 @@
+"""Goal-image Gymnasium tasks (installed as ``sfplan.envs``)."""

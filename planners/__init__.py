@@ -1,0 +1,1 @@
+"""Planners and costs (installed as ``sfplan.planners``)."""

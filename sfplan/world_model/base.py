@@ -1,0 +1,56 @@
+"""The world-model role: encode observations, imagine futures under candidate actions
+(batched), decode features back to frames.
+
+Shapes: B = batch of environments, N = candidates per environment, H = planning horizon
+(env steps), A = action dim, K = imagined frames returned (those the cost needs),
+C, h, w = the model's feature space (pixels in [0, 1] for the oracle, latents for a
+learned model).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+
+@dataclass
+class WorldState:
+    """What a world model needs to imagine from ``now``.
+
+    features: (B, C, h, w) features of the latest frame, in the space the cost compares.
+    context:  model-specific history (e.g. (B, T, C, h, w) latent context frames).
+    sim:      (B, S) simulator states, for the oracle only.
+    """
+
+    features: torch.Tensor
+    context: torch.Tensor | None = None
+    sim: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Imagination:
+    """features: (B, N, K, C, h, w); steps: (K,) number of env steps after ``now`` at
+    which each feature frame is taken (1-based, last == H)."""
+
+    features: torch.Tensor
+    steps: torch.Tensor
+
+
+@runtime_checkable
+class WorldModel(Protocol):
+    """encode / imagine / decode; see module docstring for the shapes."""
+
+    device: torch.device
+
+    def encode(self, frames: np.ndarray | torch.Tensor, sim_state: np.ndarray | None = None) -> WorldState:
+        """frames: (B, T, H, W, 3) uint8, the latest T observed frames.
+        sim_state: (B, S) simulator states (needed by the oracle, ignored otherwise)."""
+
+    def imagine(self, state: WorldState, actions: torch.Tensor) -> Imagination:
+        """actions: (B, N, H, A) -> features of imagined frames (B, N, K, C, h, w)."""
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (..., C, h, w) -> frames (..., H, W, 3) uint8."""
