@@ -1,1 +1,55 @@
-"""Planners and costs (installed as ``sfplan.planners``)."""
+"""Planners and costs (installed as ``sfplan.planners``).
+
+Planners: ``PLANNERS[name](world_model=..., cost=..., action_low=..., action_high=..., **config)``.
+Costs: ``COSTS[name](**config)``, called as ``cost(imagination, goal) -> (B, N)``.
+"""
+from .base import Cost, Planner, PlanResult
+from .cem import CEMConfig, CEMPlanner
+from .common import shift_plan
+from .costs import (
+    LatentL2Cost,
+    LatentL2CostConfig,
+    MultiScaleCost,
+    MultiScaleCostConfig,
+    PixelMSECost,
+    PixelMSECostConfig,
+)
+from .mppi import MPPIConfig, MPPIPlanner
+from .random_policy import RandomPolicy, RandomPolicyConfig
+from .random_shooting import RandomShootingConfig, RandomShootingPlanner
+
+PLANNERS = {
+    "cem": CEMPlanner,
+    "mppi": MPPIPlanner,
+    "random_shooting": RandomShootingPlanner,
+    "random": RandomPolicy,
+}
+
+COSTS = {
+    "pixel_mse": PixelMSECost,
+    "multiscale": MultiScaleCost,
+    "latent_l2": LatentL2Cost,
+}
+
+__all__ = [
+    "COSTS",
+    "PLANNERS",
+    "CEMConfig",
+    "CEMPlanner",
+    "Cost",
+    "LatentL2Cost",
+    "LatentL2CostConfig",
+    "MPPIConfig",
+    "MPPIPlanner",
+    "MultiScaleCost",
+    "MultiScaleCostConfig",
+    "PixelMSECost",
+    "PixelMSECostConfig",
+    "PlanResult",
+    "Planner",
+    "RandomPolicy",
+    "RandomPolicyConfig",
+    "RandomShootingConfig",
+    "RandomShootingPlanner",
+    "shift_plan",
+]

@@ -1,0 +1,100 @@
+"""Cross-entropy method (CEM) over action sequences, scored by imagining them.
+
+Shapes: B = batch of environments, N = ``num_samples``, H = ``horizon``, A = action dim.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sfplan.world_model.base import WorldState
+
+from .base import PlanResult
+from .common import SamplingPlanner, imagine_and_score, sample_noise, update_best
+
+
+@dataclass
+class CEMConfig:
+    horizon: int = 10  # env steps planned
+    num_samples: int = 64  # N candidates per iteration
+    iterations: int = 4  # = imagine calls per plan
+    num_elites: int = 8  # lowest-cost candidates refitting the Gaussian (clamped to N)
+    alpha: float = 0.1  # smoothing: new = alpha * old + (1 - alpha) * elite statistic
+    init_std: float = 0.5  # initial std, as a fraction of (high - low)
+    min_std: float = 0.05  # std floor, as a fraction of (high - low): keeps exploring
+    include_mean: bool = True  # candidate 0 is the current mean (the warm start at iteration 0)
+    noise_beta: float = 0.0  # 0 = white noise; > 0 = coloured along H (iCEM uses ~2)
+    seed: int = 0
+
+
+class CEMPlanner(SamplingPlanner):
+    """CEM: a diagonal Gaussian over (B, H, A) refit to the elites of each iteration.
+
+    ``CEMPlanner(world_model, cost, action_low, action_high, config=None, *, horizon=10,
+    num_samples=64, iterations=4, num_elites=8, alpha=0.1, init_std=0.5, min_std=0.05,
+    include_mean=True, noise_beta=0.0, seed=0)``.
+
+    Each iteration samples N sequences (B, N, H, A), clips them to the bounds, imagines
+    them all in one ``world_model.imagine`` call and scores them with ``cost`` (B, N). The
+    mean starts at ``warm_start`` (the runner's previous plan, already shifted with
+    ``sfplan.planners.common.shift_plan``: first k executed steps dropped, last action
+    repeated) or at the middle of the action range. The returned plan is the best
+    candidate ever evaluated, so its cost is a real imagined cost.
+    Noise comes from a generator seeded ``seed + call index``: reproducible runs.
+    """
+
+    config_cls = CEMConfig
+
+    def __init__(self, world_model, cost, action_low, action_high, config: CEMConfig | None = None, **overrides):
+        super().__init__(world_model, cost, action_low, action_high, config, **overrides)
+        c = self.config
+        if c.iterations < 1 or c.num_samples < 1 or c.num_elites < 1:
+            raise ValueError("iterations, num_samples and num_elites must be >= 1")
+        if not 0.0 <= c.alpha < 1.0:
+            raise ValueError(f"alpha must be in [0, 1), got {c.alpha}")
+
+    @property
+    def iterations(self) -> int:
+        return int(self.config.iterations)
+
+    @torch.no_grad()
+    def plan(self, state: WorldState, goal: torch.Tensor, warm_start: torch.Tensor | None = None) -> PlanResult:
+        """goal: (B or 1, C, h, w); warm_start: (B, H, A) already shifted, or None -> PlanResult
+        with actions (B, H, A), cost (B,)."""
+        c = self.config
+        B, goal, warm, gen = self._setup(state, goal, warm_start)
+        H, A, N = self.horizon, self.action_dim, int(c.num_samples)
+        E = min(int(c.num_elites), N)
+        rng = self.action_range  # (A,)
+        mid = (self.action_low + self.action_high) / 2
+        mean = warm if warm is not None else mid.expand(B, H, A).clone()  # (B, H, A)
+        std = (c.init_std * rng).expand(B, H, A).clone()  # (B, H, A)
+        min_std = c.min_std * rng  # (A,)
+        best_actions = best_cost = None
+        first_best = None
+        for _ in range(c.iterations):
+            noise = sample_noise((B, N, H, A), c.noise_beta, gen, self.device)  # (B, N, H, A)
+            cand = self.clip(mean[:, None] + std[:, None] * noise)  # (B, N, H, A)
+            if c.include_mean:
+                cand[:, 0] = self.clip(mean)
+            costs = imagine_and_score(self.world_model, self.cost, state, goal, cand)  # (B, N)
+            best_actions, best_cost = update_best(best_actions, best_cost, cand, costs)
+            if first_best is None:
+                first_best = best_cost.clone()
+            idx = torch.topk(costs, E, dim=1, largest=False).indices  # (B, E)
+            elites = torch.gather(cand, 1, idx[:, :, None, None].expand(B, E, H, A))  # (B, E, H, A)
+            mean = c.alpha * mean + (1 - c.alpha) * elites.mean(1)
+            std = c.alpha * std + (1 - c.alpha) * elites.std(1, unbiased=False)
+            std = torch.maximum(std, min_std)
+        return PlanResult(
+            actions=best_actions,
+            cost=best_cost,
+            info={
+                "iterations": c.iterations,
+                "best_cost": float(best_cost.mean()),
+                "first_iteration_cost": float(first_best.mean()),
+                "final_std": float((std / rng).mean()),
+                "imagined_frames": B * N * H * c.iterations,
+            },
+        )

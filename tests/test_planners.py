@@ -1,0 +1,292 @@
+"""Planners and costs on an analytic world model (a 2-D point-mass integrator).
+
+Features of an imagined frame are the position after each step, shaped like an image:
+(B, N, K=H, C=1, h=1, w=D). The optimum of a final-frame cost is known (cost 0 when the
+goal is reachable), so convergence is checked against it.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from sfplan.planners import (
+    COSTS,
+    PLANNERS,
+    CEMPlanner,
+    LatentL2Cost,
+    MPPIPlanner,
+    MultiScaleCost,
+    PixelMSECost,
+    Planner,
+    PlanResult,
+    RandomPolicy,
+    RandomShootingPlanner,
+    shift_plan,
+)
+from sfplan.planners.common import sample_noise
+from sfplan.world_model.base import Imagination, WorldState
+
+D = 2
+DT = 0.1
+LOW = torch.tensor([-1.0, -0.5])
+HIGH = torch.tensor([1.0, 2.0])
+
+
+class PointMass:
+    """x_{t+1} = x_t + DT * a_t. Records every candidate batch passed to imagine."""
+
+    def __init__(self):
+        self.device = torch.device("cpu")
+        self.calls: list[torch.Tensor] = []
+
+    def encode(self, x: torch.Tensor) -> WorldState:
+        return WorldState(features=x.reshape(-1, 1, 1, D).float())  # (B, C=1, h=1, w=D)
+
+    def imagine(self, state: WorldState, actions: torch.Tensor) -> Imagination:
+        B, N, H, A = actions.shape
+        self.calls.append(actions.clone())
+        x0 = state.features[:, None, None]  # (B, 1, 1, 1, 1, D)
+        path = DT * torch.cumsum(actions, dim=2)  # (B, N, H, A)
+        feats = x0 + path[:, :, :, None, None, :]  # (B, N, K=H, 1, 1, D)
+        return Imagination(features=feats, steps=torch.arange(1, H + 1))
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def goal_of(point) -> torch.Tensor:
+    return torch.as_tensor(point, dtype=torch.float32).reshape(-1, 1, 1, D)  # (B, 1, 1, D)
+
+
+def make(planner_cls, wm=None, cost=None, **kw):
+    wm = wm or PointMass()
+    return planner_cls(world_model=wm, cost=cost or PixelMSECost(reduce="last"), action_low=LOW,
+                       action_high=HIGH, **kw), wm
+
+
+def true_cost(x0, actions, goal):
+    """Final-position MSE of a plan (B, H, A) from x0 (B, D) to goal (B, D)."""
+    return ((x0 + DT * actions.sum(1) - goal) ** 2).mean(-1)
+
+
+X0 = torch.tensor([[0.0, 0.0]])
+GOAL = torch.tensor([[0.6, 1.2]])  # reachable: needs mean actions (0.6, 1.2) over H=10
+
+
+# ---------------------------------------------------------------- convergence
+
+@pytest.mark.parametrize("cls,kw,tol", [
+    (CEMPlanner, dict(num_samples=64, iterations=5, num_elites=8), 1e-3),
+    (MPPIPlanner, dict(num_samples=64, iterations=5, temperature=0.05), 5e-3),
+])
+def test_converges_near_optimum(cls, kw, tol):
+    planner, wm = make(cls, horizon=10, seed=1, **kw)
+    rs, _ = make(RandomShootingPlanner, horizon=10, num_samples=64, seed=1)
+    state, goal = wm.encode(X0), goal_of(GOAL)
+    res = planner.plan(state, goal)
+    rs_res = rs.plan(state, goal)
+    assert isinstance(res, PlanResult)
+    assert res.actions.shape == (1, 10, 2) and res.cost.shape == (1,)
+    # Reported cost is the plan's real cost under the model.
+    assert torch.allclose(res.cost, true_cost(X0, res.actions, GOAL), atol=1e-6)
+    # Random shooting with the same budget per iteration stays at 1e-2..1e-1 (20 seeds).
+    assert res.cost.item() < tol
+    assert res.cost.item() < 0.1 * rs_res.cost.item()
+    assert res.info["best_cost"] <= res.info["first_iteration_cost"]
+    assert res.info["iterations"] == kw["iterations"]
+    assert res.info["imagined_frames"] == 64 * 10 * kw["iterations"]
+
+
+@pytest.mark.parametrize("name", ["cem", "mppi", "random_shooting"])
+def test_bounds_and_one_imagine_per_iteration(name):
+    planner, wm = make(PLANNERS[name], horizon=6, num_samples=32, seed=0)
+    # A far goal pushes the mean against the bounds; a warm start outside them is clipped.
+    warm = torch.full((2, 6, 2), 5.0)
+    res = planner.plan(wm.encode(torch.zeros(2, D)), goal_of([[9.0, -9.0], [-9.0, 9.0]]), warm_start=warm)
+    assert len(wm.calls) == planner.iterations
+    for cand in wm.calls:
+        assert cand.shape == (2, 32, 6, 2)
+        assert torch.all(cand >= LOW) and torch.all(cand <= HIGH)
+    assert torch.all(res.actions >= LOW) and torch.all(res.actions <= HIGH)
+
+
+def test_batch_with_two_goals_gives_two_plans():
+    planner, wm = make(CEMPlanner, horizon=10, num_samples=64, iterations=6, seed=0)
+    goals = torch.tensor([[0.5, 1.0], [-0.4, 0.2]])
+    res = planner.plan(wm.encode(torch.zeros(2, D)), goal_of(goals))
+    assert res.actions.shape == (2, 10, 2) and res.cost.shape == (2,)
+    final = DT * res.actions.sum(1)  # (B, D)
+    assert torch.allclose(final, goals, atol=0.1)
+    assert torch.all(res.cost < 5e-3)
+
+
+def test_goal_batch_one_broadcasts():
+    planner, wm = make(MPPIPlanner, horizon=5, num_samples=16, iterations=2)
+    res = planner.plan(wm.encode(torch.zeros(3, D)), goal_of([[0.2, 0.2]]))
+    assert res.actions.shape == (3, 5, 2)
+
+
+# ---------------------------------------------------------------- reproducibility
+
+@pytest.mark.parametrize("name", list(PLANNERS))
+def test_seeded_reproducibility(name):
+    def run(seed):
+        p, wm = make(PLANNERS[name], horizon=5, seed=seed)
+        state, goal = wm.encode(X0), goal_of(GOAL)
+        return p, p.plan(state, goal).actions, p.plan(state, goal).actions
+
+    p, a1, a2 = run(3)
+    assert isinstance(p, Planner) and p.horizon == 5
+    _, b1, b2 = run(3)
+    _, c1, _ = run(4)
+    assert torch.equal(a1, b1) and torch.equal(a2, b2)  # same seed -> same plans, call by call
+    assert not torch.equal(a1, c1)  # another seed -> another plan
+    assert not torch.equal(a1, a2)  # successive calls draw fresh noise
+    p.reset()
+    assert torch.equal(p.plan(WorldState(features=X0.reshape(1, 1, 1, D)), goal_of(GOAL)).actions, a1)
+
+
+# ---------------------------------------------------------------- warm start
+
+def test_shift_plan_semantics():
+    a = torch.arange(12.0).reshape(1, 4, 3)  # (B, H, A)
+    s = shift_plan(a, 1)
+    assert torch.equal(s[0, :3], a[0, 1:]) and torch.equal(s[0, 3], a[0, 3])  # repeat last
+    s = shift_plan(a, 2, fill="mid", action_low=[-1, -1, 0], action_high=[1, 3, 2])
+    assert torch.equal(s[0, :2], a[0, 2:]) and torch.equal(s[0, 2:], torch.tensor([[0.0, 1.0, 1.0]] * 2))
+    assert torch.equal(shift_plan(a, 0), a) and shift_plan(a, 0) is not a
+    assert torch.equal(shift_plan(a, 9), a[:, -1:].expand(1, 4, 3))
+    with pytest.raises(ValueError):
+        shift_plan(a, 1, fill="mid")
+
+
+@pytest.mark.parametrize("name", ["cem", "mppi", "random_shooting"])
+def test_warm_start_is_a_candidate_and_never_lost(name):
+    # An optimal warm start: a single iteration can only keep or match it.
+    opt = torch.tensor([0.6, 1.2]).expand(1, 10, 2).clone()
+    planner, wm = make(PLANNERS[name], horizon=10, num_samples=16, iterations=1, seed=0) if name != "random_shooting" \
+        else make(PLANNERS[name], horizon=10, num_samples=16, seed=0)
+    res = planner.plan(wm.encode(X0), goal_of(GOAL), warm_start=opt)
+    assert torch.equal(wm.calls[0][:, 0], opt)  # candidate 0 of the first imagine call
+    assert res.cost.item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_warm_start_speeds_up_cem():
+    planner, wm = make(CEMPlanner, horizon=10, num_samples=32, iterations=1, seed=0)
+    cold = planner.plan(wm.encode(X0), goal_of(GOAL))
+    good = torch.tensor([0.55, 1.1]).expand(1, 10, 2)
+    warm = planner.plan(wm.encode(X0), goal_of(GOAL), warm_start=shift_plan(good, 3))
+    assert warm.cost.item() < cold.cost.item()
+
+
+# ---------------------------------------------------------------- random policy
+
+def test_random_policy_needs_no_world_model():
+    assert RandomPolicy.needs_world_model is False
+    p = RandomPolicy(world_model=None, cost=None, action_low=LOW.numpy(), action_high=HIGH.numpy(), horizon=7, seed=0)
+    res = p.plan(None, None)
+    assert res.actions.shape == (1, 7, 2)
+    assert torch.all(res.actions >= LOW) and torch.all(res.actions <= HIGH)
+    assert res.info["imagined_frames"] == 0
+    assert p.plan(None, None, warm_start=torch.zeros(3, 7, 2)).actions.shape == (3, 7, 2)
+
+
+def test_config_kwargs_and_errors():
+    p, _ = make(CEMPlanner, horizon=3, num_samples=8, num_elites=99, iterations=1)
+    assert p.horizon == 3 and p.config.num_samples == 8
+    p.plan(PointMass().encode(X0), goal_of(GOAL))  # num_elites is clamped to N
+    with pytest.raises(TypeError, match="unknown"):
+        make(CEMPlanner, horizonn=3)
+    with pytest.raises(ValueError):
+        CEMPlanner(PointMass(), PixelMSECost(), [1.0, 1.0], [0.0, 2.0])
+    with pytest.raises(ValueError, match="warm_start"):
+        make(CEMPlanner, horizon=3)[0].plan(PointMass().encode(X0), goal_of(GOAL), warm_start=torch.zeros(1, 4, 2))
+
+
+def test_coloured_noise_unit_variance_and_smooth():
+    g = torch.Generator().manual_seed(0)
+    white = sample_noise((4000, 1, 10, 2), 0.0, g, torch.device("cpu"))
+    col = sample_noise((4000, 1, 10, 2), 2.0, g, torch.device("cpu"))
+    assert col.std().item() == pytest.approx(1.0, abs=0.05)
+    # Coloured noise changes less from one step to the next.
+    assert col.diff(dim=2).abs().mean() < 0.7 * white.diff(dim=2).abs().mean()
+
+
+# ---------------------------------------------------------------- costs
+
+def blob(shift: int, size: int = 64, side: int = 4) -> torch.Tensor:
+    img = torch.zeros(1, size, size)  # (C, h, w)
+    img[:, 28:28 + side, 10 + shift:10 + shift + side] = 1.0
+    return img
+
+
+@pytest.mark.parametrize("name", list(COSTS))
+def test_cost_zero_for_identical_and_shapes(name):
+    cost = COSTS[name]()
+    g = torch.rand(2, 3, 8, 8)
+    feats = g[:, None, None].expand(2, 5, 4, 3, 8, 8).clone()  # (B, N, K, C, h, w)
+    feats[:, 1:, -1] += 0.5
+    c = cost(Imagination(feats, torch.arange(1, 5)), g)
+    assert c.shape == (2, 5)
+    assert torch.all(c[:, 0] == 0) and torch.all(c[:, 1:] > 0)
+
+
+def test_multiscale_distinguishes_far_shifts_where_mse_saturates():
+    goal = blob(0)[None]  # (B=1, C, h, w)
+    shifts = list(range(0, 31))
+    feats = torch.stack([blob(s) for s in shifts])[None, :, None]  # (1, N=31, K=1, 1, 64, 64)
+    im = Imagination(feats, torch.tensor([1]))
+    mse = PixelMSECost()(im, goal)[0]
+    ms = MultiScaleCost()(im, goal)[0]  # defaults: levels=4, sigma=2, weights 4**l
+    assert mse[0] == 0 and ms[0] == 0
+    assert mse[8] == mse[20]  # both non-overlapping (4 px square): pixel MSE saturated
+    assert ms[2] < ms[8] < ms[20] and ms[20] > 1.2 * ms[8]  # multiscale: a usable margin
+    assert torch.all(ms.diff() > 0)  # strictly monotone in the displacement, 0..30 px
+
+
+def test_reduce_modes():
+    g = torch.zeros(1, 1, 1, 1)
+    d = torch.tensor([1.0, 2.0, 3.0]).sqrt()  # per-frame MSE = 1, 2, 3
+    feats = d.reshape(1, 1, 3, 1, 1, 1)
+    im = Imagination(feats, torch.arange(1, 4))
+    assert PixelMSECost(reduce="last")(im, g).item() == pytest.approx(3.0)
+    assert PixelMSECost(reduce="mean")(im, g).item() == pytest.approx(2.0)
+    w = np.array([1.0, 0.5, 0.25])
+    assert PixelMSECost(reduce="discounted", gamma=0.5)(im, g).item() == pytest.approx(float((w * [1, 2, 3]).sum() / w.sum()))
+    assert LatentL2Cost(squared=False)(im, g).item() == pytest.approx(3.0**0.5)
+    with pytest.raises(ValueError):
+        PixelMSECost(reduce="max")
+
+
+def test_cost_is_vectorised_over_candidates():
+    # Each candidate's cost equals what it gets when scored alone.
+    cost = MultiScaleCost(levels=3, reduce="discounted")
+    g = torch.rand(2, 2, 16, 16)
+    feats = torch.rand(2, 6, 3, 2, 16, 16)
+    full = cost(Imagination(feats, torch.tensor([2, 4, 6])), g)
+    single = torch.stack([cost(Imagination(feats[:, n:n + 1], torch.tensor([2, 4, 6])), g)[:, 0] for n in range(6)], 1)
+    assert torch.allclose(full, single, atol=1e-6)
+
+
+def test_cem_plan_time_small():
+    planner, wm = make(CEMPlanner, horizon=10, num_samples=64, iterations=4, seed=0)
+    state, goal = wm.encode(X0), goal_of(GOAL)
+    planner.plan(state, goal)
+    t0 = time.perf_counter()
+    planner.plan(state, goal)
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_closed_loop_mpc_with_shifted_warm_start():
+    # The runner's loop on the point mass: plan, execute 5 steps, shift, re-plan. The goal
+    # is beyond one horizon's reach, so only re-planning gets there.
+    planner, wm = make(CEMPlanner, horizon=10, num_samples=32, iterations=3, seed=0)
+    x, goal, warm = torch.zeros(1, D), torch.tensor([[1.5, 2.5]]), None
+    for _ in range(6):
+        res = planner.plan(wm.encode(x), goal_of(goal), warm_start=warm)
+        x = x + DT * res.actions[:, :5].sum(1)
+        warm = shift_plan(res.actions, 5)
+    assert torch.allclose(x, goal, atol=0.05)
