@@ -1,0 +1,270 @@
+"""The learned world model at toy size: VAE, masked video diffusion, sampler, SlowFastWorldModel."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from sfplan.errors import UserError  # noqa: E402
+from sfplan.world_model.base import Imagination, WorldModel, WorldState  # noqa: E402
+from sfplan.world_model.learned import SlowFastWorldModel, SlowFastWorldModelConfig, load_world_model  # noqa: E402
+from sfplan.world_model.sampler import make_sampler, make_train_scheduler, place_actions, sample_chunk  # noqa: E402
+from sfplan.world_model.vae import FrameAutoencoder, VAEConfig  # noqa: E402
+from sfplan.world_model.video_diffusion import VideoDiffusionConfig  # noqa: E402
+
+# 16x16 frames -> 8x8x4 latents; diffusion levels at 4x4 and 2x2 (patch 2)
+TINY_VAE = dict(image_size=16, block_out_channels=(8, 8), norm_num_groups=4)
+TINY_DIFF = dict(action_dim=2, max_frames=8, block_out_channels=(16, 32), head_dim=8, cross_attention_dim=16,
+                 norm_num_groups=4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Toy tensors gain nothing from intra-op threads, and on a shared 2-core machine a
+    2-thread OpenMP pool can be 30x slower for small kernels (measured: 2.3 s vs 68 s)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _randomize(module: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> None:
+    """Move zero-initialised output layers off zero, so actions and inputs matter."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def tiny_model(randomize: bool = True, **cfg) -> SlowFastWorldModel:
+    cfg = {"context_frames": 2, "chunk_size": 2, **cfg}
+    wm = SlowFastWorldModel.build(VAEConfig(**TINY_VAE), VideoDiffusionConfig(**TINY_DIFF),
+                                  config=SlowFastWorldModelConfig(**cfg), device="cpu", seed=0)
+    if randomize:
+        _randomize(wm.diffusion)
+    return wm
+
+
+def tiny_frames(B=2, T=3, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (B, T, 16, 16, 3), dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------- VAE
+def test_vae_shapes_loss_and_scale_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    vae = FrameAutoencoder(VAEConfig(**TINY_VAE))
+    frames = tiny_frames()
+    z = vae.encode(frames)
+    assert z.shape == (2, 3, 4, 8, 8) and vae.latent_shape == (4, 8, 8)
+    assert vae.decode(z).shape == (2, 3, 16, 16, 3) and vae.decode(z).dtype == torch.uint8
+    loss, logs = vae.loss(frames.reshape(-1, 16, 16, 3))
+    assert loss.requires_grad and {"loss", "recon", "kl", "psnr"} <= set(logs)
+    unit = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1  # sfplan.data clip format
+    torch.testing.assert_close(vae.encode(unit), z, rtol=1e-5, atol=1e-5)
+    stats = vae.fit_latent_scale(frames)
+    zs = vae.encode(frames)
+    assert abs(float(zs.mean())) < 1e-4 and abs(float(zs.std()) - 1) < 1e-3
+    vae.save_pretrained(tmp_path / "vae")
+    vae2 = FrameAutoencoder.from_pretrained(tmp_path / "vae")
+    assert vae2.scaling_factor == pytest.approx(stats["scaling_factor"])
+    assert torch.equal(vae2.encode(frames), zs)
+
+
+# ----------------------------------------------------------------------------- diffusion
+def test_masked_loss_takes_no_term_from_context():
+    torch.manual_seed(0)
+    model = VideoDiffusionConfig(**TINY_DIFF).build()
+    _randomize(model)
+    sched = make_train_scheduler(model.config.prediction_type)
+    latents, actions = torch.randn(4, 5, 4, 8, 8), torch.randn(4, 5, 2)
+    num_context = torch.tensor([1, 2, 1, 2])  # f_p per element, incl. f_p = 1
+
+    def loss_with(forward):
+        model.forward = forward
+        try:
+            gen = torch.Generator().manual_seed(3)  # same t, noise and dropout draws for every call
+            return model.masked_loss(latents, actions, sched, num_context, generator=gen)[0]
+        finally:
+            del model.forward  # back to the class method
+
+    clean = loss_with(type(model).forward.__get__(model))
+    seen = {}
+
+    def perturbed(sample, timestep, context_mask, tokens):
+        out = type(model).forward(model, sample, timestep, context_mask, tokens)
+        seen["mask"] = context_mask.clone()
+        noise = torch.randn_like(out) * 1e3
+        return torch.where(context_mask[:, :, None, None, None], out + noise, out)  # only context positions
+
+    assert torch.equal(loss_with(perturbed), clean)
+    assert seen["mask"].sum(1).tolist() == num_context.tolist()  # context = first f_p frames
+
+    def perturb_targets(sample, timestep, context_mask, tokens):
+        out = type(model).forward(model, sample, timestep, context_mask, tokens)
+        return torch.where(context_mask[:, :, None, None, None], out, out + 1.0)
+
+    assert not torch.equal(loss_with(perturb_targets), clean)  # the check above can fail
+
+
+def test_masked_loss_keeps_context_clean_and_action_free_loss():
+    torch.manual_seed(0)
+    model = VideoDiffusionConfig(**TINY_DIFF).build()
+    sched = make_train_scheduler(model.config.prediction_type)
+    latents = torch.randn(3, 4, 4, 8, 8)
+    seen = {}
+    orig = model.forward
+
+    def spy(sample, timestep, context_mask, tokens):
+        seen["sample"], seen["tokens"] = sample, tokens
+        return orig(sample, timestep, context_mask, tokens)
+
+    model.forward = spy
+    model.masked_loss(latents, torch.randn(3, 4, 2), sched, num_context=2, p_uncond=0.0)
+    assert torch.equal(seen["sample"][:, :2], latents[:, :2]) and not torch.equal(seen["sample"][:, 2:], latents[:, 2:])
+    loss, logs = model.action_free_loss(latents, sched, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(seen["tokens"], model.null_condition(3, 4)) and loss.ndim == 0 and "loss" in logs
+    with pytest.raises(ValueError):
+        model.masked_loss(latents, torch.randn(3, 4, 2), sched, num_context=4)  # no target left
+    # Gymnasium order: the clip's last action is unused, so (B, T-1, A) clips give the same loss
+    acts = torch.randn(3, 4, 2)
+    l_full = model.masked_loss(latents, acts, sched, generator=torch.Generator().manual_seed(5))[0]
+    l_short = model.masked_loss(latents, acts[:, :-1], sched, generator=torch.Generator().manual_seed(5))[0]
+    assert torch.equal(l_full, l_short)
+
+
+def test_tiny_overfit_lowers_masked_loss():
+    torch.manual_seed(0)
+    model = VideoDiffusionConfig(**{**TINY_DIFF, "p_uncond": 0.0}).build()
+    sched = make_train_scheduler(model.config.prediction_type)
+    g = torch.Generator().manual_seed(0)
+    latents, actions = torch.randn(1, 4, 4, 8, 8, generator=g), torch.randn(1, 4, 2, generator=g)
+
+    def eval_loss():
+        with torch.no_grad():
+            return float(np.mean([
+                model.masked_loss(latents, actions, sched, generator=torch.Generator().manual_seed(s))[0].item()
+                for s in range(8)
+            ]))
+
+    before = eval_loss()
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    for step in range(60):
+        loss, _ = model.masked_loss(latents, actions, sched, generator=torch.Generator().manual_seed(100 + step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = eval_loss()
+    assert after < 0.7 * before, (before, after)  # measured: 1.07 -> 0.60
+
+
+# ----------------------------------------------------------------------------- sampler
+GOLDEN_DPM = [0.01948431506752968, 0.6825740933418274, 0.09022143483161926]  # mean, |x|.mean, x[0,0,0,0,0]
+
+
+@pytest.mark.parametrize("kind", ["ddim", "dpmsolver++"])
+def test_sampler_seeded_and_shapes(kind):
+    torch.manual_seed(0)
+    model = VideoDiffusionConfig(**TINY_DIFF).build()
+    _randomize(model)
+    sampler = make_sampler(kind, make_train_scheduler(model.config.prediction_type))
+    g1 = torch.Generator().manual_seed(1)
+    ctx, acts = torch.randn(3, 2, 4, 8, 8, generator=g1), torch.randn(3, 3, 2, generator=g1)
+    a = sample_chunk(model, ctx, acts, 2, sampler, generator=torch.Generator().manual_seed(7))
+    b = sample_chunk(model, ctx, acts, 2, sampler, generator=torch.Generator().manual_seed(7))
+    assert a.shape == (3, 3, 4, 8, 8) and torch.equal(a, b)
+    noise = torch.randn(3, 3, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(sample_chunk(model, ctx, acts, 2, sampler, noise=noise), a)  # noise= is the same draw
+    assert not torch.equal(sample_chunk(model, ctx, acts, 2, sampler, generator=torch.Generator().manual_seed(8)), a)
+    g = sample_chunk(model, ctx, acts, 2, sampler, generator=torch.Generator().manual_seed(7), guidance_scale=2.0)
+    assert g.shape == a.shape and not torch.equal(g, a)
+    if kind == "dpmsolver++":  # golden values, computed once on the CPU (fp32)
+        got = [a.mean().item(), a.abs().mean().item(), a[0, 0, 0, 0, 0].item()]
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(GOLDEN_DPM), rtol=1e-4, atol=1e-5)
+
+
+def test_place_actions_gymnasium_order():
+    acts = torch.arange(1, 4).float().view(1, 3, 1)  # a_0, a_1, a_2 after "now"
+    full = place_actions(acts, num_context=2)  # clip: ctx0, ctx1(now), tgt0, tgt1, tgt2
+    assert full.view(-1).tolist() == [0, 1, 2, 3, 0]
+
+
+# ----------------------------------------------------------------------------- world model
+def test_learned_world_model_protocol_and_shapes():
+    wm = tiny_model()
+    assert isinstance(wm, WorldModel) and wm.context_frames == 2 and wm.chunk_size == 2
+    goal = wm.encode(tiny_frames(1, 1)[:, None, 0])  # a single goal frame (1, 1, H, W, 3)
+    assert goal.features.shape == (1, 4, 8, 8)
+    state = wm.encode(tiny_frames(2, 3))
+    assert isinstance(state, WorldState) and state.context.shape == (2, 2, 4, 8, 8)  # last context_frames kept
+    im = wm.imagine(state, torch.randn(2, 3, 5, 2))
+    assert isinstance(im, Imagination) and im.features.shape == (2, 3, 3, 4, 8, 8) and im.steps.tolist() == [2, 4, 5]
+    assert torch.isfinite(im.features).all() and wm.imagined_frames == 2 * 3 * 5
+    assert wm.decode(im.features).shape == (2, 3, 3, 16, 16, 3)
+    wm.config.return_frames = "all"
+    assert wm.imagine(state, torch.randn(2, 3, 5, 2)).features.shape == (2, 3, 5, 4, 8, 8)
+    wm.config.return_frames = "last"
+    assert wm.imagine(state, torch.randn(2, 3, 5, 2)).steps.tolist() == [5]
+
+
+def test_common_random_numbers():
+    wm = tiny_model(return_frames="all")
+    state = wm.encode(tiny_frames(2, 2))
+    a = torch.randn(2, 1, 4, 2)
+    cand = torch.cat([a, a, torch.randn(2, 1, 4, 2), a], dim=1)  # candidates 0, 1, 3 identical
+    f = wm.imagine(state, cand).features  # (B, N, K, C, h, w)
+    assert torch.equal(f[:, 0], f[:, 1]) and torch.equal(f[:, 0], f[:, 3])
+    assert not torch.equal(f[:, 0], f[:, 2])  # actions matter
+    assert not torch.equal(f[0, 0], f[1, 0])  # envs get their own noise
+    assert torch.equal(wm.imagine(state, cand).features, f)  # deterministic across calls (noise_seed)
+
+
+def test_save_load_roundtrip_bit_exact(tmp_path):
+    wm = tiny_model()
+    wm.diffusion.set_action_normalizer([-2.0, -1.0], [2.0, 1.0])
+    wm.vae.fit_latent_scale(tiny_frames(4, 2))
+    sha = wm.save_pretrained(tmp_path / "wm")
+    wm2 = SlowFastWorldModel.from_pretrained(tmp_path / "wm", device="cpu")
+    assert wm2.checkpoint_sha256 == sha and len(sha) == 64
+    for m1, m2 in ((wm.vae, wm2.vae), (wm.diffusion, wm2.diffusion)):
+        s1, s2 = m1.state_dict(), m2.state_dict()
+        assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+    frames, acts = tiny_frames(2, 2), torch.randn(2, 3, 4, 2)
+    f1 = wm.imagine(wm.encode(frames), acts).features
+    f2 = wm2.imagine(wm2.encode(frames), acts).features
+    assert torch.equal(f1, f2)
+    assert not list((tmp_path / "wm").rglob("*.bin")) and not list((tmp_path / "wm").rglob("*.pt"))  # no pickles
+    wm3 = load_world_model(str(tmp_path / "wm"), device="cpu", num_steps=3)
+    assert wm3.config.num_steps == 3 and wm3.checkpoint_sha256 == sha
+
+
+def test_missing_or_corrupt_checkpoint_names_the_fix(tmp_path):
+    with pytest.raises(UserError, match="no world model at .*sfplan train.*oracle"):
+        SlowFastWorldModel.from_pretrained(tmp_path / "nowhere")
+    wm = tiny_model(randomize=False)
+    wm.save_pretrained(tmp_path / "wm")
+    weights = tmp_path / "wm" / "diffusion" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(UserError, match="unreadable.*sfplan train"):
+        SlowFastWorldModel.from_pretrained(tmp_path / "wm")
+    with pytest.raises(UserError, match="unknown world model setting"):
+        wm.save_pretrained(tmp_path / "wm2")
+        SlowFastWorldModel.from_pretrained(tmp_path / "wm2", bogus=1)
+
+
+def test_unet3d_backbone_and_autocast_run():
+    """The paper's backbone (diffusers UNet3DConditionModel) behind the same interface."""
+    torch.manual_seed(0)
+    model = VideoDiffusionConfig(action_dim=2, max_frames=8, backbone="unet3d", patch_size=1,
+                                 block_out_channels=(8, 16), attention_levels=(False, True), head_dim=8,
+                                 cross_attention_dim=16, norm_num_groups=4).build()
+    assert "to_out.0" in model.lora_target_modules
+    sched = make_train_scheduler(model.config.prediction_type)
+    loss, _ = model.masked_loss(torch.randn(2, 4, 4, 8, 8), torch.randn(2, 4, 2), sched)
+    loss.backward()
+    out = sample_chunk(model, torch.randn(2, 2, 4, 8, 8), torch.randn(2, 2, 2), 2, make_sampler("ddim", sched))
+    assert out.shape == (2, 2, 4, 8, 8) and torch.isfinite(out).all()
+    wm = tiny_model(autocast="bfloat16")
+    f = wm.imagine(wm.encode(tiny_frames(1, 2)), torch.randn(1, 2, 2, 2)).features
+    assert f.dtype == torch.float32 and torch.isfinite(f).all()
