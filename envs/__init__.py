@@ -1,1 +1,85 @@
-"""Goal-image Gymnasium tasks (installed as ``sfplan.envs``)."""
+"""Goal-image Gymnasium tasks (installed as ``sfplan.envs``).
+
+Importing this package registers the task ids with Gymnasium::
+
+    import gymnasium as gym
+    import sfplan.envs  # registers sfplan/*
+
+    env = gym.make("sfplan/Reacher-v0", image_size=64, goal="near")
+    obs, info = env.reset(seed=0)   # obs["pixels"], obs["desired_goal"]: (64, 64, 3) uint8
+
+Every task takes ``image_size`` (side of the square frames) and ``goal`` (``"near"``:
+a goal 25-50 env steps from the start; ``"far"``: long horizon). ``TASKS`` maps each id
+to a one-line description with its success criterion (``sfplan info`` prints it).
+"""
+from __future__ import annotations
+
+import gymnasium as gym
+from gymnasium.envs.registration import register, registry
+
+from sfplan.envs.base import GoalImageEnv, MujocoGoalEnv
+from sfplan.errors import UserError
+from sfplan.envs.wrappers import GoalImageWrapper
+
+#: id -> one-line description (success criterion included).
+TASKS: dict[str, str] = {
+    "sfplan/Reacher-v0": "Reacher-v5 2-link arm, top-down; success: fingertip within 0.02 m of the goal fingertip.",
+    "sfplan/Pusher-v0": "Pusher-v5 7-DoF arm pushing a cylinder; success: cylinder within 0.05 m of the goal cylinder (x, y).",
+    "sfplan/PointMazeUMaze-v0": "PointMaze UMaze (5x5 cells), top-down; success: ball within 0.45 m of the goal ball position.",
+    "sfplan/PointMazeMedium-v0": "PointMaze Medium (8x8 cells), top-down; success: ball within 0.45 m of the goal ball position.",
+}
+
+_REGISTRATIONS = [
+    # (id, entry point, max_episode_steps, fixed kwargs)
+    ("sfplan/Reacher-v0", "sfplan.envs.reacher:ReacherGoalEnv", 200, {}),
+    ("sfplan/Pusher-v0", "sfplan.envs.pusher:PusherGoalEnv", 200, {}),
+    # The scripted far goals take ~215 (UMaze) / ~360 (Medium) steps on average.
+    ("sfplan/PointMazeUMaze-v0", "sfplan.envs.pointmaze:PointMazeGoalEnv", 400, {"maze": "UMaze"}),
+    ("sfplan/PointMazeMedium-v0", "sfplan.envs.pointmaze:PointMazeGoalEnv", 700, {"maze": "Medium"}),
+]
+
+# ---- robosuite tasks (sfplan/Lift-v0, sfplan/Stack-v0) ------------------------------
+# envs/robosuite_tasks.py. Their entry points are strings, so robosuite (an optional
+# dependency) is imported only on gym.make. The scripted far goals take ~70 (Lift) and
+# ~100 (Stack) steps.
+TASKS.update({
+    "sfplan/Lift-v0": "robosuite Lift, Panda picks up a cube (agentview camera, 4-D delta-xyz + gripper); "
+    "success: near, gripper and cube within 0.02 m of the goal's; far, robosuite's _check_success (cube lifted).",
+    "sfplan/Stack-v0": "robosuite Stack, Panda puts cubeA on cubeB (agentview camera, 4-D delta-xyz + gripper); "
+    "success: near, gripper and both cubes within 0.02 m of the goal's; far, robosuite's _check_success (stacked).",
+})
+_REGISTRATIONS += [
+    ("sfplan/Lift-v0", "sfplan.envs.robosuite_tasks:LiftGoalEnv", 200, {}),
+    ("sfplan/Stack-v0", "sfplan.envs.robosuite_tasks:StackGoalEnv", 300, {}),
+]
+# ---- end robosuite tasks -------------------------------------------------------------
+
+
+def _register_all() -> None:
+    for env_id, entry_point, max_steps, kwargs in _REGISTRATIONS:
+        if env_id in registry:  # re-import (e.g. importlib.reload) keeps the first one
+            continue
+        register(
+            id=env_id,
+            entry_point=entry_point,
+            max_episode_steps=max_steps,
+            kwargs={"image_size": 64, "goal": "near", **kwargs},
+        )
+
+
+_register_all()
+
+
+def make_env(env_id: str, **kwargs) -> gym.Env:
+    """``gymnasium.make`` for an sfplan task id; an unknown id raises ``UserError`` (a
+    ``ValueError``) that lists the known ones.
+
+    Example: ``make_env("sfplan/PointMazeUMaze-v0", image_size=64, goal="far")``.
+    """
+    if env_id not in TASKS:
+        known = "\n  ".join(sorted(TASKS))
+        raise UserError(f"unknown sfplan task {env_id!r}; known tasks:\n  {known}")
+    return gym.make(env_id, **kwargs)
+
+
+__all__ = ["GoalImageEnv", "GoalImageWrapper", "MujocoGoalEnv", "TASKS", "make_env"]

@@ -13,6 +13,7 @@ start state (so it is reachable), then the start is restored.
 Subclasses implement the simulator hooks (``_reset_sim``, ``sim_step``,
 ``render_pixels``, ``get_state``/``set_state``, ``_goal_descriptor``, ``_distance``);
 the base class owns the Gymnasium API, seeding and the goal protocols.
+``MujocoGoalEnv`` implements the simulator hooks once for any MuJoCo model.
 """
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ from abc import abstractmethod
 from typing import Any
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 from gymnasium import spaces
+
+from sfplan.envs.rendering import Camera, FastRenderer
+from sfplan.errors import UserError
 
 GOAL_PROTOCOLS = ("near", "far")
 
@@ -42,9 +47,9 @@ class GoalImageEnv(gym.Env):
 
     def __init__(self, image_size: int = 64, goal: str = "near", render_mode: str | None = "rgb_array"):
         if goal not in GOAL_PROTOCOLS:
-            raise ValueError(f"unknown goal protocol {goal!r}: use one of {GOAL_PROTOCOLS}")
+            raise UserError(f"unknown goal protocol {goal!r}: use one of {GOAL_PROTOCOLS}")
         if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode {render_mode!r} is not supported: use 'rgb_array'")
+            raise UserError(f"render_mode {render_mode!r} is not supported: use 'rgb_array'")
         self.image_size = int(image_size)
         self.goal_protocol = goal
         self.render_mode = render_mode
@@ -98,25 +103,31 @@ class GoalImageEnv(gym.Env):
             "is_success": bool(d < self.success_threshold),
             "distance": float(d),
             "state": self.get_state(),
-            "goal_pixels": self._goal_pixels,
+            "goal_pixels": self._goal_pixels.copy(),  # a fresh array per call (check_env)
         }
 
     def _obs(self) -> dict:
         return {"pixels": self.render_pixels(), "desired_goal": self._goal_pixels.copy()}
+
+    def _drive_to_goal(self, rng: np.random.Generator) -> None:
+        """Bring the simulator from the start to the goal state. The default replays
+        ``_goal_actions``; a task may override it (e.g. to place a "far" goal directly)."""
+        for a in self._goal_actions(rng):
+            self.sim_step(np.asarray(a, dtype=np.float64))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self._reset_sim(self.np_random)
         start = self.get_state()
         # Drive the simulator to the goal, remember it, then restore the start.
-        for a in self._goal_actions(self.np_random):
-            self.sim_step(np.asarray(a, dtype=np.float64))
+        self._drive_to_goal(self.np_random)
         self._goal = self._goal_descriptor()
-        goal_state = self.get_state()
-        self.set_state(goal_state)
+        self.set_state(self.get_state())
         self._on_goal_set()
+        # Read after _on_goal_set so that a marker in the state (e.g. Reacher's target
+        # joints) sits where the goal image shows it: set_state(goal_state) reproduces it.
+        self._goal_state = self.get_state()
         self._goal_pixels = self.render_pixels()
-        self._goal_state = goal_state
         self.set_state(start)
         self._on_goal_set()
         return self._obs(), self._info()
@@ -134,3 +145,96 @@ class GoalImageEnv(gym.Env):
     def goal_state(self) -> np.ndarray:
         """Simulator state at which the goal image was rendered (success holds there)."""
         return self._goal_state
+
+
+class MujocoGoalEnv(GoalImageEnv):
+    """``GoalImageEnv`` over one MuJoCo ``model``/``data`` pair.
+
+    A subclass calls ``_init_mujoco`` in its constructor and implements the task hooks
+    (``_reset_sim``, ``_goal_descriptor``, ``_distance``, ``_goal_actions``). This class
+    gives it the simulator hooks:
+
+    - ``sim_step(a)``: ``data.ctrl = a`` and ``frame_skip`` ``mj_step`` calls, exactly as
+      Gymnasium's ``MujocoEnv.do_simulation`` (no rendering, no kinematics refresh);
+    - ``get_state``/``set_state``: ``mj_getState``/``mj_setState`` with
+      ``mjSTATE_FULLPHYSICS | mjSTATE_WARMSTART`` (time, qpos, qvel, act, history,
+      plugin state and the solver's warm start, so a restored state steps bit-exactly
+      like the original), then ``mj_forward``;
+    - ``render_pixels()``: a ``FastRenderer`` (made on first use).
+
+    ``mj_step`` leaves positions (``xpos``, ``geom_xpos``...) at the state *before* its
+    last integration; ``sync()`` recomputes them from ``qpos`` (``mj_kinematics``,
+    ``mj_comPos``, ``mj_camlight``) and runs lazily before rendering and in
+    ``body_xpos``, so frames and distances always show the current state.
+    """
+
+    #: ``mj_getState`` spec of ``get_state``/``set_state``.
+    STATE_SPEC = int(mujoco.mjtState.mjSTATE_FULLPHYSICS) | int(mujoco.mjtState.mjSTATE_WARMSTART)
+
+    def _init_mujoco(
+        self,
+        model: "mujoco.MjModel",
+        frame_skip: int,
+        camera: Camera,
+        ortho_extent: float | None = None,
+    ) -> None:
+        self.model = model
+        self.data = mujoco.MjData(model)
+        self.frame_skip = int(frame_skip)
+        self._camera = camera
+        self._ortho_extent = ortho_extent
+        self._renderer: FastRenderer | None = None
+        self._stale = False
+        self._state_size = mujoco.mj_stateSize(model, self.STATE_SPEC)
+        low, high = model.actuator_ctrlrange.T.astype(np.float32)
+        self.action_space = spaces.Box(low=low, high=high, dtype=np.float32)
+        self.metadata = dict(self.metadata, render_fps=int(round(1.0 / self.dt)))
+
+    @property
+    def dt(self) -> float:
+        """Seconds of simulated time per env step."""
+        return float(self.model.opt.timestep) * self.frame_skip
+
+    # ---- simulator hooks ---------------------------------------------------------
+    def sim_step(self, action: np.ndarray) -> None:
+        self.data.ctrl[:] = action
+        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
+        self._stale = True
+
+    def sync(self) -> None:
+        """Recompute positions after ``mj_step`` (cheap: kinematics only)."""
+        if self._stale:
+            mujoco.mj_kinematics(self.model, self.data)
+            mujoco.mj_comPos(self.model, self.data)
+            mujoco.mj_camlight(self.model, self.data)
+            self._stale = False
+
+    def get_state(self) -> np.ndarray:
+        state = np.empty(self._state_size, dtype=np.float64)
+        mujoco.mj_getState(self.model, self.data, state, self.STATE_SPEC)
+        return state
+
+    def set_state(self, state: np.ndarray) -> None:
+        state = np.asarray(state, dtype=np.float64)
+        if state.shape != (self._state_size,):
+            raise ValueError(f"state has shape {state.shape}; {type(self).__name__} expects ({self._state_size},)")
+        mujoco.mj_setState(self.model, self.data, state, self.STATE_SPEC)
+        mujoco.mj_forward(self.model, self.data)
+        self._stale = False
+
+    def render_pixels(self) -> np.ndarray:
+        self.sync()
+        if self._renderer is None:
+            self._renderer = FastRenderer(self.model, self.image_size, camera=self._camera, ortho_extent=self._ortho_extent)
+        return self._renderer.render(self.data)
+
+    def body_xpos(self, name: str) -> np.ndarray:
+        """World position (3,) of a body at the current state (a copy)."""
+        self.sync()
+        return self.data.body(name).xpos.copy()
+
+    def close(self) -> None:
+        if getattr(self, "_renderer", None) is not None:
+            self._renderer.close()
+            self._renderer = None
+        super().close()

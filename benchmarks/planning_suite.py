@@ -1,0 +1,91 @@
+"""Planning benchmark suite: tasks x planners x world models -> a success-rate table.
+
+    python benchmarks/planning_suite.py --suite oracle_near --episodes 50 --out benchmarks/results/oracle_near
+
+Each cell is one `sfplan eval` run (same code path as the CLI), with its full report kept
+under --out/<cell>/. The table (markdown + JSON) records the command, hardware and commit.
+Cells already finished (report.json present) are skipped, so an interrupted suite resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from sfplan.config import load_config  # noqa: E402
+from sfplan.eval.main import run_eval  # noqa: E402
+from sfplan.eval.report import atomic_write_text, git_commit  # noqa: E402
+
+# (task config, planner config, world model config, extra overrides)
+SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
+    "oracle_near": [
+        (task, planner, "oracle", [])
+        for task in ("reacher", "pointmaze_umaze", "pusher", "pointmaze_medium", "lift")
+        for planner in ("cem", "random")
+    ],
+    "planners_reacher": [("reacher", p, "oracle", []) for p in ("cem", "mppi", "random_shooting", "random")],
+}
+
+
+def run_cell(task: str, planner: str, world_model: str, extra: list[str], episodes: int, out: Path) -> dict:
+    cell = out / f"{task}__{planner}__{world_model}"
+    if (cell / "report.json").exists():
+        return json.loads((cell / "report.json").read_text())
+    overrides = [f"env={task}", f"planner={planner}", f"world_model={world_model}", f"episodes={episodes}",
+                 f"out_dir={cell}", "max_gifs=10", *extra]
+    cfg = load_config("eval", overrides)
+    return run_eval(cfg)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| task | planner | world model | success | 95% CI | steps (mean) | plan time / decision (s) | episodes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["summary"]
+        lo, hi = s["success_rate_ci95"]
+        lines.append(f"| {r['task']} | {r['planner']} | {r['world_model']} | {s['success_rate']:.0%} | "
+                     f"[{lo:.0%}, {hi:.0%}] | {s['steps_mean']:.1f} / {r['budget']} | "
+                     f"{s['plan_time_per_decision_s']:.3f} | {s['episodes']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="oracle_near", choices=sorted(SUITES))
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--tasks", nargs="*", help="restrict to these task configs")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    out = args.out or Path("benchmarks/results") / args.suite
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for task, planner, wm, extra in SUITES[args.suite]:
+        if args.tasks and task not in args.tasks:
+            continue
+        t0 = time.perf_counter()
+        try:
+            rep = run_cell(task, planner, wm, extra, args.episodes, out)
+        except ImportError as e:  # optional simulator missing (e.g. robosuite)
+            print(f"skip {task}/{planner}: {e}", file=sys.stderr)
+            continue
+        rows.append({"task": task, "planner": planner, "world_model": wm, "budget": rep["meta"]["budget"],
+                     "summary": rep["summary"], "wall_s": time.perf_counter() - t0})
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    header = (f"Suite `{args.suite}`, {args.episodes} episodes per cell, near goals unless stated.\n\n"
+              f"Command: `python benchmarks/planning_suite.py --suite {args.suite} --episodes {args.episodes}`\n\n"
+              f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; "
+              f"commit {git_commit()}\n\n")
+    atomic_write_text(out / "results.md", header + table(rows) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(rows, indent=2))
+    print(f"wrote {out / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The `sfplan` command: `sfplan eval [key=value ...]`, `sfplan collect [key=value ...]`,
+`sfplan data info PATH`, `sfplan info`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from sfplan.config import config_options, load_config
+from sfplan.errors import UserError
+
+USAGE_OVERRIDES = "Hydra overrides, e.g. env=pointmaze_umaze planner=mppi episodes=50 device=cpu"
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    cfg = load_config("eval", args.overrides)
+    if args.cfg:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        return 0
+    from sfplan.eval.main import run_eval
+
+    report = run_eval(cfg)
+    s = report["summary"]
+    lo, hi = s["success_rate_ci95"]
+    print(f"success {s['successes']}/{s['episodes']} = {s['success_rate']:.1%} (95% CI {lo:.1%}-{hi:.1%}); "
+          f"steps {s['steps_mean']:.1f}; plan time/decision {s['plan_time_per_decision_s']:.3f} s")
+    print(f"report: {report['out_dir']}/report.md  page: {report['out_dir']}/index.html")
+    return 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    cfg = load_config("collect", args.overrides)
+    if args.cfg:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        return 0
+    from sfplan.data.collect import run_collect
+
+    r = run_collect(cfg)
+    print(f"collected {r['episodes']} episodes, {r['steps']} steps (seeds {r['seeds'][0]}-{r['seeds'][1]}) in "
+          f"{r['wall_s']:.1f} s: {r['steps_per_s']:.0f} steps/s, {r['workers']} worker(s) at "
+          f"{r['steps_per_s_per_worker']:.0f} steps/s each")
+    print(f"dataset: {r['out']}  (summary: sfplan data info {r['out']})")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "import-minari":
+        from sfplan.data.collect import import_minari
+
+        r = import_minari(args.dataset, args.out, env_id=args.env_id, append=args.append)
+        print(f"imported {r['episodes']} episodes, {r['steps']} steps into {r['out']}")
+        return 0
+    import json
+
+    from sfplan.data.dataset import EpisodeDataset, format_summary
+
+    with EpisodeDataset(args.path) as ds:
+        s = ds.summary()
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from sfplan.envs import TASKS
+
+    print("Tasks (gymnasium ids; `sfplan eval env=<config>`):")
+    for tid, desc in TASKS.items():
+        print(f"  {tid:28s} {desc}")
+    for group, what in (("env", "Task configs"), ("planner", "Planners"), ("world_model", "World models"),
+                        ("cost", "Costs")):
+        print(f"{what} ({group}=...): {', '.join(config_options(group))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sfplan", description="Long-horizon visual planning with a learned video "
+                                "world model (SlowFast-VGen).")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("eval", help="MPC toward goal images on a task; writes a success-rate report")
+    e.add_argument("overrides", nargs="*", help=USAGE_OVERRIDES)
+    e.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    e.set_defaults(func=_cmd_eval)
+    c = sub.add_parser("collect", help="roll out exploration policies on a task; writes an episode dataset")
+    c.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. env=pusher policy=goal episodes=500 workers=4 "
+                   "out=data/pusher")
+    c.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    c.set_defaults(func=_cmd_collect)
+    d = sub.add_parser("data", help="inspect or import episode datasets")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    di = dsub.add_parser("info", help="summarise a dataset (episodes, steps, image size, env, policy, actions)")
+    di.add_argument("path", help="dataset directory (or one shard file)")
+    di.add_argument("--json", action="store_true", help="print the summary as JSON")
+    dm = dsub.add_parser("import-minari", help="convert a Minari dataset with image observations")
+    dm.add_argument("dataset", help="Minari dataset id or local path")
+    dm.add_argument("out", help="sfplan dataset directory to write")
+    dm.add_argument("--env-id", default=None, help="task id to record (default: the Minari env spec's id)")
+    dm.add_argument("--append", action="store_true", help="add to an existing dataset directory")
+    d.set_defaults(func=_cmd_data)
+    i = sub.add_parser("info", help="list registered tasks, planners, world models and costs")
+    i.set_defaults(func=_cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"sfplan {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

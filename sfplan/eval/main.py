@@ -1,0 +1,70 @@
+"""`sfplan eval`: build env, world model, cost and planner from a config; run the MPC loop;
+write the report."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from sfplan.device import resolve_device
+from sfplan.eval.report import write_report
+from sfplan.eval.runner import evaluate
+
+
+def run_eval(cfg: DictConfig) -> dict:
+    """Runs the evaluation described by a composed ``eval`` config; returns the report dict."""
+    from sfplan.envs import make_env
+
+    device = resolve_device(cfg.device)
+    cfg = cfg.copy()
+    OmegaConf.update(cfg, "device", str(device))
+    env_kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True)
+
+    def env_fn():
+        return make_env(cfg.env.id, **env_kwargs)
+
+    probe = env_fn()
+    low, high = probe.action_space.low, probe.action_space.high
+    probe.close()
+
+    planner_cls = get_class(cfg.planner._target_)
+    needs_model = getattr(planner_cls, "needs_world_model", True)
+    world_model = instantiate(cfg.world_model) if needs_model else None
+    cost = instantiate(cfg.cost) if needs_model else None
+    planner = instantiate(cfg.planner)(
+        world_model=world_model,
+        cost=cost,
+        action_low=torch.as_tensor(low, dtype=torch.float32),
+        action_high=torch.as_tensor(high, dtype=torch.float32),
+    )
+    seeds = [int(cfg.seed) + i for i in range(int(cfg.episodes))]
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("outputs/eval") / (
+        f"{time.strftime('%Y%m%d-%H%M%S')}_{cfg.env.id.split('/')[-1]}_{planner_cls.__name__}"
+    )
+    t0 = time.perf_counter()
+    results = list(evaluate(env_fn, planner, world_model, seeds, int(cfg.budget), int(cfg.execute),
+                            record=bool(cfg.record), progress=bool(cfg.progress)))
+    wall = time.perf_counter() - t0
+    meta = {
+        "task": cfg.env.id,
+        "planner": planner_cls.__name__,
+        "world_model": type(world_model).__name__ if world_model is not None else None,
+        "checkpoint_sha256": getattr(world_model, "checkpoint_sha256", None),
+        "budget": int(cfg.budget),
+        "execute": int(cfg.execute),
+        "device": str(device),
+        "seeds": seeds,
+        "wall_time_s": wall,
+        "imagined_frames": getattr(world_model, "imagined_frames", 0),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if world_model is not None and hasattr(world_model, "close"):
+        world_model.close()
+    report = write_report(out_dir, results, OmegaConf.to_container(cfg, resolve=True), meta,
+                          max_gifs=int(cfg.max_gifs) if cfg.record else 0)
+    report["out_dir"] = str(out_dir)
+    return report

@@ -1,0 +1,172 @@
+"""Evaluation reports: report.json, report.md and an HTML page with one GIF per episode
+(real frames beside the goal image)."""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sfplan.eval.runner import EpisodeResult
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion (sensible at 0 and n)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    """The sfplan source tree's commit (with '-dirty' for local changes), if it is a git checkout."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def summarise(results: list[EpisodeResult]) -> dict[str, Any]:
+    n = len(results)
+    k = sum(r.success for r in results)
+    lo, hi = wilson_interval(k, n)
+    plan_times = [t for r in results for t in r.plan_times]
+    return {
+        "episodes": n,
+        "successes": k,
+        "success_rate": k / n if n else 0.0,
+        "success_rate_ci95": [lo, hi],
+        "steps_mean": float(np.mean([r.steps for r in results])) if n else 0.0,
+        "steps_success_mean": float(np.mean([r.steps for r in results if r.success])) if k else None,
+        "final_distance_mean": float(np.mean([r.final_distance for r in results])) if n else 0.0,
+        "plan_time_per_decision_s": float(np.mean(plan_times)) if plan_times else 0.0,
+        "plan_time_per_decision_p90_s": float(np.percentile(plan_times, 90)) if plan_times else 0.0,
+    }
+
+
+def episode_gif(result: EpisodeResult, path: Path, fps: int = 10, scale: int = 2) -> None:
+    """GIF of the episode: real frame | goal image, side by side, upscaled ``scale``x,
+    with a green (success) or red bar under the last frames."""
+    import imageio.v3 as iio
+
+    goal = result.goal
+    panels = []
+    for i, f in enumerate(result.frames):
+        row = np.concatenate([f, np.full((f.shape[0], 2, 3), 255, np.uint8), goal], axis=1)
+        bar = np.zeros((4, row.shape[1], 3), np.uint8)
+        if i == len(result.frames) - 1:
+            bar[:] = (40, 200, 60) if result.success else (220, 40, 40)
+        panels.append(np.concatenate([row, bar], axis=0))
+    panels += [panels[-1]] * max(1, fps // 2)  # hold the last frame
+    video = np.stack(panels).repeat(scale, axis=1).repeat(scale, axis=2)
+    iio.imwrite(path, video, duration=1000 / fps, loop=0)
+
+
+def write_report(out_dir: str | os.PathLike, results: list[EpisodeResult], config: dict, meta: dict,
+                 max_gifs: int = 20) -> dict:
+    """Writes report.json, report.md, index.html and gifs/ep_XXX.gif; returns the report."""
+    out = Path(out_dir)
+    (out / "gifs").mkdir(parents=True, exist_ok=True)
+    summary = summarise(results)
+    gifs = []
+    for i, r in enumerate(results[:max_gifs]):
+        if r.frames:
+            name = f"gifs/ep_{i:03d}_seed{r.seed}.gif"
+            episode_gif(r, out / name)
+            gifs.append(name)
+    report = {
+        "summary": summary,
+        "episodes": [r.summary() for r in results],
+        "config": config,
+        "meta": {**meta, "git_commit": git_commit(), "python": platform.python_version(),
+                 "platform": platform.platform()},
+        "gifs": gifs,
+    }
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=_jsonable))
+    atomic_write_text(out / "report.md", render_markdown(report))
+    atomic_write_text(out / "index.html", render_html(report))
+    return report
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _headline(report: dict) -> list[tuple[str, str]]:
+    s, m = report["summary"], report["meta"]
+    lo, hi = s["success_rate_ci95"]
+    return [
+        ("task", str(m.get("task"))),
+        ("planner", str(m.get("planner"))),
+        ("world model", str(m.get("world_model"))),
+        ("success rate", f"{s['success_rate']:.1%} ({s['successes']}/{s['episodes']}), 95% CI [{lo:.1%}, {hi:.1%}]"),
+        ("steps used (mean)", f"{s['steps_mean']:.1f} of budget {m.get('budget')}"),
+        ("final distance (mean)", f"{s['final_distance_mean']:.4f}"),
+        ("plan time / decision", f"{s['plan_time_per_decision_s']:.3f} s (p90 {s['plan_time_per_decision_p90_s']:.3f} s)"),
+        ("device", str(m.get("device"))),
+        ("seeds", f"{m.get('seeds', [None])[0]}..{m.get('seeds', [None])[-1]}"),
+        ("git commit", str(m.get("git_commit"))),
+    ]
+
+
+def render_markdown(report: dict) -> str:
+    lines = ["# sfplan eval report", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in _headline(report)]
+    lines += ["", "## Episodes", "", "| # | seed | success | steps | final distance | plan time (s) |",
+              "|---|---|---|---|---|---|"]
+    for i, e in enumerate(report["episodes"]):
+        lines.append(f"| {i} | {e['seed']} | {'yes' if e['success'] else 'no'} | {e['steps']} | "
+                     f"{e['final_distance']:.4f} | {e['plan_time_mean_s']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_html(report: dict) -> str:
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in _headline(report))
+    eps = report["episodes"]
+    cards = []
+    for i, g in enumerate(report["gifs"]):
+        e = eps[i]
+        tag = "success" if e["success"] else "failure"
+        cards.append(f'<figure class="{tag}"><img src="{html.escape(g)}" alt="episode {i}">'
+                     f"<figcaption>ep {i} · seed {e['seed']} · {tag} · {e['steps']} steps · "
+                     f"d={e['final_distance']:.3f}</figcaption></figure>")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>sfplan eval</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
+figure{{display:inline-block;margin:6px;padding:4px;border:3px solid #ccc}}
+figure.success{{border-color:#3c3}} figure.failure{{border-color:#d33}}
+figcaption{{font-size:12px}} img{{image-rendering:pixelated}}</style></head>
+<body><h1>sfplan eval report</h1><table>{rows}</table>
+<p>Each GIF: the real frames (left) beside the goal image (right).</p>
+{''.join(cards)}
+</body></html>
+"""
+

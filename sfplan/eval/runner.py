@@ -1,0 +1,130 @@
+"""The MPC loop: plan, execute a chunk, (write memory,) re-plan, under a fixed step budget.
+
+The runner owns everything the planner must not touch: the env, timing, frames and logs.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+
+from sfplan.planners.base import Planner
+from sfplan.planners.common import shift_plan
+from sfplan.world_model.base import WorldModel
+
+
+@dataclass
+class EpisodeResult:
+    seed: int
+    success: bool
+    steps: int  # env steps used (up to the first success, else the budget)
+    final_distance: float
+    min_distance: float
+    plan_times: list[float] = field(default_factory=list)  # seconds per planning decision
+    frames: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8 real frames
+    goal: np.ndarray | None = None  # (H, W, 3) uint8
+
+    def summary(self) -> dict:
+        return {
+            "seed": self.seed,
+            "success": self.success,
+            "steps": self.steps,
+            "final_distance": self.final_distance,
+            "min_distance": self.min_distance,
+            "decisions": len(self.plan_times),
+            "plan_time_mean_s": float(np.mean(self.plan_times)) if self.plan_times else 0.0,
+        }
+
+
+def run_episode(
+    env: gym.Env,
+    planner: Planner,
+    world_model: WorldModel | None,
+    seed: int,
+    budget: int,
+    execute: int,
+    record: bool = True,
+    memory=None,
+) -> EpisodeResult:
+    """One MPC episode. ``execute`` actions of each plan run before re-planning; the
+    episode stops at the first success or when ``budget`` env steps are used.
+
+    ``memory`` (optional, Temp-LoRA) gets ``reset()`` at the start and ``write(frames,
+    actions)`` with each executed chunk's real frames.
+    """
+    obs, info = env.reset(seed=seed)
+    goal_img = obs["desired_goal"]
+    needs_model = getattr(planner, "needs_world_model", True)
+    goal = world_model.encode(goal_img[None, None]).features if needs_model else None  # (1, C, h, w)
+    if memory is not None:
+        memory.reset()
+    frames = [obs["pixels"]] if record else []
+    history = [obs["pixels"]]
+    dist = [info["distance"]]
+    plan_times: list[float] = []
+    warm = None
+    steps, success = 0, bool(info["is_success"])
+    while steps < budget and not success:
+        t0 = time.perf_counter()
+        state = world_model.encode(np.stack(history)[None], sim_state=info["state"][None]) if needs_model else None
+        result = planner.plan(state, goal, warm_start=warm)
+        plan_times.append(time.perf_counter() - t0)
+        chunk = result.actions[0, : min(execute, budget - steps)].detach().cpu().numpy()  # (k, A)
+        chunk_frames = []
+        for a in chunk:
+            obs, _, terminated, truncated, info = env.step(a)
+            steps += 1
+            chunk_frames.append(obs["pixels"])
+            dist.append(info["distance"])
+            if info["is_success"]:
+                success = True
+                break
+            if terminated or truncated:
+                break
+        if record:
+            frames.extend(chunk_frames)
+        history = (history + chunk_frames)[-getattr(world_model, "context_frames", 1):]
+        if memory is not None and chunk_frames:
+            memory.write(np.stack(chunk_frames), chunk[: len(chunk_frames)])
+        if terminated or truncated:
+            break
+        warm = shift_plan(result.actions, len(chunk))
+    return EpisodeResult(
+        seed=seed,
+        success=success,
+        steps=steps,
+        final_distance=float(dist[-1]),
+        min_distance=float(np.min(dist)),
+        plan_times=plan_times,
+        frames=frames,
+        goal=goal_img,
+    )
+
+
+def plan_horizon_check(planner: Planner, execute: int) -> None:
+    if execute > planner.horizon:
+        raise ValueError(
+            f"execute={execute} is longer than the planner horizon={planner.horizon}: "
+            "set execute <= planner.horizon (e.g. `execute=5 planner.horizon=10`)."
+        )
+
+
+def evaluate(env_fn, planner: Planner, world_model: WorldModel | None, seeds: list[int], budget: int,
+             execute: int, record: bool = True, memory=None, progress: bool = True):
+    """Run one episode per seed; yields EpisodeResult as each finishes."""
+    plan_horizon_check(planner, execute)
+    from tqdm.auto import tqdm
+
+    env = env_fn()
+    try:
+        bar = tqdm(seeds, desc="episodes", disable=not progress, dynamic_ncols=True)
+        n_success = 0
+        for i, seed in enumerate(bar):
+            res = run_episode(env, planner, world_model, seed, budget, execute, record=record, memory=memory)
+            n_success += res.success
+            bar.set_postfix(success=f"{n_success}/{i + 1}", steps=res.steps)
+            yield res
+    finally:
+        env.close()

@@ -1,0 +1,206 @@
+"""Goal-image task contract: every registered MuJoCo task and GoalImageWrapper."""
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from sfplan.envs import TASKS, GoalImageEnv, GoalImageWrapper, make_env
+
+MUJOCO_TASKS = ["sfplan/Reacher-v0", "sfplan/Pusher-v0", "sfplan/PointMazeUMaze-v0", "sfplan/PointMazeMedium-v0"]
+
+
+@pytest.fixture(scope="module", params=MUJOCO_TASKS)
+def task(request):
+    env = gym.make(request.param, image_size=64)
+    yield request.param, env
+    env.close()
+
+
+def test_registry_lists_tasks():
+    for tid in MUJOCO_TASKS:
+        assert tid in TASKS and "success" in TASKS[tid]
+        assert tid in gym.registry
+    with pytest.raises(ValueError, match="sfplan/Reacher-v0"):
+        make_env("sfplan/NoSuchTask-v0")
+
+
+def test_check_env(task):
+    _, env = task
+    assert isinstance(env.unwrapped, GoalImageEnv)
+    check_env(env.unwrapped, skip_render_check=True)  # warnings (e.g. Pusher's Box(-2, 2)) are fine
+
+
+def test_observation_contract(task):
+    _, env = task
+    obs, info = env.reset(seed=0)
+    assert obs["pixels"].shape == (64, 64, 3) and obs["pixels"].dtype == np.uint8
+    np.testing.assert_array_equal(obs["desired_goal"], info["goal_pixels"])
+    assert info["state"].dtype == np.float64
+    assert isinstance(info["is_success"], bool) and isinstance(info["distance"], float)
+    obs2, reward, terminated, truncated, info2 = env.step(env.action_space.sample())
+    assert reward == -info2["distance"] and not terminated
+    np.testing.assert_array_equal(obs2["desired_goal"], obs["desired_goal"])
+
+
+def test_seeded_goals(task):
+    _, env = task
+    env_b = env.unwrapped
+    obs1, info1 = env.reset(seed=7)
+    obs2, info2 = env.reset(seed=7)
+    np.testing.assert_array_equal(obs1["pixels"], obs2["pixels"])
+    np.testing.assert_array_equal(obs1["desired_goal"], obs2["desired_goal"])
+    np.testing.assert_array_equal(info1["state"], info2["state"])
+    goal7 = env_b.goal_state.copy()
+    obs3, _ = env.reset(seed=8)
+    assert not np.array_equal(obs3["desired_goal"], obs1["desired_goal"])
+    assert not np.array_equal(env_b.goal_state, goal7)
+
+
+def test_goal_state_is_success_and_start_is_not(task):
+    _, env = task
+    u = env.unwrapped
+    starts_success = 0
+    for seed in range(3):
+        obs, info = env.reset(seed=seed)
+        starts_success += info["is_success"]
+        start = u.get_state()
+        u.set_state(u.goal_state)
+        goal_info = u._info()
+        assert goal_info["is_success"], (seed, goal_info["distance"])
+        # The goal image is what the camera shows at the goal state.
+        np.testing.assert_array_equal(u.render_pixels(), obs["desired_goal"])
+        u.set_state(start)
+    assert starts_success <= 1
+
+
+def test_state_round_trip_and_sim_step_match_step(task):
+    _, env = task
+    u = env.unwrapped
+    obs, info = env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(env.action_space.low, env.action_space.high, size=(6, env.action_space.shape[0]))
+    for a in actions[:2]:
+        obs, *_ = env.step(a)
+    state = u.get_state()
+    u.set_state(state)
+    np.testing.assert_array_equal(u.render_pixels(), obs["pixels"])
+    np.testing.assert_array_equal(u.get_state(), state)
+    # Real steps vs the oracle's set_state + sim_step: bit-identical states and frames.
+    real = []
+    for a in actions[2:]:
+        obs, _, _, _, info = env.step(a)
+        real.append((info["state"], obs["pixels"]))
+    u.set_state(state)
+    for a, (s, px) in zip(actions[2:], real):
+        u.sim_step(a)
+        np.testing.assert_array_equal(u.get_state(), s)
+    np.testing.assert_array_equal(u.render_pixels(), px)
+
+
+@pytest.mark.parametrize("tid", ["sfplan/Reacher-v0", "sfplan/PointMazeUMaze-v0"])
+def test_far_goals(tid):
+    env = gym.make(tid, goal="far")
+    u = env.unwrapped
+    obs, info = env.reset(seed=0)
+    assert not info["is_success"]
+    u.set_state(u.goal_state)
+    assert u._info()["is_success"]
+    env.close()
+
+
+def test_bad_goal_protocol():
+    with pytest.raises(ValueError, match="near"):
+        gym.make("sfplan/Reacher-v0", goal="sideways")
+
+
+# ---- GoalImageWrapper ----------------------------------------------------------------
+def _goal_fn(env, rng):
+    for _ in range(20):
+        env.step(rng.uniform(-1, 1, 2))
+    return env.unwrapped.get_body_com("fingertip")[:2].copy()
+
+
+def _success_fn(env, goal):
+    return float(np.linalg.norm(env.unwrapped.get_body_com("fingertip")[:2] - goal))
+
+
+@pytest.fixture(scope="module")
+def wrapped():
+    env = GoalImageWrapper(
+        gym.make("Reacher-v5", render_mode="rgb_array", width=48, height=48),
+        _goal_fn, _success_fn, image_size=32, success_threshold=0.02,
+    )
+    yield env
+    env.close()
+
+
+def test_wrapper_contract(wrapped):
+    env = wrapped
+    check_env(env, skip_render_check=True)
+    obs, info = env.reset(seed=0)
+    assert obs["pixels"].shape == (32, 32, 3) and obs["pixels"].dtype == np.uint8
+    assert not info["is_success"] and info["distance"] > 0.02
+    obs_b, info_b = env.reset(seed=0)
+    np.testing.assert_array_equal(obs["desired_goal"], obs_b["desired_goal"])
+    np.testing.assert_array_equal(info["state"], info_b["state"])
+    # Goal state -> success, and the goal image is rendered there.
+    env.set_state(env.goal_state)
+    assert env._info()["is_success"]
+    np.testing.assert_array_equal(env.render_pixels(), obs["desired_goal"])
+    # Oracle contract: set_state + sim_step == step.
+    env.set_state(info["state"])
+    a = np.array([0.3, -0.5])
+    obs2, reward, *_ , info2 = env.step(a)
+    env.set_state(info["state"])
+    env.sim_step(a)
+    np.testing.assert_array_equal(env.get_state(), info2["state"])
+    np.testing.assert_array_equal(env.render_pixels(), obs2["pixels"])
+
+
+class _Dot(gym.Env):
+    """A non-MuJoCo env: a dot on a line, rendered as a 24x24 image."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+        self.action_space = gym.spaces.Discrete(2)
+        self.observation_space = gym.spaces.Box(0, 23, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = int(self.np_random.integers(0, 24))
+        return np.array([self.x], np.float32), {}
+
+    def step(self, action):
+        self.x = int(np.clip(self.x + (1 if action else -1), 0, 23))
+        return np.array([self.x], np.float32), 0.0, False, False, {}
+
+    def render(self):
+        img = np.zeros((24, 24, 3), np.uint8)
+        img[:, self.x] = 255
+        return img
+
+
+def test_wrapper_bool_success_and_non_mujoco():
+    def goal_fn(env, rng):
+        for _ in range(6):
+            env.step(1)
+        return env.unwrapped.x
+
+    env = GoalImageWrapper(_Dot(render_mode="rgb_array"), goal_fn, lambda env, goal: env.unwrapped.x == goal, image_size=16)
+    obs, info = env.reset(seed=1)
+    assert obs["pixels"].shape == (16, 16, 3)  # resized from 24x24
+    assert isinstance(info["is_success"], bool) and info["distance"] in (0.0, 1.0) and "state" not in info
+    obs_b, _ = env.reset(seed=1)
+    np.testing.assert_array_equal(obs["desired_goal"], obs_b["desired_goal"])
+    with pytest.raises(TypeError, match="MuJoCo"):
+        env.get_state()
+    with pytest.raises(ValueError, match="rgb_array"):
+        GoalImageWrapper(_Dot(), goal_fn, lambda env, goal: False)
+    env.close()
+
+
+def test_wrapper_needs_rgb_array():
+    with pytest.raises(ValueError, match=r'render_mode="rgb_array"'):
+        GoalImageWrapper(gym.make("Reacher-v5"), _goal_fn, _success_fn)

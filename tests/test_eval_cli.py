@@ -1,0 +1,68 @@
+"""`sfplan eval` end to end at toy size, and the errors a user gets for bad input."""
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from sfplan.cli import main
+from sfplan.config import ConfigError, load_config
+
+
+def test_eval_end_to_end_writes_report(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["eval", "env=reacher", "planner=cem", "episodes=2", "budget=6", "execute=3",
+               "env.kwargs.image_size=32", "planner.num_samples=8", "planner.iterations=2",
+               f"out_dir={out}", "progress=false"])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    s = rep["summary"]
+    assert s["episodes"] == 2 and 0 <= s["success_rate"] <= 1
+    lo, hi = s["success_rate_ci95"]
+    assert 0 <= lo <= s["success_rate"] <= hi <= 1
+    for e in rep["episodes"]:
+        assert 1 <= e["steps"] <= 6 and e["decisions"] >= 1
+    assert rep["meta"]["seeds"] == [100000, 100001]
+    assert rep["meta"]["world_model"] == "OracleWorldModel"
+    assert rep["config"]["planner"]["num_samples"] == 8
+    assert rep["summary"]["plan_time_per_decision_s"] > 0
+    assert len(rep["gifs"]) == 2 and (out / rep["gifs"][0]).exists()
+    assert (out / "index.html").exists() and (out / "report.md").exists()
+
+
+def test_random_baseline_needs_no_world_model(tmp_path):
+    out = tmp_path / "rand"
+    assert main(["eval", "planner=random", "episodes=1", "budget=4", "env.kwargs.image_size=32",
+                 f"out_dir={out}", "progress=false", "record=false"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["meta"]["world_model"] is None and rep["episodes"][0]["steps"] == 4
+
+
+def test_wrong_config_key_names_the_fix(capsys):
+    assert main(["eval", "episdoes=3"]) == 2
+    err = capsys.readouterr().err
+    assert "episdoes" in err and "episodes" in err and "--cfg" in err
+
+
+def test_unknown_group_option_lists_choices():
+    with pytest.raises(ConfigError, match="pointmaze_umaze"):
+        load_config("eval", ["env=no_such_task"])
+
+
+def test_unknown_task_id_lists_known_ids(capsys):
+    assert main(["eval", "env.id=sfplan/NoSuchTask-v0", "episodes=1", "progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert "NoSuchTask" in err and "sfplan/Reacher-v0" in err
+
+
+def test_cfg_prints_resolved_config(capsys):
+    assert main(["eval", "env=pointmaze_umaze", "--cfg"]) == 0
+    out = capsys.readouterr().out
+    assert "sfplan/PointMazeUMaze-v0" in out and "budget: 100" in out
+
+
+def test_info_lists_tasks_and_planners(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in ("sfplan/Reacher-v0", "sfplan/PointMazeUMaze-v0", "cem", "mppi", "random_shooting", "oracle"):
+        assert name in out

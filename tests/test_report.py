@@ -1,0 +1,33 @@
+import json
+
+import numpy as np
+import pytest
+
+from sfplan.eval.report import summarise, wilson_interval, write_report
+from sfplan.eval.runner import EpisodeResult
+
+
+@pytest.mark.parametrize("k,n,lo,hi", [(0, 10, 0.0, 0.2775), (10, 10, 0.7225, 1.0), (5, 10, 0.2366, 0.7634),
+                                       (45, 50, 0.7864, 0.9565)])
+def test_wilson_interval_known_values(k, n, lo, hi):
+    a, b = wilson_interval(k, n)
+    assert a == pytest.approx(lo, abs=1e-3) and b == pytest.approx(hi, abs=1e-3)
+
+
+def _ep(seed, success, steps):
+    f = np.zeros((8, 8, 3), np.uint8)
+    return EpisodeResult(seed, success, steps, 0.1 * seed, 0.05, [0.2, 0.4], [f, f + 50], f + 100)
+
+
+def test_write_report(tmp_path):
+    res = [_ep(1, True, 10), _ep(2, False, 50), _ep(3, True, 20)]
+    s = summarise(res)
+    assert s["successes"] == 2 and s["success_rate"] == pytest.approx(2 / 3)
+    assert s["steps_success_mean"] == 15 and s["plan_time_per_decision_s"] == pytest.approx(0.3)
+    write_report(tmp_path, res, {"a": 1}, {"task": "t", "seeds": [1, 2, 3]}, max_gifs=2)
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["summary"]["episodes"] == 3 and [e["success"] for e in rep["episodes"]] == [True, False, True]
+    assert len(rep["gifs"]) == 2 and all((tmp_path / g).stat().st_size > 0 for g in rep["gifs"])
+    assert "git_commit" in rep["meta"] and rep["config"] == {"a": 1}
+    assert "66.7%" in (tmp_path / "report.md").read_text()
+    assert "ep_000" in (tmp_path / "index.html").read_text()
