@@ -1,0 +1,178 @@
+"""Exploration policies for `sfplan collect`.
+
+A policy is a small stateful object::
+
+    policy.reset(env, rng)          # at the start of each episode, after env.reset
+    action = policy.act(obs, info)  # (A,) float32, inside env.action_space
+
+``env`` is the (possibly wrapped) Gymnasium env; ``rng`` a ``numpy.random.Generator``
+seeded from the episode seed (a stream apart from the env's own), so an episode is a
+function of (task, env kwargs, seed, policy, policy kwargs, steps) and of nothing else
+(not of the worker that collected it).
+
+Actions are rounded to float32 *before* they are stepped, so the stored float32
+actions replay the episode bit-exactly.
+
+Policies (``policy=`` in ``configs/collect.yaml``, parameters under ``policies.<name>``):
+
+- ``random``: uniform in the action bounds, each draw held for ``repeat`` steps.
+- ``correlated`` (default): AR(1) noise, a discretised Ornstein-Uhlenbeck process, in
+  normalised action units: ``u_t = rho u_{t-1} + sqrt(1 - rho^2) scale eps_t``, clipped to
+  [-1, 1] and mapped to the bounds. Its stationary std is ``scale`` and its correlation
+  time ``1 / (1 - rho)`` steps, so torques keep their sign long enough to swing the arm
+  across the workspace instead of jittering in place (see the coverage figures in
+  ``sfplan.data.collect``).
+- ``goal``: drive toward a freshly sampled goal with the task's own scripted
+  goal-reaching actions (``env.unwrapped._goal_actions(rng)``, called from the current
+  state), then ``noise_steps`` of correlated noise, then a new goal, and so on.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sfplan.errors import UserError
+
+
+def _bounds(env) -> tuple[np.ndarray, np.ndarray]:
+    space = env.action_space
+    low = np.asarray(space.low, dtype=np.float64)
+    high = np.asarray(space.high, dtype=np.float64)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+        raise UserError(f"exploration policies need a bounded action space; {env.spec.id if env.spec else env} "
+                        f"has bounds [{low}, {high}]")
+    return low, high
+
+
+class Policy:
+    """Base class: keeps the action bounds; ``to_action`` maps [-1, 1] units to them."""
+
+    name = "policy"
+
+    def reset(self, env, rng: np.random.Generator) -> None:
+        self.low, self.high = _bounds(env)
+        self.rng = rng
+
+    def act(self, obs, info) -> np.ndarray:
+        raise NotImplementedError
+
+    def to_action(self, u: np.ndarray) -> np.ndarray:
+        """u: (A,) in [-1, 1] -> (A,) float32 in [low, high]."""
+        u = np.clip(u, -1.0, 1.0)
+        a = self.low + (u + 1.0) * 0.5 * (self.high - self.low)
+        return np.clip(a, self.low, self.high).astype(np.float32)
+
+    def kwargs(self) -> dict:
+        """The parameters that define the policy (stored in the dataset)."""
+        return {}
+
+
+class RandomPolicy(Policy):
+    """Uniform random actions in the bounds, each held for ``repeat`` steps."""
+
+    name = "random"
+
+    def __init__(self, repeat: int = 1):
+        if int(repeat) < 1:
+            raise UserError(f"policies.random.repeat must be >= 1, got {repeat}")
+        self.repeat = int(repeat)
+
+    def reset(self, env, rng):
+        super().reset(env, rng)
+        self._t = 0
+        self._a = None
+
+    def act(self, obs, info):
+        if self._t % self.repeat == 0:
+            self._a = self.to_action(self.rng.uniform(-1.0, 1.0, self.low.shape))
+        self._t += 1
+        return self._a
+
+    def kwargs(self):
+        return {"repeat": self.repeat}
+
+
+class CorrelatedPolicy(Policy):
+    """AR(1) / discretised Ornstein-Uhlenbeck noise in normalised action units.
+
+    Args:
+        rho: correlation between consecutive steps (0 = white noise; correlation time
+            ``1 / (1 - rho)`` steps).
+        scale: stationary standard deviation in [-1, 1] units (before clipping).
+    """
+
+    name = "correlated"
+
+    def __init__(self, rho: float = 0.9, scale: float = 0.5):
+        if not 0.0 <= float(rho) < 1.0:
+            raise UserError(f"policies.correlated.rho must be in [0, 1), got {rho}")
+        if float(scale) <= 0:
+            raise UserError(f"policies.correlated.scale must be > 0, got {scale}")
+        self.rho, self.scale = float(rho), float(scale)
+
+    def reset(self, env, rng):
+        super().reset(env, rng)
+        self._u = np.clip(self.scale * rng.standard_normal(self.low.shape), -1.0, 1.0)
+
+    def act(self, obs, info):
+        eps = self.rng.standard_normal(self._u.shape)
+        self._u = np.clip(self.rho * self._u + np.sqrt(1.0 - self.rho**2) * self.scale * eps, -1.0, 1.0)
+        return self.to_action(self._u)
+
+    def kwargs(self):
+        return {"rho": self.rho, "scale": self.scale}
+
+
+class GoalPolicy(CorrelatedPolicy):
+    """Scripted goal reaching, then noise: repeat.
+
+    Each segment asks the task for the actions that reach a freshly sampled goal from
+    the current state (``env.unwrapped._goal_actions(rng)``, the same script the task
+    uses to make its goal images), plays them, then plays ``noise_steps`` steps of
+    ``correlated`` noise (``rho``, ``scale``). Needs an sfplan task (a ``GoalImageEnv``).
+    """
+
+    name = "goal"
+
+    def __init__(self, noise_steps: int = 10, rho: float = 0.9, scale: float = 0.5):
+        super().__init__(rho=rho, scale=scale)
+        if int(noise_steps) < 0:
+            raise UserError(f"policies.goal.noise_steps must be >= 0, got {noise_steps}")
+        self.noise_steps = int(noise_steps)
+
+    def reset(self, env, rng):
+        super().reset(env, rng)
+        self._task = env.unwrapped
+        if not callable(getattr(self._task, "_goal_actions", None)):
+            raise UserError(f"policy=goal needs an sfplan task with scripted goal reaching (_goal_actions); "
+                            f"{type(self._task).__name__} has none: use policy=correlated or policy=random")
+        self._plan: list[np.ndarray] = []
+        self._noise_left = 0
+
+    def act(self, obs, info):
+        if not self._plan and self._noise_left == 0:
+            plan = np.asarray(self._task._goal_actions(self.rng), dtype=np.float64).reshape(-1, self.low.size)
+            self._plan = [np.clip(a, self.low, self.high).astype(np.float32) for a in plan]
+            self._noise_left = self.noise_steps
+            if not self._plan and self._noise_left == 0:  # a task with nothing to do: noise
+                self._noise_left = 1
+        if self._plan:
+            return self._plan.pop(0)
+        self._noise_left -= 1
+        return super().act(obs, info)
+
+    def kwargs(self):
+        return {"noise_steps": self.noise_steps, "rho": self.rho, "scale": self.scale}
+
+
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (RandomPolicy, CorrelatedPolicy, GoalPolicy)}
+
+
+def make_policy(name: str, **kwargs) -> Policy:
+    """``make_policy("correlated", rho=0.9, scale=0.5)``; a clear error for unknown names/keys."""
+    if name not in POLICIES:
+        raise UserError(f"unknown policy {name!r}: use policy={' | policy='.join(POLICIES)}")
+    try:
+        return POLICIES[name](**kwargs)
+    except TypeError as e:
+        raise UserError(f"bad parameters for policy={name}: {e}. "
+                        f"Set them as policies.{name}.<key>=<value>") from None
