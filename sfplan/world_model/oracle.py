@@ -74,6 +74,7 @@ class OracleWorldModel:
         import sfplan.envs  # noqa: F401  (registers the sfplan/* ids)
 
         env = make_env() if make_env is not None else gym.make(env_id, **dict(env_kwargs or {}))
+        env.reset(seed=0)  # Gymnasium refuses to render an env that was never reset
         self.sim = _sim_interface(env)
         self._env = env
         self.frame_stride = int(frame_stride)
