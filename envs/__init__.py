@@ -14,6 +14,14 @@ to a one-line description with its success criterion (``sfplan info`` prints it)
 """
 from __future__ import annotations
 
+import os
+import sys
+
+# Headless Linux: render through EGL unless the user chose a backend (must precede `import mujoco`).
+if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
 import gymnasium as gym
 from gymnasium.envs.registration import register, registry
 
