@@ -11,6 +11,7 @@ PACKAGES = {
     "sfplan.world_model": "sfplan/world_model",
     "sfplan.eval": "sfplan/eval",
     "sfplan.data": "sfplan/data",
+    "sfplan.training": "sfplan/training",
     "sfplan.envs": "envs",
     "sfplan.planners": "planners",
     "sfplan.configs": "configs",
@@ -37,6 +38,7 @@ setup(
         "safetensors",
         "tqdm",
         "h5py>=3.8",
+        "tensorboard",
     ],
     extras_require={
         "robosuite": ["robosuite>=1.5"],

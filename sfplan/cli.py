@@ -1,12 +1,12 @@
 """The `sfplan` command: `sfplan eval [key=value ...]`, `sfplan collect [key=value ...]`,
-`sfplan data info PATH`, `sfplan info`."""
+`sfplan data info PATH`, `sfplan train [key=value ...]`, `sfplan generate [key=value ...]`, `sfplan info`."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-from sfplan.config import config_options, load_config
+from sfplan.config import config_options, load_config, require_complete
 from sfplan.errors import UserError
 
 USAGE_OVERRIDES = "Hydra overrides, e.g. env=pointmaze_umaze planner=mppi episodes=50 device=cpu"
@@ -19,6 +19,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return 0
+    require_complete(cfg, "eval")
     from sfplan.eval.main import run_eval
 
     report = run_eval(cfg)
@@ -64,6 +65,56 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import shlex
+
+    cfg = load_config("train", args.overrides)
+    if args.cfg:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        return 0
+    require_complete(cfg, "train")
+    from sfplan.training import run_train
+
+    r = run_train(cfg, command=" ".join(["sfplan train", *map(shlex.quote, args.overrides)]))
+    if not r.get("is_main", True):  # other DDP processes: the main one reports
+        return 0
+    sps = f"{r['steps_per_s']:.2f} steps/s" if r.get("steps_per_s") else "no steps run"
+    if r.get("stopped"):
+        print(f"stopped at step {r['step']}/{r['steps']} ({r['stopped']}); checkpoint: {r['checkpoint']} "
+              f"(run the same command to resume)")
+        return 0
+    losses = "".join(f", {name} loss {d['loss']:.4g}"
+                     for name, d in (("final", r["last_train"]), ("val", r["last_val"])) if d.get("loss") is not None)
+    print(f"trained {r['stage']} to step {r['step']} ({r['steps_this_run']} steps in this run, {sps}){losses}")
+    logs = f"  logs: tensorboard --logdir {r['out_dir']}/tb" if cfg.tensorboard else ""
+    print(f"model: {r['model']}  card: {r['out_dir']}/model_card.md{logs}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    cfg = load_config("generate", args.overrides)
+    if args.cfg:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        return 0
+    require_complete(cfg, "generate")
+    from sfplan.generate import run_generate
+
+    r = run_generate(cfg)
+    print(f"imagined {r['horizon']} steps in {r['wall_s']:.1f} s ({r['frames_per_s']:.1f} frames/s; chunks of "
+          f"{r['chunk_size']}, {r['sampler']} x {r['num_steps']} steps)")
+    if "table" in r:
+        src = r["source"]
+        print(f"episode {src['episode']} (seed {src['seed']}, held out from training: "
+              f"{'yes' if src['held_out'] else 'no'}): PSNR [dB] / SSIM per horizon step")
+        print(r["table"])
+    print(f"video: {r['out_dir']}/video.mp4 (and .gif)  metrics: {r['out_dir']}/metrics.json")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from sfplan.envs import TASKS
 
@@ -100,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--env-id", default=None, help="task id to record (default: the Minari env spec's id)")
     dm.add_argument("--append", action="store_true", help="add to an existing dataset directory")
     d.set_defaults(func=_cmd_data)
+    t = sub.add_parser("train", help="train the learned world model: stage=vae, then stage=dynamics")
+    t.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. stage=vae data.path=data/Reacher-v0 steps=5000 "
+                   "(stage=dynamics also needs vae=<vae run>/model)")
+    t.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    t.set_defaults(func=_cmd_train)
+    g = sub.add_parser("generate", help="roll out a long video with a learned world model; PSNR/SSIM per step")
+    g.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=<run>/model data=data/Reacher-v0 "
+                   "episode=3 (or image=start.png actions=actions.npy)")
+    g.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    g.set_defaults(func=_cmd_generate)
     i = sub.add_parser("info", help="list registered tasks, planners, world models and costs")
     i.set_defaults(func=_cmd_info)
     return p
@@ -113,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"sfplan {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # sfplan train: "SIGINT at step N: checkpoint ...; run the same command again"
+        print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
 
 

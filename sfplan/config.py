@@ -52,6 +52,21 @@ def load_config(name: str, overrides: list[str] | None = None) -> DictConfig:
     return cfg
 
 
+MISSING_HINTS = {
+    "data.path": "a dataset directory written by `sfplan collect`",
+    "world_model.path": "the model/ folder of a `sfplan train stage=dynamics` run",
+    "model": "the model/ folder of a `sfplan train stage=dynamics` run",
+}
+
+
+def require_complete(cfg: DictConfig, name: str) -> None:
+    """Raise a ConfigError naming every required value (``???``) left unset."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        what = "; ".join(f"{k}=<{MISSING_HINTS[k]}>" if k in MISSING_HINTS else f"{k}=..." for k in missing)
+        raise ConfigError(f"`sfplan {name}` needs {', '.join(missing)}: set it on the command line ({what})")
+
+
 def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0]
 

@@ -1,0 +1,270 @@
+"""`sfplan generate`: roll out a long video with the learned world model, chunk by chunk.
+
+Usage::
+
+    sfplan generate model=outputs/train/Reacher-v0-dynamics/model data=data/Reacher-v0 episode=3
+    sfplan generate model=PATH image=start.png actions=actions.npy      # any start image
+    sfplan generate model=PATH data=PATH episode=0 horizon=48 num_steps=4 out_dir=outputs/gen
+
+From a dataset episode, the model starts from the episode's first ``context_frames``
+ground-truth frames (default 1: the start frame), gets the episode's recorded actions and
+imagines ``horizon`` steps (default: to the end of the episode) autoregressively, one
+``chunk_size`` chunk per sampler call, each chunk conditioned on the latest imagined
+frames. Written to ``out_dir``:
+
+- ``video.mp4`` and ``video.gif``: ground truth | model side by side (model only for
+  ``image=``), upscaled ``scale`` x;
+- ``frames.npz``: ``generated`` (H, S, S, 3) uint8 (and ``ground_truth``);
+- ``metrics.json``: PSNR and SSIM per horizon step for the model and for the copy-last-
+  frame baseline (the last known frame held still), their means over the rollout and
+  per chunk; PSNR is capped at 100 dB (identical frames) so means stay finite.
+
+A short table of the same numbers is printed.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from sfplan.errors import UserError
+
+PSNR_CAP_DB = 100.0
+
+
+# ----------------------------------------------------------------------------- helpers
+@torch.no_grad()
+def rollout(wm, context: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """Imagine len(actions) steps after the context frames.
+
+    wm: SlowFastWorldModel with ``return_frames="all"``. context: (T, H, W, 3) uint8 real
+    frames (the last is "now"; the model keeps its last ``context_frames``). actions:
+    (K, A); ``actions[k]`` yields imagined frame k. Returns (K, H, W, 3) uint8."""
+    if wm.config.return_frames != "all":
+        raise ValueError("rollout needs a world model with return_frames='all'")
+    state = wm.encode(np.asarray(context)[None])  # context (1, T', C, h, w)
+    acts = torch.as_tensor(np.asarray(actions, np.float32))[None, None]  # (1, 1, K, A)
+    im = wm.imagine(state, acts)  # features (1, 1, K, C, h, w)
+    return wm.decode(im.features[0, 0]).numpy()  # (K, H, W, 3)
+
+
+def _label(width: int, text: str) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("RGB", (width, 12), (0, 0, 0))
+    ImageDraw.Draw(img).text((2, 0), text, fill=(255, 255, 255), font=ImageFont.load_default())
+    return np.asarray(img)
+
+
+def side_by_side(columns: list[np.ndarray], labels: list[str] | None = None, scale: int = 1,
+                 gap: int = 2) -> np.ndarray:
+    """columns: each (T_i, H, W, 3) uint8 -> (T, H', W', 3) video with the columns side
+    by side (shorter ones hold their last frame), upscaled ``scale`` x, labels on top."""
+    T = max(len(c) for c in columns)
+    cols = []
+    for c in columns:
+        c = np.asarray(c)
+        if len(c) < T:
+            c = np.concatenate([c, np.repeat(c[-1:], T - len(c), axis=0)])
+        c = c.repeat(scale, axis=1).repeat(scale, axis=2)
+        cols.append(c)
+    if labels:
+        cols = [np.concatenate([np.broadcast_to(_label(c.shape[2], lab), (T, 12, c.shape[2], 3)), c], axis=1)
+                for c, lab in zip(cols, labels)]
+    sep = np.full((T, cols[0].shape[1], gap, 3), 255, np.uint8)
+    parts = []
+    for i, c in enumerate(cols):
+        parts += [c] if i == 0 else [sep, c]
+    return np.concatenate(parts, axis=2)
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 8) -> None:
+    """(T, H, W, 3) uint8 -> mp4 (H.264, dims padded to even) or gif, by suffix (imageio v3)."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    frames = np.ascontiguousarray(frames)
+    if path.suffix == ".gif":
+        iio.imwrite(path, frames, duration=1000 / fps, loop=0)
+        return
+    T, H, W, _ = frames.shape
+    if H % 2 or W % 2:
+        frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)))
+    iio.imwrite(path, frames, fps=fps, codec="libx264", macro_block_size=1)
+
+
+def _cap(x: list[float]) -> list[float]:
+    return [min(float(v), PSNR_CAP_DB) for v in x]
+
+
+def frame_metrics(pred: np.ndarray, truth: np.ndarray, baseline: np.ndarray) -> dict:
+    """Per-step PSNR/SSIM of ``pred`` and ``baseline`` against ``truth`` (each (K, H, W, 3))."""
+    from sfplan.eval.video_metrics import psnr, ssim
+
+    out = {}
+    for name, x in (("model", pred), ("copy_last", baseline)):
+        out[name] = {"psnr": _cap(psnr(x, truth).tolist()), "ssim": [float(v) for v in ssim(x, truth).tolist()]}
+    return out
+
+
+def format_table(per: dict, steps: list[int], chunk: int) -> str:
+    """Rows at horizons 1, 2, 4, ... and the last step, then the means."""
+    K = len(steps)
+    show = sorted({k for k in [2**i for i in range(12)] if k <= K} | {K} | set(range(chunk, K + 1, chunk)))
+    lines = [f"{'step':>6} | {'PSNR model':>10} {'copy-last':>10} | {'SSIM model':>10} {'copy-last':>10}",
+             "-" * 58]
+    m, b = per["model"], per["copy_last"]
+    for k in show:
+        i = k - 1
+        lines.append(f"{k:>6} | {m['psnr'][i]:>10.2f} {b['psnr'][i]:>10.2f} | {m['ssim'][i]:>10.4f} "
+                     f"{b['ssim'][i]:>10.4f}")
+    lines.append("-" * 58)
+    lines.append(f"{'mean':>6} | {np.mean(m['psnr']):>10.2f} {np.mean(b['psnr']):>10.2f} | "
+                 f"{np.mean(m['ssim']):>10.4f} {np.mean(b['ssim']):>10.4f}")
+    return "\n".join(lines)
+
+
+def _load_image(path: str, size: int) -> np.ndarray:
+    import imageio.v3 as iio
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"no image at {p}: pass image=<a PNG/JPEG of the task's camera>")
+    img = np.asarray(iio.imread(p))
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    img = img[..., :3]
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    if img.shape[:2] != (size, size):
+        from PIL import Image
+
+        print(f"note: resizing {p.name} from {img.shape[1]}x{img.shape[0]} to the model's {size}x{size}")
+        img = np.array(Image.fromarray(img).resize((size, size), Image.BICUBIC))
+    return img
+
+
+def _load_actions(path: str, action_dim: int) -> np.ndarray:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"no actions at {p}: pass actions=<a .npy of shape (steps, {action_dim})>")
+    try:
+        a = np.load(p, allow_pickle=False)
+    except Exception as e:
+        raise UserError(f"cannot read actions {p} ({type(e).__name__}): save them with numpy.save as a "
+                        f"(steps, {action_dim}) float array") from None
+    if a.ndim != 2 or a.shape[1] != action_dim or len(a) < 1:
+        raise UserError(f"actions in {p} have shape {a.shape}; the model needs (steps, {action_dim})")
+    return a.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- command
+def run_generate(cfg: DictConfig) -> dict:
+    """`sfplan generate` (config ``configs/generate.yaml``); returns the metrics dict."""
+    from sfplan.device import resolve_device
+    from sfplan.world_model.learned import SlowFastWorldModel
+
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    try:
+        device = resolve_device(cfg.device)
+    except RuntimeError as e:
+        raise UserError(str(e)) from None
+    overrides = {k: cfg[k] for k in ("chunk_size", "num_steps", "sampler", "guidance_scale") if cfg.get(k) is not None}
+    model_dir = Path(str(cfg.model)).expanduser()
+    if not (model_dir / "world_model.json").is_file() and (model_dir / "model" / "world_model.json").is_file():
+        model_dir = model_dir / "model"  # a training run directory
+    wm = SlowFastWorldModel.from_pretrained(model_dir, device=device, return_frames="all",
+                                            noise_seed=int(cfg.seed), **overrides)
+    size = int(wm.vae.config.image_size)
+    A = int(wm.diffusion.config.action_dim)
+    ctx_n = int(cfg.context_frames or 1)
+    if not 1 <= ctx_n <= wm.context_frames:
+        raise UserError(f"context_frames={ctx_n} must be in [1, {wm.context_frames}] (the model's context)")
+    truth = None
+    source: dict = {}
+    if cfg.get("image"):
+        if cfg.get("data"):
+            raise UserError("pass either data=PATH episode=K or image=PNG actions=NPY, not both")
+        if not cfg.get("actions"):
+            raise UserError(f"image= needs actions=<.npy of shape (steps, {A})>")
+        context = _load_image(str(cfg.image), size)[None]  # (1, S, S, 3)
+        actions = _load_actions(str(cfg.actions), A)
+        ctx_n = 1
+        if cfg.get("horizon"):
+            actions = actions[: int(cfg.horizon)]
+        source = {"image": str(cfg.image), "actions": str(cfg.actions)}
+        name = Path(str(cfg.image)).stem
+    elif cfg.get("data"):
+        from sfplan.data import EpisodeDataset
+
+        ds = EpisodeDataset(Path(str(cfg.data)).expanduser())
+        if ds.image_size != size:
+            raise UserError(f"dataset {ds.path} holds {ds.image_size}x{ds.image_size} frames, the model works at "
+                            f"{size}x{size}: use a dataset collected at image_size={size}")
+        if ds.action_dim != A:
+            raise UserError(f"dataset {ds.path} has {ds.action_dim}-d actions, the model {A}-d")
+        k = int(cfg.episode)
+        if not -len(ds) <= k < len(ds):
+            raise UserError(f"episode={k} is out of range: {ds.path} holds {len(ds)} episodes (0..{len(ds) - 1})")
+        ep = ds[k]
+        L = ep.length
+        if L < ctx_n:
+            raise UserError(f"episode {k} has {L} steps, fewer than context_frames={ctx_n}")
+        H = L + 1 - ctx_n if not cfg.get("horizon") else min(int(cfg.horizon), L + 1 - ctx_n)
+        context = ep.pixels[:ctx_n]
+        actions = ep.actions[ctx_n - 1: ctx_n - 1 + H]
+        truth = ep.pixels[ctx_n: ctx_n + H]
+        _, val = ds.split(float(cfg.val_fraction), salt=int(cfg.split_salt))
+        held_out = int(ep.seed) in set(val.seeds.tolist())
+        source = {"data": str(ds.path), "episode": k, "seed": int(ep.seed), "held_out": held_out,
+                  "val_fraction": float(cfg.val_fraction)}
+        name = f"{ds.path.name}_ep{k}"
+        ds.close()
+    else:
+        raise UserError("nothing to start from: pass data=<dataset dir> episode=K, or image=<PNG> actions=<NPY>")
+
+    out = Path(cfg.out_dir) if cfg.get("out_dir") else Path("outputs/generate") / (
+        f"{time.strftime('%Y%m%d-%H%M%S')}_{name}")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    gen = rollout(wm, context, actions)  # (H, S, S, 3)
+    wall = time.perf_counter() - t0
+    H = len(gen)
+    scale, fps = int(cfg.scale), int(cfg.fps)
+    if truth is not None:
+        video = side_by_side([np.concatenate([context, truth]), np.concatenate([context, gen])],
+                             ["ground truth", "model"], scale=scale)
+    else:
+        video = side_by_side([np.concatenate([context, gen])], ["model"], scale=scale)
+    write_video(out / "video.mp4", video, fps)
+    write_video(out / "video.gif", video, fps)
+    np.savez_compressed(out / "frames.npz", generated=gen, context=context,
+                        **({"ground_truth": truth} if truth is not None else {}))
+    result = {
+        "model": str(model_dir), "checkpoint_sha256": wm.checkpoint_sha256, "source": source,
+        "context_frames": ctx_n, "horizon": H, "chunk_size": wm.chunk_size, "sampler": wm.config.sampler,
+        "num_steps": wm.config.num_steps, "guidance_scale": wm.config.guidance_scale, "seed": int(cfg.seed),
+        "device": str(device), "wall_s": wall, "frames_per_s": H / wall if wall > 0 else None,
+        "psnr_cap_db": PSNR_CAP_DB, "out_dir": str(out),
+        "files": {"mp4": "video.mp4", "gif": "video.gif", "frames": "frames.npz"},
+    }
+    if truth is not None:
+        per = frame_metrics(gen, truth, np.repeat(context[-1:], H, axis=0))
+        C = wm.chunk_size
+        result["per_step"] = {"step": list(range(1, H + 1)), **per}
+        result["summary"] = {
+            name: {"psnr_mean": float(np.mean(v["psnr"])), "ssim_mean": float(np.mean(v["ssim"])),
+                   "psnr_per_chunk": [float(np.mean(v["psnr"][i:i + C])) for i in range(0, H, C)],
+                   "ssim_per_chunk": [float(np.mean(v["ssim"][i:i + C])) for i in range(0, H, C)]}
+            for name, v in per.items()}
+        result["table"] = format_table(per, list(range(1, H + 1)), C)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+__all__ = ["run_generate", "rollout", "side_by_side", "write_video", "frame_metrics", "format_table"]

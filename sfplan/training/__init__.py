@@ -1,0 +1,85 @@
+"""Slow learning: `sfplan train`, the two training stages of the learned world model.
+
+    sfplan train stage=vae data.path=data/Reacher-v0                   # 1. frame VAE
+    sfplan train stage=dynamics data.path=data/Reacher-v0 \\
+        vae=outputs/train/Reacher-v0-vae/model                          # 2. video diffusion
+    accelerate launch -m sfplan.cli train stage=dynamics ...            # DDP on several GPUs
+
+Built on HF Accelerate (CPU, one GPU, or DDP), with EMA weights, atomic checkpoints and
+exact resume (re-run the same command), a NaN guard, tqdm and TensorBoard
+(``tensorboard --logdir OUT/tb``). The config is ``configs/train.yaml`` with the stage
+groups ``configs/stage/{vae,dynamics}.yaml``; the run layout is described in
+``sfplan.training.checkpoint``; the loop in ``sfplan.training.trainer``; the stages in
+``sfplan.training.stages``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from sfplan.errors import UserError
+
+MIXED_PRECISION = ("auto", "no", "bf16")
+
+
+def default_out_dir(cfg: DictConfig) -> Path:
+    name = Path(str(cfg.data.path)).expanduser().resolve().name or "data"
+    return Path("outputs/train") / f"{name}-{cfg.stage}"
+
+
+def _check(cfg: DictConfig) -> None:
+    from sfplan.training.stages import STAGES
+
+    if cfg.stage not in STAGES:
+        raise UserError(f"stage={cfg.stage!r}: choose one of {', '.join(STAGES)}")
+    for k in ("steps", "batch_size", "checkpoint_every", "log_every", "nan_tolerance"):
+        if cfg[k] is None or int(cfg[k]) < 1:
+            raise UserError(f"{k} must be >= 1, got {cfg[k]}")
+    if not float(cfg.lr) > 0:
+        raise UserError(f"lr must be > 0, got {cfg.lr}")
+    if str(cfg.mixed_precision) not in MIXED_PRECISION:
+        raise UserError(f"mixed_precision={cfg.mixed_precision!r}: choose one of {', '.join(MIXED_PRECISION)} "
+                        f"(fp16 needs loss scaling and is not supported: use bf16)")
+
+
+def make_accelerator(cfg: DictConfig):
+    """An ``accelerate.Accelerator`` on the configured device; ``auto`` precision is
+    ``no`` on the CPU and ``bf16`` on a GPU that supports it (``bf16`` on the CPU runs
+    torch's CPU autocast)."""
+    from accelerate import Accelerator
+
+    from sfplan.device import resolve_device
+
+    try:
+        device = resolve_device(cfg.device)
+    except RuntimeError as e:
+        raise UserError(str(e)) from None
+    mp = str(cfg.mixed_precision)
+    if mp == "auto":
+        mp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if device.type == "cuda" and device.index not in (None, 0) and not launched:
+        raise UserError(f"device={cfg.device}: pick the GPU with CUDA_VISIBLE_DEVICES={device.index} and "
+                        f"device=cuda (Accelerate uses the first visible GPU)")
+    acc = Accelerator(cpu=device.type == "cpu", mixed_precision=mp, step_scheduler_with_optimizer=False)
+    return acc
+
+
+def run_train(cfg: DictConfig, command: str | None = None) -> dict:
+    """Train the configured stage; returns a summary dict (see ``Trainer.fit``)."""
+    from sfplan.training.stages import STAGES
+    from sfplan.training.trainer import Trainer
+
+    _check(cfg)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    out_dir = Path(str(cfg.out_dir)).expanduser() if cfg.get("out_dir") else default_out_dir(cfg)
+    acc = make_accelerator(cfg)
+    stage = STAGES[str(cfg.stage)](cfg, out_dir)
+    return Trainer(cfg, stage, acc, out_dir, command).fit()
+
+
+__all__ = ["run_train", "make_accelerator", "default_out_dir"]

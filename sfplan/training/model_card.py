@@ -1,0 +1,101 @@
+"""``model_card.md`` (and ``training_summary.json``) beside a finished run's ``model/``."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _kv(d: dict) -> str:
+    return ", ".join(f"{k} {_fmt(v)}" for k, v in d.items()) if d else "n/a"
+
+
+def write_model_card(out_dir: Path, cfg, result: dict, data: dict, hardware: str, command: str | None,
+                     accelerator) -> Path:
+    from sfplan.eval.report import git_commit
+
+    out_dir = Path(out_dir)
+    stage = result["stage"]
+    world = accelerator.num_processes
+    mp = str(accelerator.mixed_precision)
+    cmd = command or f"sfplan train stage={stage} data.path={cfg.data.path} ..."
+    model_dir = out_dir / "model"
+    if stage == "vae":
+        what = "FrameAutoencoder (diffusers AutoencoderKL), frames -> latents"
+        use = (f"sfplan train stage=dynamics data.path={cfg.data.path} vae={model_dir}")
+    else:
+        what = "SlowFastWorldModel: frame VAE + action-conditioned masked latent video diffusion (slow learner)"
+        use = (f"sfplan generate model={model_dir} data={cfg.data.path} episode=0\n"
+               f"sfplan eval world_model=learned world_model.path={model_dir} env=<task of the data>")
+    sps = result.get("steps_per_s")
+    lines = [
+        f"# sfplan model card: {stage}",
+        "",
+        f"{what}. Weights: the EMA (decay {cfg.ema_decay}) of the trained weights.",
+        "",
+        "## Data",
+        f"- dataset: `{data['dataset']}` ({data['env_id']}, {data['image_size']}x{data['image_size']} frames, "
+        f"{data['action_dim']}-d actions)",
+        f"- episodes: {data['episodes']} ({data['train_episodes']} train, {data['val_episodes']} held out by seed, "
+        f"val_fraction {cfg.data.val_fraction}); {data['steps']} steps, {data['frames']} frames",
+    ]
+    if stage == "dynamics":
+        lines += [f"- VAE: `{data.get('vae')}`; latent {data.get('latent_shape')}; latent cache "
+                  f"`{Path(data.get('latent_cache', '')).name}`",
+                  f"- clips of {data.get('clip_frames')} latent frames ({data.get('train_clips')} training clips)"]
+    lines += [
+        "",
+        "## Training",
+        f"- command: `{cmd}`",
+        f"- steps: {result['step']} (this invocation: {result['steps_this_run']}"
+        + (f", resumed from `{result['resumed_from']}`" if result.get("resumed_from") else "") + ")",
+        f"- batch size: {cfg.batch_size} per process x {world} process(es); lr {cfg.lr} ({cfg.lr_schedule}, "
+        f"warmup {cfg.warmup_steps}), grad clip {cfg.grad_clip}, weight decay {cfg.weight_decay}",
+        f"- non-finite steps skipped: {result['nan_skipped_total']}",
+        f"- seed: {cfg.seed}",
+        "",
+        "## Hardware and time",
+        f"- device: {accelerator.device} ({hardware}); mixed precision: {mp}; processes: {world}",
+        f"- wall time: {result.get('wall_time_s', 0):.1f} s (this invocation); training steps "
+        f"{result['train_time_s']:.1f} s"
+        + (f" = {sps:.3g} steps/s, {sps * int(cfg.batch_size) * world:.3g} samples/s" if sps else ""),
+        "",
+        "## Final losses",
+        f"- train (mean of the last log window): {_kv(result.get('last_train', {}))}",
+        f"- val (EMA weights, held-out episodes): {_kv(result.get('last_val', {}))}",
+        f"- samples: {_kv(result.get('last_sample', {}))}",
+    ]
+    if "latent_scale" in result:
+        lines.append(f"- latent scale: {_kv(result['latent_scale'])}")
+    if result.get("checkpoint_sha256"):
+        lines.append(f"- checkpoint sha256: `{result['checkpoint_sha256']}`")
+    lines += [
+        "",
+        "## Use",
+        "```",
+        use,
+        "```",
+        "",
+        "## Provenance",
+        f"- written {time.strftime('%Y-%m-%d %H:%M:%S %z')}; sfplan git commit {git_commit()}",
+        "",
+        "## Config",
+        "```yaml",
+        OmegaConf.to_yaml(cfg, resolve=True).rstrip(),
+        "```",
+        "",
+    ]
+    path = out_dir / "model_card.md"
+    path.write_text("\n".join(lines))
+    summary = {**{k: v for k, v in result.items()}, "data": data, "hardware": hardware, "command": cmd,
+               "mixed_precision": mp, "num_processes": world, "git_commit": git_commit()}
+    (out_dir / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return path

@@ -1,0 +1,304 @@
+"""The two training stages of the slow learner, as plug-ins of the generic ``Trainer``.
+
+- ``VaeStage`` (``stage=vae``): the FrameAutoencoder on single frames of the training
+  episodes; at the end ``fit_latent_scale`` on the EMA weights, saved with
+  ``FrameAutoencoder.save_pretrained``.
+- ``DynamicsStage`` (``stage=dynamics``): the frozen VAE encodes the dataset once into a
+  latent cache beside the run (``latent_cache``); ActionVideoDiffusion trains with
+  ``masked_loss`` on clips of ``context_frames + chunk_size`` latent frames; saved as a
+  ``SlowFastWorldModel`` (VAE + EMA diffusion + noise schedule + imagination settings).
+
+A stage holds the data in memory and draws every batch from the per-step generator the
+trainer hands it, so a batch is a pure function of (seed, rank, step): resuming needs only
+the step counter to draw the same batches and noise as an uninterrupted run.
+
+Stage interface (what ``Trainer`` calls): ``setup(device, is_main, wait)``, ``model``,
+``batch(g, split)``, ``loss(model, batch, g) -> (loss, logs)``, ``sample(ema_model,
+step, out_dir) -> (logs, images, videos)``, ``save_final(ema_model, directory) -> dict``,
+``identity()``, ``describe()``.
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sfplan.errors import UserError
+
+VAE_HINT = "train one with `sfplan train stage=vae data.path=<dataset>` and pass vae=<its out_dir>/model"
+
+
+def _container(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
+def _tuples(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def _dataclass_kwargs(cls, d: dict, where: str) -> dict:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise UserError(f"unknown key(s) {unknown} in {where}; valid: {sorted(known)}")
+    return _tuples(d)
+
+
+def open_dataset(cfg):
+    from sfplan.data import EpisodeDataset
+
+    path = cfg.data.path
+    ds = EpisodeDataset(Path(str(path)).expanduser())
+    train, val = ds.split(float(cfg.data.val_fraction), salt=int(cfg.data.split_salt))
+    if len(train) == 0:
+        raise UserError(f"dataset {ds.path} has no training episodes after holding out val_fraction="
+                        f"{cfg.data.val_fraction}: collect more episodes or lower data.val_fraction")
+    return ds, train, val
+
+
+def load_vae(path) -> "FrameAutoencoder":  # noqa: F821
+    """A trained FrameAutoencoder from ``path``: a ``stage=vae`` model dir, its run dir,
+    or a world model dir (its ``vae/``)."""
+    from sfplan.world_model.vae import FrameAutoencoder
+
+    if path in (None, "", "null"):
+        raise UserError(f"stage=dynamics needs a trained VAE: {VAE_HINT}")
+    p = Path(str(path)).expanduser()
+    for cand in (p, p / "model", p / "vae"):
+        if (cand / "config.json").is_file() and (cand / "diffusion_pytorch_model.safetensors").is_file():
+            try:
+                return FrameAutoencoder.from_pretrained(cand)
+            except Exception as e:
+                raise UserError(f"the VAE at {cand} is unreadable ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:160] if str(e) else ''}): {VAE_HINT}") from None
+    raise UserError(f"no trained VAE at {p} (expected config.json + diffusion_pytorch_model.safetensors): {VAE_HINT}")
+
+
+def _frames_of(ds, stride: int = 1, limit: int | None = None) -> torch.Tensor:
+    """All frames (every ``stride``-th per episode) of ``ds`` -> (N, H, W, 3) uint8 tensor."""
+    out, n = [], 0
+    for i in range(len(ds)):
+        px = ds.read(i, 0, int(ds.lengths[i]) + 1)["pixels"][::stride]
+        out.append(px)
+        n += len(px)
+        if limit is not None and n >= limit:
+            break
+    x = np.concatenate(out) if out else np.zeros((0, ds.image_size, ds.image_size, 3), np.uint8)
+    return torch.from_numpy(x[:limit] if limit is not None else x)
+
+
+class _Stage:
+    name = "?"
+
+    def __init__(self, cfg: DictConfig, out_dir: Path):
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.model: torch.nn.Module | None = None
+        self.device = torch.device("cpu")
+
+    def describe(self) -> dict:
+        ds, tr, va = self.ds, self.train_ds, self.val_ds
+        return {"dataset": str(ds.path), "env_id": ds.meta["env_id"], "image_size": ds.image_size,
+                "action_dim": ds.action_dim, "episodes": len(ds), "train_episodes": len(tr), "val_episodes": len(va),
+                "steps": ds.num_steps, "frames": int((ds.lengths + 1).sum())}
+
+
+# ----------------------------------------------------------------------------- VAE
+class VaeStage(_Stage):
+    """FrameAutoencoder on frames of the training episodes. batch: (B, H, W, 3) uint8."""
+
+    name = "vae"
+
+    def setup(self, device: torch.device, is_main: bool = True, wait=None) -> None:
+        from sfplan.world_model.vae import FrameAutoencoder, VAEConfig
+
+        self.device = device
+        self.ds, self.train_ds, self.val_ds = open_dataset(self.cfg)
+        stride = int(self.cfg.data.get("frame_stride", 1) or 1)
+        self.frames = _frames_of(self.train_ds, stride)  # (N, H, W, 3) uint8
+        val_src = self.val_ds if len(self.val_ds) else self.train_ds
+        self.val_frames = _frames_of(val_src, 1, limit=1024)
+        m = _container(self.cfg.model)
+        size = m.pop("image_size", None) or self.ds.image_size
+        if int(size) != self.ds.image_size:
+            raise UserError(f"model.image_size={size} but the dataset holds {self.ds.image_size}x"
+                            f"{self.ds.image_size} frames: set model.image_size=null (use the dataset's)")
+        vcfg = VAEConfig(image_size=int(size), **_dataclass_kwargs(VAEConfig, m, "model (stage=vae)"))
+        self.model = FrameAutoencoder(vcfg).to(device)
+
+    def batch(self, g: torch.Generator, split: str = "train") -> torch.Tensor:
+        pool = self.frames if split == "train" else self.val_frames
+        idx = torch.randint(0, len(pool), (int(self.cfg.batch_size),), generator=g)
+        return pool[idx].to(self.device, non_blocking=True)  # (B, H, W, 3) uint8
+
+    @staticmethod
+    def loss(model, batch, g):
+        return model.loss(batch, generator=g)
+
+    @torch.no_grad()
+    def sample(self, ema_model, step: int, out_dir: Path):
+        """Reconstructions of 8 fixed held-out frames: top originals, bottom reconstructions."""
+        from sfplan.eval.video_metrics import psnr
+
+        x = self.val_frames[torch.linspace(0, len(self.val_frames) - 1, 8).long()]  # (8, H, W, 3)
+        rec = ema_model.decode(ema_model.encode(x)).cpu()  # posterior mean: what the world model sees
+        grid = np.concatenate([np.concatenate(list(x.numpy()), 1), np.concatenate(list(rec.numpy()), 1)], 0)
+        logs = {"recon_psnr": float(psnr(rec, x).mean())}
+        return logs, {"samples/original_vs_reconstruction": grid}, {}
+
+    def save_final(self, ema_model, directory: Path) -> dict:
+        n = int(self.cfg.get("latent_scale_frames", 2048))
+        idx = torch.linspace(0, len(self.frames) - 1, min(n, len(self.frames))).long()
+        scale = ema_model.fit_latent_scale(self.frames[idx])
+        ema_model.save_pretrained(directory)
+        return {"latent_scale": scale}
+
+    def identity(self) -> dict:
+        return {"stage": self.name, "model": _container(self.cfg.model), "data": str(Path(str(self.cfg.data.path))
+                                                                                     .expanduser().resolve())}
+
+
+# ----------------------------------------------------------------------------- dynamics
+class DynamicsStage(_Stage):
+    """ActionVideoDiffusion on cached latent clips.
+
+    batch: {"latents": (B, T, C, h, w), "actions": (B, T-1, A)} with T = clip_frames."""
+
+    name = "dynamics"
+
+    def setup(self, device: torch.device, is_main: bool = True, wait=None) -> None:
+        from sfplan.training.latent_cache import load_or_build, vae_fingerprint
+        from sfplan.world_model.learned import SlowFastWorldModelConfig
+        from sfplan.world_model.sampler import NoiseScheduleConfig, make_train_scheduler
+        from sfplan.world_model.video_diffusion import VideoDiffusionConfig
+
+        self.device = device
+        cfg = self.cfg
+        self.ds, self.train_ds, self.val_ds = open_dataset(cfg)
+        self.vae = load_vae(cfg.vae).to(device).eval()
+        self.vae.requires_grad_(False)
+        self.vae_sha = vae_fingerprint(self.vae)
+        if self.vae.config.image_size != self.ds.image_size:
+            raise UserError(f"the VAE at {cfg.vae} works on {self.vae.config.image_size}x{self.vae.config.image_size} "
+                            f"frames but the dataset holds {self.ds.image_size}x{self.ds.image_size}: train a VAE on "
+                            f"this dataset (`sfplan train stage=vae data.path={self.ds.path}`)")
+        if self.vae.scaling_factor == 1.0 and self.vae.shift_factor == 0.0:
+            print(f"warning: the VAE at {cfg.vae} has no fitted latent scale (scaling_factor 1, shift 0); "
+                  f"`sfplan train stage=vae` fits it at the end of training")
+        m = _container(cfg.model)
+        self.wm_config = SlowFastWorldModelConfig(**_dataclass_kwargs(SlowFastWorldModelConfig, m.get("world_model")
+                                                                      or {}, "model.world_model"))
+        d = dict(m.get("diffusion") or {})
+        if d.get("action_dim") not in (None, self.ds.action_dim):
+            raise UserError(f"model.diffusion.action_dim={d['action_dim']} but the dataset's actions are "
+                            f"{self.ds.action_dim}-d: leave it null (taken from the data)")
+        d["action_dim"] = self.ds.action_dim
+        d["max_context"] = self.wm_config.context_frames
+        d["latent_channels"] = self.vae.latent_shape[0]
+        dcfg = VideoDiffusionConfig(**_dataclass_kwargs(VideoDiffusionConfig, d, "model.diffusion"))
+        self.clip_frames = int(cfg.get("clip_frames") or (self.wm_config.context_frames + self.wm_config.chunk_size))
+        if self.clip_frames < 2 or self.clip_frames > dcfg.max_frames:
+            raise UserError(f"clip_frames={self.clip_frames} must be in [2, model.diffusion.max_frames="
+                            f"{dcfg.max_frames}]")
+        if self.wm_config.context_frames + self.wm_config.chunk_size > dcfg.max_frames:
+            raise UserError(f"context_frames + chunk_size = {self.wm_config.context_frames + self.wm_config.chunk_size}"
+                            f" exceeds model.diffusion.max_frames={dcfg.max_frames}")
+        sched = _container(m.get("schedule") or {})
+        _dataclass_kwargs(NoiseScheduleConfig, sched, "model.schedule")
+        self.train_scheduler = make_train_scheduler(dcfg.prediction_type, sched)
+        self.model = dcfg.build().to(device)
+        lo, hi = self.ds.meta["action_low"], self.ds.meta["action_high"]
+        self.model.set_action_normalizer(lo, hi)
+        # latents of every episode, once, beside the run
+        self.cache, self.cache_built = load_or_build(self.out_dir, self.ds, self.vae,
+                                                     progress=bool(cfg.progress) and is_main, is_main=is_main,
+                                                     wait=wait)
+        self._index = {}
+        for split, sub in (("train", self.train_ds), ("val", self.val_ds)):
+            self._index[split] = self._clip_index(self.cache.rows_of(sub.seeds))
+        if len(self._index["train"][0]) == 0:
+            raise UserError(f"no training clips of {self.clip_frames} frames: episodes in {self.ds.path} are "
+                            f"shorter (longest {int(self.ds.lengths.max())} steps); lower "
+                            f"model.world_model.chunk_size or clip_frames, or collect longer episodes")
+        if len(self._index["val"][0]) == 0:
+            self._index["val"] = self._index["train"]
+        self.lat_all = self.cache.latents  # (N_frames, C, h, w) on the CPU
+        self.act_all = self.cache.actions  # (N_steps, A)
+
+    def _clip_index(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        fo, ao = self.cache.frame_offsets, self.cache.action_offsets
+        fs, as_ = [], []
+        T = self.clip_frames
+        for r in rows:
+            n_frames = int(fo[r + 1] - fo[r])
+            for s in range(0, n_frames - T + 1):
+                fs.append(int(fo[r]) + s)
+                as_.append(int(ao[r]) + s)
+        return torch.tensor(fs, dtype=torch.int64), torch.tensor(as_, dtype=torch.int64)
+
+    def batch(self, g: torch.Generator, split: str = "train") -> dict:
+        fs, as_ = self._index[split]
+        k = torch.randint(0, len(fs), (int(self.cfg.batch_size),), generator=g)
+        T = self.clip_frames
+        fi = fs[k][:, None] + torch.arange(T)  # (B, T)
+        ai = as_[k][:, None] + torch.arange(T - 1)  # (B, T-1)
+        return {"latents": self.lat_all[fi].to(self.device, non_blocking=True),  # (B, T, C, h, w)
+                "actions": self.act_all[ai].to(self.device, non_blocking=True)}  # (B, T-1, A)
+
+    def loss(self, model, batch, g):
+        return model.masked_loss(batch["latents"], batch["actions"], self.train_scheduler, generator=g)
+
+    def world_model(self, diffusion, **overrides):
+        from dataclasses import replace
+
+        from sfplan.world_model.learned import SlowFastWorldModel
+
+        return SlowFastWorldModel(self.vae, diffusion, self.train_scheduler, replace(self.wm_config, **overrides),
+                                  device=self.device)
+
+    @torch.no_grad()
+    def sample(self, ema_model, step: int, out_dir: Path):
+        """Imagine ``sample_horizon`` steps of a fixed held-out episode from its first
+        context frames; real | imagined frames side by side."""
+        from sfplan.eval.video_metrics import psnr
+        from sfplan.generate import rollout, side_by_side
+
+        src = self.val_ds if len(self.val_ds) else self.train_ds
+        ctx = self.wm_config.context_frames
+        i = next((j for j in range(len(src)) if int(src.lengths[j]) >= ctx), None)
+        if i is None:
+            return {}, {}, {}
+        L = int(src.lengths[i])
+        H = max(1, min(int(self.cfg.get("sample_horizon", 16)), L + 1 - ctx))
+        real = src.read(i, 0, ctx + H)["pixels"]  # (ctx+H, H, W, 3)
+        acts = src.read_actions(i)[ctx - 1: ctx - 1 + H]  # (H, A)
+        was_training = ema_model.training
+        wm = self.world_model(ema_model, return_frames="all")
+        fake = rollout(wm, real[:ctx], acts)  # (H, H, W, 3)
+        ema_model.train(was_training)
+        video = side_by_side([real, np.concatenate([real[:ctx], fake])], ["real", "model"])
+        p = psnr(fake, real[ctx:])
+        logs = {"imagined_psnr": float(p.mean()), "imagined_psnr_last": float(p[-1])}
+        strip = np.concatenate([np.concatenate(list(real[ctx:]), 1), np.concatenate(list(fake), 1)], 0)
+        return logs, {"samples/real_vs_imagined": strip}, {"real_vs_imagined": video}
+
+    def save_final(self, ema_model, directory: Path) -> dict:
+        wm = self.world_model(ema_model)
+        sha = wm.save_pretrained(directory)
+        return {"checkpoint_sha256": sha}
+
+    def identity(self) -> dict:
+        return {"stage": self.name, "model": _container(self.cfg.model),
+                "clip_frames": self.cfg.get("clip_frames"),
+                "data": str(Path(str(self.cfg.data.path)).expanduser().resolve()), "vae_sha256": self.vae_sha}
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(vae=str(self.cfg.vae), latent_cache=str(self.cache.path), clip_frames=self.clip_frames,
+                 train_clips=int(len(self._index["train"][0])), latent_shape=list(self.vae.latent_shape))
+        return d
+
+
+STAGES = {"vae": VaeStage, "dynamics": DynamicsStage}

@@ -1,0 +1,469 @@
+"""The training loop shared by both stages: HF Accelerate (one CPU, one GPU, or
+``accelerate launch`` DDP), AdamW with warmup + cosine decay, gradient clipping, EMA,
+atomic checkpoints with exact resume, a NaN guard, tqdm and TensorBoard.
+
+Randomness: every step draws its batch and its noise from a generator seeded by
+(seed, rank, step) (``step_generator``), never from a stream carried across steps. So a
+run resumed from a checkpoint at step k draws exactly what an uninterrupted run draws
+from step k on; with model, EMA, optimizer and LR-scheduler state restored, the result is
+bit-exact on the CPU. The global RNG states are saved and restored too.
+
+NaN guard: a step whose loss or gradient norm is not finite is skipped (no optimizer
+step, no EMA update; the step counter and LR schedule move on, so the next step draws a
+new batch). ``nan_tolerance`` such steps in a row stop training with a ``TrainingDiverged``
+error naming the fixes; no checkpoint is written during such a streak, so the last
+checkpoint holds good weights.
+
+Interrupts: SIGINT/SIGTERM finish the current step, write a checkpoint and stop
+(a second Ctrl-C stops at once). ``stop_at_step`` stops like a kill (no checkpoint
+beyond the regular ones), for testing resume.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from sfplan.errors import UserError
+from sfplan.training.checkpoint import (
+    clean_stale,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from sfplan.training.ema import EMA
+
+
+class TrainingDiverged(UserError):
+    """Too many non-finite steps in a row; the message names the fixes."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM: a checkpoint was written; the same command resumes."""
+
+
+class LossModule(nn.Module):
+    """Wraps a trainable model so the loss runs inside ``forward`` (what DDP and
+    Accelerate's autocast hook into). forward(batch, generator) -> (loss, logs)."""
+
+    def __init__(self, model: nn.Module, loss_fn):
+        super().__init__()
+        self.model = model
+        self._loss_fn = loss_fn
+
+    def forward(self, batch, generator):
+        return self._loss_fn(self.model, batch, generator)
+
+
+def step_generator(seed: int, rank: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator that depends only on (seed, rank, step, stream)."""
+    s = np.random.SeedSequence([int(seed), int(rank), int(step), int(stream)]).generate_state(1, np.uint64)[0]
+    return torch.Generator("cpu").manual_seed(int(s) & ((1 << 63) - 1))
+
+
+def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float):
+    if schedule not in ("cosine", "constant"):
+        raise UserError(f"lr_schedule must be cosine or constant, got {schedule!r}")
+
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        p = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+    return f
+
+
+def hardware_summary(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    s = f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        s = f"{torch.cuda.get_device_name(device)} ({s})"
+    return s
+
+
+def _scalar_mean(d: dict[str, list[float]]) -> dict[str, float]:
+    return {k: float(np.mean(v)) for k, v in d.items() if v}
+
+
+class _Signals:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints at the next step boundary."""
+
+    def __init__(self):
+        self.flag = None
+        self._old = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.flag is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.flag = signal.Signals(signum).name
+        print(f"\n{self.flag}: finishing this step, writing a checkpoint (again to stop at once)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+class Trainer:
+    """Runs one stage (``sfplan.training.stages``) under the config of ``configs/train.yaml``."""
+
+    def __init__(self, cfg: DictConfig, stage, accelerator, out_dir: Path, command: str | None = None):
+        self.cfg, self.stage, self.acc, self.out_dir = cfg, stage, accelerator, Path(out_dir)
+        self.command = command
+        self.ckpt_root = self.out_dir / "checkpoints"
+
+    # ------------------------------------------------------------------ helpers
+    def _log(self, writer, values: dict[str, float], step: int, prefix: str) -> None:
+        if writer is not None:
+            for k, v in values.items():
+                if v is not None and np.isfinite(v):
+                    writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def _training_state(self, opt, sched, step: int, ema: EMA, extra: dict) -> dict:
+        return {"optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(), "step": int(step),
+                "ema_updates": int(ema.num_updates), "rng": rng_state(), **extra}
+
+    def _resume_path(self, existing: list[tuple[int, Path]]) -> Path | None:
+        r = self.cfg.resume
+        r = "never" if r in (None, False) else str(r)
+        if r.lower() == "auto":
+            return existing[-1][1] if existing else None
+        if r.lower() in ("never", "false", "no", "none"):
+            if existing:
+                raise UserError(f"{self.out_dir} already holds checkpoints (latest: step {existing[-1][0]}): use "
+                                f"resume=auto to continue that run, or pick a new out_dir (or delete "
+                                f"{self.ckpt_root})")
+            return None
+        p = Path(r).expanduser()
+        if (p / "checkpoints").is_dir():  # a run directory: its newest checkpoint
+            found = list_checkpoints(p / "checkpoints")
+            if not found:
+                raise UserError(f"resume={r}: no checkpoints in {p / 'checkpoints'}")
+            return found[-1][1]
+        return p
+
+    def _check_identity(self, meta: dict) -> None:
+        old, new = meta.get("identity", {}), self.stage.identity()
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            detail = "; ".join(f"{k}: checkpoint {old.get(k)!r} vs now {new.get(k)!r}" for k in diff)[:600]
+            raise UserError(f"the checkpoint in {self.out_dir} was trained with other settings ({detail}): "
+                            f"resume with the same stage/model/data/VAE, or train into a new out_dir")
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self) -> dict:
+        cfg, acc, stage = self.cfg, self.acc, self.stage
+        is_main = acc.is_main_process
+        t_start = time.time()
+        steps = int(cfg.steps)
+        if is_main:
+            clean_stale(self.ckpt_root)
+        acc.wait_for_everyone()
+        existing = list_checkpoints(self.ckpt_root)
+        resume_path = self._resume_path(existing)
+
+        torch.manual_seed(int(cfg.seed))  # initial weights
+        stage.setup(acc.device, is_main, acc.wait_for_everyone)
+        if is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        model = stage.model
+        ema = EMA(model, float(cfg.ema_decay), bool(cfg.ema_warmup))
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=float(cfg.lr), betas=(0.9, 0.999), weight_decay=float(cfg.weight_decay))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(int(cfg.warmup_steps), steps, str(cfg.lr_schedule),
+                                                                 float(cfg.min_lr_ratio)))
+        step, nan_total, resumed_from = 0, 0, None
+        history: dict[str, Any] = {}
+        if resume_path is not None:
+            ck = load_checkpoint(resume_path)
+            self._check_identity(ck.meta)
+            try:
+                model.load_state_dict(ck.model)
+                ema.model.load_state_dict(ck.ema)
+                opt.load_state_dict(ck.training_state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise UserError(f"checkpoint {resume_path} does not fit this model ({str(e).splitlines()[0][:200]}): "
+                                f"train into a new out_dir") from None
+            sched.load_state_dict(ck.training_state["lr_scheduler"])
+            ema.num_updates = int(ck.training_state["ema_updates"])
+            set_rng_state(ck.training_state["rng"])
+            step = ck.step
+            nan_total = int(ck.meta.get("nan_skipped_total", 0))
+            history = ck.meta.get("history", {})
+            resumed_from = str(resume_path)
+            if is_main:
+                print(f"resuming {stage.name} training from {resume_path} (step {step}/{steps})", file=sys.stderr)
+        elif is_main:
+            (self.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+        wrapped, opt_p = acc.prepare(LossModule(model, stage.loss), opt)
+        rank, world = acc.process_index, acc.num_processes
+
+        writer = None
+        if is_main and bool(cfg.tensorboard):
+            writer = _summary_writer(self.out_dir / "tb")
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=step, desc=f"train {stage.name}", unit="step", dynamic_ncols=True,
+                   disable=not (is_main and bool(cfg.progress)), file=sys.stderr)
+        window: dict[str, list[float]] = defaultdict(list)
+        last_train: dict[str, float] = history.get("last_train", {})
+        last_val: dict[str, float] = history.get("last_val", {})
+        last_sample: dict[str, float] = history.get("last_sample", {})
+        nan_streak, nan_first, last_bad = 0, None, None
+        last_saved = step if resume_path is not None else None
+        train_time, steps_done = 0.0, 0
+        t_window, n_window = time.perf_counter(), 0
+        stopped = None
+        tol = int(cfg.nan_tolerance)
+        ckpt_every, log_every = int(cfg.checkpoint_every), max(1, int(cfg.log_every))
+        val_every, sample_every = int(cfg.val_every or 0), int(cfg.sample_every or 0)
+        stop_at = cfg.get("stop_at_step")
+        grad_clip = cfg.grad_clip
+
+        def meta():
+            return {"stage": stage.name, "identity": stage.identity(), "config": OmegaConf.to_container(cfg,
+                                                                                                       resolve=True),
+                    "nan_skipped_total": nan_total, "num_processes": world,
+                    "history": {"last_train": last_train, "last_val": last_val, "last_sample": last_sample}}
+
+        def checkpoint(at: int) -> Path | None:
+            nonlocal last_saved
+            path = None
+            if is_main:
+                path = save_checkpoint(self.ckpt_root, at, model, ema.model,
+                                       self._training_state(opt, sched, at, ema, {}), meta(),
+                                       keep=max(1, int(cfg.keep_checkpoints)))
+            acc.wait_for_everyone()
+            last_saved = at
+            return path
+
+        try:
+            with _Signals() as sig:
+                while step < steps:
+                    if stop_at is not None and step >= int(stop_at):
+                        stopped = "stop_at_step"
+                        break
+                    t0 = time.perf_counter()
+                    wrapped.train()
+                    g = step_generator(int(cfg.seed), rank, step)
+                    batch = stage.batch(g)
+                    loss, logs = wrapped(batch, g)
+                    bad = _any(acc, not bool(torch.isfinite(loss.detach()).all()))
+                    gnorm = None
+                    if not bad:
+                        acc.backward(loss)
+                        if grad_clip:
+                            gnorm = acc.clip_grad_norm_(params, float(grad_clip))
+                        else:
+                            gnorm = torch.linalg.vector_norm(torch.stack(
+                                [p.grad.detach().norm() for p in params if p.grad is not None]))
+                        gnorm = float(gnorm)
+                        bad = not math.isfinite(gnorm)
+                    if bad:
+                        opt_p.zero_grad(set_to_none=True)
+                        nan_total += 1
+                        nan_streak += 1
+                        nan_first = step if nan_first is None else nan_first
+                        last_bad = float(loss.detach().float().cpu()) if gnorm is None else f"grad norm {gnorm}"
+                        if writer is not None:
+                            writer.add_scalar("train/nan_skipped_total", nan_total, step + 1)
+                        if nan_streak >= tol:
+                            last = list_checkpoints(self.ckpt_root)
+                            where = (f"the last good checkpoint {last[-1][1]} (step {last[-1][0]}) is kept"
+                                     if last else "no checkpoint was written yet")
+                            raise TrainingDiverged(
+                                f"training stopped at step {step + 1}: {nan_streak} steps in a row "
+                                f"({nan_first + 1}-{step + 1}) had a non-finite loss or gradient (last: {last_bad}); "
+                                f"they were skipped and did not change the weights, and {where}. Fix: lower lr (now "
+                                f"{cfg.lr}) or raise warmup_steps (now {cfg.warmup_steps}), keep grad_clip on (now "
+                                f"{grad_clip}), use mixed_precision=no if on bf16, and check the data for broken "
+                                f"frames or actions (`sfplan data info {cfg.data.path}`); then run again with "
+                                f"resume=auto to continue from the last checkpoint.")
+                        sched.step()
+                        step += 1
+                        bar.update(1)
+                    else:
+                        opt_p.step()
+                        sched.step()
+                        opt_p.zero_grad(set_to_none=True)
+                        ema.update(model)
+                        step += 1
+                        nan_streak, nan_first = 0, None
+                        for k, v in logs.items():
+                            window[k].append(float(v))
+                        window["grad_norm"].append(gnorm)
+                        bar.update(1)
+                    dt = time.perf_counter() - t0
+                    train_time += dt
+                    steps_done += 1
+                    n_window += 1
+
+                    if step % log_every == 0 and window:
+                        last_train = _scalar_mean(window)
+                        el = time.perf_counter() - t_window
+                        perf = {"steps_per_s": n_window / el, "samples_per_s": n_window * int(cfg.batch_size) * world
+                                / el}
+                        self._log(writer, {**last_train, "lr": sched.get_last_lr()[0], "ema_decay":
+                                           ema.current_decay()}, step, "train")
+                        self._log(writer, perf, step, "perf")
+                        bar.set_postfix(loss=f"{last_train.get('loss', float('nan')):.4f}",
+                                        lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)
+                        window.clear()
+                        t_window, n_window = time.perf_counter(), 0
+                    if is_main and val_every and (step % val_every == 0 or step == steps):
+                        last_val = self._validate(ema.model)
+                        self._log(writer, last_val, step, "val")
+                    if is_main and sample_every and (step % sample_every == 0 or step == steps):
+                        last_sample = self._sample(ema.model, step, writer)
+                    if nan_streak == 0 and ((ckpt_every and step % ckpt_every == 0) or step == steps):
+                        checkpoint(step)
+                    if _any(acc, sig.flag is not None):  # every process stops at the same step
+                        if nan_streak == 0 and last_saved != step:
+                            checkpoint(step)
+                        stopped = sig.flag or "SIGTERM"
+                        break
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.flush()
+                writer.close()
+
+        result = {"stage": stage.name, "out_dir": str(self.out_dir), "is_main": is_main, "step": step, "steps": steps,
+                  "resumed_from": resumed_from, "nan_skipped_total": nan_total,
+                  "train_time_s": train_time, "steps_this_run": steps_done,
+                  "steps_per_s": steps_done / train_time if train_time > 0 else None,
+                  "last_train": last_train, "last_val": last_val, "last_sample": last_sample,
+                  "checkpoint": str(list_checkpoints(self.ckpt_root)[-1][1]) if list_checkpoints(self.ckpt_root)
+                  else None}
+        if stopped in ("SIGINT", "SIGTERM"):
+            raise TrainingInterrupted(f"{stopped} at step {step}: checkpoint {result['checkpoint']}; run the same "
+                                      f"command again to resume")
+        if stopped is not None:
+            result["stopped"] = stopped
+            return result
+        # finished: the final model (EMA weights) + model card
+        model_dir = self.out_dir / "model"
+        result["model"] = str(model_dir)
+        if is_main:
+            info = _atomic_dir(model_dir, lambda d: stage.save_final(ema.model, d))
+            result.update(info)
+            result["wall_time_s"] = time.time() - t_start
+            from sfplan.training.model_card import write_model_card
+
+            write_model_card(self.out_dir, cfg, result, stage.describe(), hardware_summary(acc.device),
+                             self.command, acc)
+        acc.wait_for_everyone()
+        return result
+
+    # ------------------------------------------------------------------ val / samples
+    @torch.no_grad()
+    def _validate(self, ema_model) -> dict[str, float]:
+        acc, stage = self.acc, self.stage
+        vals: dict[str, list[float]] = defaultdict(list)
+        for i in range(max(1, int(self.cfg.val_batches))):
+            g = step_generator(int(self.cfg.seed), 0, i, stream=1)  # the same batches every time
+            batch = stage.batch(g, split="val")
+            with acc.autocast():
+                loss, logs = stage.loss(ema_model, batch, g)
+            for k, v in logs.items():
+                vals[k].append(float(v))
+        return _scalar_mean(vals)
+
+    def _sample(self, ema_model, step: int, writer) -> dict[str, float]:
+        from sfplan.generate import write_video
+
+        with self.acc.autocast():
+            logs, images, videos = self.stage.sample(ema_model, step, self.out_dir / "samples")
+        self._log(writer, logs, step, "sample")
+        d = self.out_dir / "samples"
+        d.mkdir(parents=True, exist_ok=True)
+        for name, img in images.items():
+            if writer is not None:
+                writer.add_image(name, torch.from_numpy(np.ascontiguousarray(img)), step, dataformats="HWC")
+            import imageio.v3 as iio
+
+            iio.imwrite(d / f"{name.split('/')[-1]}_step{step:08d}.png", img)
+        for name, vid in videos.items():
+            path = d / f"{name}_step{step:08d}.gif"
+            write_video(path, vid, fps=int(self.cfg.get("fps", 8)))
+            if writer is not None:
+                _add_gif(writer, f"samples/{name}_video", path.read_bytes(), vid.shape[1:3], step)
+        return logs
+
+
+def _add_gif(writer, tag: str, gif: bytes, hw: tuple[int, int], step: int) -> None:
+    """An animated GIF as a TensorBoard image summary (what ``add_video`` writes, without moviepy)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    img = Summary.Image(height=int(hw[0]), width=int(hw[1]), colorspace=3, encoded_image_string=gif)
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=img)]), step)
+
+
+def _any(acc, flag: bool) -> bool:
+    """True on every process if ``flag`` is True on any (all processes skip a step together)."""
+    if acc.num_processes == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=acc.device)
+    return bool(acc.reduce(t, reduction="sum").item() > 0)
+
+
+def _atomic_dir(final: Path, write) -> dict:
+    """Run ``write(tmp_dir)`` then move tmp_dir to ``final`` (replacing it)."""
+    import shutil
+
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        info = write(tmp) or {}
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def _summary_writer(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise UserError("TensorBoard logging needs the tensorboard package: pip install tensorboard "
+                        "(or run with tensorboard=false)") from e
+    return SummaryWriter(str(path))

@@ -1,0 +1,309 @@
+"""`sfplan train` / `sfplan generate` at toy size (32x32 frames, a few steps): the two
+stages end to end, exact resume, the NaN guard, corrupt checkpoints, video metrics."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("accelerate")
+
+from sfplan.cli import main  # noqa: E402
+from sfplan.config import load_config  # noqa: E402
+from sfplan.errors import UserError  # noqa: E402
+from sfplan.eval.video_metrics import psnr, ssim  # noqa: E402
+from sfplan.training import run_train  # noqa: E402
+from sfplan.training.checkpoint import CheckpointError, list_checkpoints, load_checkpoint  # noqa: E402
+from sfplan.training.stages import VaeStage  # noqa: E402
+from sfplan.training.trainer import TrainingDiverged  # noqa: E402
+
+COMMON = ["progress=false", "num_threads=1", "log_every=1", "val_every=0", "sample_every=0", "tensorboard=false",
+          "warmup_steps=0", "lr=1e-3"]
+VAE_TINY = ["stage=vae", "model.block_out_channels=[8,8,8]", "model.norm_num_groups=4", "batch_size=4",
+            "latent_scale_frames=64"]
+DYN_TINY = ["stage=dynamics", "model.world_model.chunk_size=2", "model.diffusion.block_out_channels=[16,32]",
+            "model.diffusion.head_dim=8", "model.diffusion.cross_attention_dim=16", "model.diffusion.norm_num_groups=4",
+            "model.diffusion.max_frames=8", "batch_size=2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """4 Reacher episodes x 10 steps at 32x32, collected in-process."""
+    from sfplan.data import collect
+
+    out = tmp_path_factory.mktemp("train") / "reacher"
+    collect(out, "sfplan/Reacher-v0", {"image_size": 32, "goal": "near"}, episodes=4, steps=10, workers=1,
+            progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def vae_model(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vae") / "run"
+    r = run_train(cfg(VAE_TINY, data, out, "steps=2"))
+    return Path(r["model"])
+
+
+def cfg(stage, data, out, *extra):
+    return load_config("train", [*stage, *COMMON, f"data.path={data}", f"out_dir={out}", *extra])
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_collect_train_vae_dynamics_generate(data, tmp_path):
+    vae_out, dyn_out, gen_out = tmp_path / "vae", tmp_path / "dyn", tmp_path / "gen"
+    assert main(["train", *VAE_TINY, *COMMON, f"data.path={data}", f"out_dir={vae_out}", "steps=3",
+                 "checkpoint_every=2", "val_every=3", "sample_every=3", "tensorboard=true"]) == 0
+    assert (vae_out / "model" / "config.json").is_file() and (vae_out / "model_card.md").is_file()
+    assert [s for s, _ in list_checkpoints(vae_out / "checkpoints")] == [2, 3]
+    assert list((vae_out / "tb").glob("events.out.tfevents.*"))
+    vcfg = json.loads((vae_out / "model" / "config.json").read_text())
+    assert vcfg["scaling_factor"] != 1.0  # fit_latent_scale ran
+    card = (vae_out / "model_card.md").read_text()
+    for word in ("sfplan train stage=vae", "steps: 3", "Final losses", "cpu", "wall time"):
+        assert word in card
+
+    assert main(["train", *DYN_TINY, *COMMON, f"data.path={data}", f"vae={vae_out}/model", f"out_dir={dyn_out}",
+                 "steps=2", "sample_every=2", "sample_horizon=4", "val_every=2", "tensorboard=true"]) == 0
+    assert len(list(dyn_out.glob("latents-*.safetensors"))) == 1
+    assert list((dyn_out / "samples").glob("real_vs_imagined_step*.gif"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(dyn_out / "tb"))
+    ea.Reload()
+    assert {"train/loss", "val/loss", "sample/imagined_psnr", "perf/steps_per_s"} <= set(ea.Tags()["scalars"])
+    assert "samples/real_vs_imagined_video" in ea.Tags()["images"]
+    summary = json.loads((dyn_out / "training_summary.json").read_text())
+    assert summary["step"] == 2 and np.isfinite(summary["last_val"]["loss"])
+    from sfplan.world_model.learned import load_world_model
+
+    wm = load_world_model(str(dyn_out / "model"), device="cpu")
+    assert wm.chunk_size == 2 and wm.diffusion.config.action_dim == 2
+    assert wm.checkpoint_sha256 == summary["checkpoint_sha256"]
+
+    assert main(["generate", f"model={dyn_out}/model", f"data={data}", "episode=1", "horizon=5", "num_threads=1",
+                 f"out_dir={gen_out}", "scale=1"]) == 0
+    m = json.loads((gen_out / "metrics.json").read_text())
+    assert m["horizon"] == 5 and len(m["per_step"]["model"]["psnr"]) == 5
+    assert set(m["summary"]) == {"model", "copy_last"} and m["source"]["seed"] == 1
+    assert (gen_out / "video.gif").is_file()
+    import imageio.v3 as iio
+
+    frames = list(iio.imiter(gen_out / "video.mp4"))
+    assert len(frames) == 6  # the start frame + 5 imagined, ground truth beside
+    # any start image + actions: no ground truth, no metrics
+    iio.imwrite(tmp_path / "start.png", np.zeros((40, 40, 3), np.uint8))  # resized to 32x32
+    np.save(tmp_path / "acts.npy", np.zeros((3, 2), np.float32))
+    assert main(["generate", f"model={dyn_out}/model", f"image={tmp_path / 'start.png'}",
+                 f"actions={tmp_path / 'acts.npy'}", "num_threads=1", f"out_dir={tmp_path / 'gen2'}"]) == 0
+    assert json.loads((tmp_path / "gen2" / "metrics.json").read_text())["horizon"] == 3
+
+
+# ----------------------------------------------------------------------------- resume
+@pytest.mark.parametrize("stage", ["vae", "dynamics"])
+def test_resume_after_kill_is_bit_exact(stage, data, vae_model, tmp_path, monkeypatch):
+    tiny = VAE_TINY if stage == "vae" else [*DYN_TINY, f"vae={vae_model}"]
+    args = ["steps=4", "checkpoint_every=2"]
+    full = run_train(cfg(tiny, data, tmp_path / "full", *args))
+    assert full["step"] == 4 and full["resumed_from"] is None
+    # kill-equivalent 1: stop when step 3 is reached (step 3 is lost: the last checkpoint is step 2)
+    r = run_train(cfg(tiny, data, tmp_path / "cut", *args, "stop_at_step=3"))
+    assert r["stopped"] == "stop_at_step" and r["step"] == 3
+    assert not (tmp_path / "cut" / "model").exists()
+    assert [s for s, _ in list_checkpoints(tmp_path / "cut" / "checkpoints")] == [2]
+    resumed = run_train(cfg(tiny, data, tmp_path / "cut", *args))
+    assert resumed["resumed_from"].endswith("step-00000002") and resumed["steps_this_run"] == 2
+    for f in ("model.safetensors", "ema.safetensors"):
+        a = _weights(tmp_path / "full" / "checkpoints" / "step-00000004" / f)
+        b = _weights(tmp_path / "cut" / "checkpoints" / "step-00000004" / f)
+        assert _same(a, b), f"{f} differs after resume"
+    oa = load_checkpoint(tmp_path / "full" / "checkpoints" / "step-00000004").training_state
+    ob = load_checkpoint(tmp_path / "cut" / "checkpoints" / "step-00000004").training_state
+    assert oa["lr_scheduler"] == ob["lr_scheduler"]
+    for k, st in oa["optimizer"]["state"].items():
+        assert all(torch.equal(v, ob["optimizer"]["state"][k][n]) for n, v in st.items())
+    sub = "diffusion" if stage == "dynamics" else ""
+    fa = next((tmp_path / "full" / "model" / sub).glob("*.safetensors"))
+    fb = next((tmp_path / "cut" / "model" / sub).glob("*.safetensors"))
+    assert fa.read_bytes() == fb.read_bytes()
+
+
+def test_resume_after_exception_and_settings_checks(data, tmp_path, monkeypatch):
+    """An exception mid-run (a crash) loses only the steps since the last checkpoint."""
+    args = ["steps=4", "checkpoint_every=2"]
+    full = run_train(cfg(VAE_TINY, data, tmp_path / "full", *args))
+    calls = {"n": 0}
+    orig = VaeStage.loss
+
+    def crash_on_third(model, batch, g):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed")
+        return orig(model, batch, g)
+
+    monkeypatch.setattr(VaeStage, "loss", staticmethod(crash_on_third))
+    with pytest.raises(RuntimeError, match="killed"):
+        run_train(cfg(VAE_TINY, data, tmp_path / "crash", *args))
+    monkeypatch.setattr(VaeStage, "loss", staticmethod(orig))
+    assert not list((tmp_path / "crash" / "checkpoints").glob(".tmp-*"))
+    r = run_train(cfg(VAE_TINY, data, tmp_path / "crash", *args))
+    assert r["resumed_from"].endswith("step-00000002")
+    assert _same(_weights(Path(full["model"]) / "diffusion_pytorch_model.safetensors"),
+                 _weights(Path(r["model"]) / "diffusion_pytorch_model.safetensors"))
+    # other settings than the checkpoint's: a clear error, nothing overwritten
+    with pytest.raises(UserError, match="other settings.*model"):
+        run_train(cfg(VAE_TINY, data, tmp_path / "crash", *args, "model.kl_weight=0.1"))
+    with pytest.raises(UserError, match="already holds checkpoints.*resume=auto"):
+        run_train(cfg(VAE_TINY, data, tmp_path / "crash", *args, "resume=never"))
+
+
+def test_sigint_writes_a_checkpoint_and_resumes_exactly(data, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from sfplan.training.trainer import TrainingInterrupted
+
+    args = ["steps=4", "checkpoint_every=10"]
+    full = run_train(cfg(VAE_TINY, data, tmp_path / "full", *args))
+    calls = {"n": 0}
+    orig = VaeStage.loss
+
+    def ctrl_c_on_third(model, batch, g):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler lets step 3 finish
+        return orig(model, batch, g)
+
+    monkeypatch.setattr(VaeStage, "loss", staticmethod(ctrl_c_on_third))
+    with pytest.raises(TrainingInterrupted, match="SIGINT at step 3.*resume"):
+        run_train(cfg(VAE_TINY, data, tmp_path / "int", *args))
+    assert [s for s, _ in list_checkpoints(tmp_path / "int" / "checkpoints")] == [3]
+    monkeypatch.setattr(VaeStage, "loss", staticmethod(orig))
+    r = run_train(cfg(VAE_TINY, data, tmp_path / "int", *args))
+    assert r["steps_this_run"] == 1
+    assert _same(_weights(Path(full["model"]) / "diffusion_pytorch_model.safetensors"),
+                 _weights(Path(r["model"]) / "diffusion_pytorch_model.safetensors"))
+
+
+# ----------------------------------------------------------------------------- NaN guard
+def _poison(monkeypatch, bad_calls):
+    calls = {"n": 0}
+    orig = VaeStage.loss
+
+    def loss(model, batch, g):
+        calls["n"] += 1
+        out, logs = orig(model, batch, g)
+        return (out * float("nan"), logs) if calls["n"] in bad_calls else (out, logs)
+
+    monkeypatch.setattr(VaeStage, "loss", staticmethod(loss))
+
+
+def test_nan_guard_skips_a_poisoned_batch(data, tmp_path, monkeypatch):
+    _poison(monkeypatch, {2})
+    r = run_train(cfg(VAE_TINY, data, tmp_path / "run", "steps=4", "checkpoint_every=2"))
+    assert r["step"] == 4 and r["nan_skipped_total"] == 1
+    w = _weights(Path(r["model"]) / "diffusion_pytorch_model.safetensors")
+    assert all(torch.isfinite(v).all() for v in w.values())
+
+
+def test_nan_guard_stops_after_k_in_a_row_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
+    _poison(monkeypatch, set(range(3, 100)))
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as e:
+        run_train(cfg(VAE_TINY, data, out, "steps=10", "checkpoint_every=2", "nan_tolerance=3"))
+    msg = str(e.value)
+    assert "3 steps in a row" in msg and "lower lr" in msg and "step-00000002" in msg and "resume=auto" in msg
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [2]
+    ck = load_checkpoint(out / "checkpoints" / "step-00000002")
+    assert all(torch.isfinite(v).all() for v in ck.model.values())
+    assert not (out / "model").exists()
+
+
+def test_huge_lr_diverges_with_a_clear_error(data, tmp_path):
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        run_train(cfg(VAE_TINY, data, tmp_path / "run", "steps=12", "lr=1e30", "grad_clip=null",
+                      "nan_tolerance=2", "checkpoint_every=100"))
+
+
+# ----------------------------------------------------------------------------- corrupt checkpoints
+def test_corrupt_checkpoint_names_the_fix(data, tmp_path):
+    out = tmp_path / "run"
+    run_train(cfg(VAE_TINY, data, out, "steps=4", "checkpoint_every=2"))
+    last = out / "checkpoints" / "step-00000004"
+    raw = bytearray((last / "model.safetensors").read_bytes())
+    raw[-10:] = b"\0" * 10
+    (last / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="corrupt.*delete it to resume from the previous checkpoint "
+                                              "step-00000002"):
+        run_train(cfg(VAE_TINY, data, out, "steps=6", "checkpoint_every=2"))
+    (last / "trainer_state.json").write_text("{")
+    assert main(["train", *VAE_TINY, *COMMON, f"data.path={data}", f"out_dir={out}", "steps=6"]) == 2
+
+
+def test_user_errors(data, tmp_path, capsys):
+    assert main(["train", *DYN_TINY, *COMMON, f"data.path={data}", f"out_dir={tmp_path / 'd'}"]) == 2
+    assert "needs a trained VAE" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    assert main(["train", *VAE_TINY, *COMMON, f"data.path={tmp_path / 'none'}"]) == 2
+    assert "sfplan collect" in capsys.readouterr().err
+    assert main(["generate", f"model={tmp_path / 'nothing'}", f"data={data}"]) == 2
+    assert "no world model" in capsys.readouterr().err
+    assert main(["eval", "world_model=learned"]) == 2
+    assert "world_model.path" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- video metrics
+def _ssim_reference(x: np.ndarray, y: np.ndarray, win=11, sigma=1.5) -> float:
+    """Direct per-window SSIM (Wang et al. 2004, Gaussian weights), averaged over valid windows and channels."""
+    r = np.arange(win) - (win - 1) / 2
+    g = np.exp(-(r**2) / (2 * sigma**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    vals = []
+    for c in range(3):
+        a, b = x[..., c].astype(np.float64), y[..., c].astype(np.float64)
+        for i in range(a.shape[0] - win + 1):
+            for j in range(a.shape[1] - win + 1):
+                pa, pb = a[i:i + win, j:j + win], b[i:i + win, j:j + win]
+                ma, mb = (w * pa).sum(), (w * pb).sum()
+                va, vb = (w * pa * pa).sum() - ma**2, (w * pb * pb).sum() - mb**2
+                cov = (w * pa * pb).sum() - ma * mb
+                vals.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+    return float(np.mean(vals))
+
+
+def test_psnr_ssim_known_values():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 3, 16, 16, 3), dtype=np.uint8)  # (B, T, H, W, 3)
+    assert psnr(a, a).shape == (2, 3) and torch.isinf(psnr(a, a)).all()
+    assert torch.equal(ssim(a, a), torch.ones(2, 3, dtype=torch.float64))
+    c = np.full((16, 16, 3), 100, np.uint8)
+    d = c + 10  # constant offset 10: MSE 100
+    assert float(psnr(c, d)) == pytest.approx(10 * np.log10(255**2 / 100), abs=1e-9)
+    c1 = (0.01 * 255) ** 2  # constant images: only the luminance term remains
+    assert float(ssim(c, d)) == pytest.approx((2 * 100 * 110 + c1) / (100**2 + 110**2 + c1), abs=1e-12)
+    b = np.clip(a.astype(int) + rng.integers(-40, 40, a.shape), 0, 255).astype(np.uint8)
+    assert float(ssim(a[0, 0], b[0, 0])) == pytest.approx(_ssim_reference(a[0, 0], b[0, 0]), abs=1e-9)
+    assert torch.from_numpy(a).shape == a.shape and psnr(torch.from_numpy(a), torch.from_numpy(b)).shape == (2, 3)
+    with pytest.raises(TypeError):
+        psnr(a.astype(np.float32), b)
