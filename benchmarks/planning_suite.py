@@ -20,7 +20,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from sfplan.config import load_config  # noqa: E402
 from sfplan.eval.main import run_eval  # noqa: E402
-from sfplan.eval.report import atomic_write_text, git_commit  # noqa: E402
+from sfplan.eval.report import git_commit  # noqa: E402
+from sfplan.io import atomic_write_text  # noqa: E402
 
 # (task config, planner config, world model config, extra overrides)
 SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as e:  # optional simulator missing (e.g. robosuite)
             print(f"skip {task}/{planner}: {e}", file=sys.stderr)
             continue
-        rows.append({"task": task, "planner": planner, "world_model": wm, "budget": rep["meta"]["budget"],
+        rows.append({"task": task, "planner": planner,
+                     "world_model": wm if rep["meta"]["world_model"] else "none", "budget": rep["meta"]["budget"],
                      "summary": rep["summary"], "wall_s": time.perf_counter() - t0})
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     header = (f"Suite `{args.suite}`, {args.episodes} episodes per cell, near goals unless stated.\n\n"

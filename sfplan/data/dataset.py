@@ -60,6 +60,7 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 
+from sfplan.io import fsync_path
 from sfplan.errors import UserError
 
 FORMAT = "sfplan.episodes"
@@ -240,7 +241,7 @@ class ShardWriter:
         if self.path.exists():
             raise FileExistsError(f"{self.path} already exists; seeds must not overlap")
         os.replace(self.tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_path(self.path.parent)
         return self.path
 
     def abort(self) -> None:
@@ -268,19 +269,6 @@ class ShardWriter:
             self.abort()
             raise
         return False
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _sfplan_version() -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from sfplan.eval.runner import EpisodeResult
+from sfplan.io import atomic_write_text
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -39,12 +40,6 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
         return sha.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def summarise(results: list[EpisodeResult]) -> dict[str, Any]:

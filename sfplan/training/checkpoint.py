@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sfplan.io import fsync_path
 from sfplan.errors import UserError
 
 FORMAT = "sfplan.train_checkpoint/1"
@@ -64,19 +65,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
@@ -155,18 +143,18 @@ def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, ema_mode
         save_file(_state_dict_for_file(ema_model), str(tmp / "ema.safetensors"))
         torch.save(training_state, tmp / "training_state.pt")
         for f in FILES:
-            _fsync(tmp / f)
+            fsync_path(tmp / f)
         info = {"format": FORMAT, "step": int(step), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta,
                 "sha256": {f: sha256_file(tmp / f) for f in FILES}}
         (tmp / "trainer_state.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-        _fsync(tmp / "trainer_state.json")
-        _fsync(tmp)
+        fsync_path(tmp / "trainer_state.json")
+        fsync_path(tmp)
         if final.exists():  # the same step saved again (e.g. on interrupt right after a save)
             trash = ckpt_root / f".trash-{final.name}-{os.getpid()}"
             os.replace(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(tmp, final)
-        _fsync(ckpt_root)
+        fsync_path(ckpt_root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
