@@ -1,0 +1,146 @@
+"""robosuite goal-image tasks (sfplan/Lift-v0, sfplan/Stack-v0); skipped without robosuite."""
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+pytest.importorskip("robosuite")
+
+import sfplan.envs  # noqa: E402,F401  (registers the ids)
+from sfplan.envs import TASKS, GoalImageEnv  # noqa: E402
+
+ROBOSUITE_TASKS = ["sfplan/Lift-v0", "sfplan/Stack-v0"]
+_ENVS: dict = {}
+
+
+def get_env(tid: str, goal: str):
+    """One instance per (task, goal) for the whole module (robosuite envs take ~1 s to build)."""
+    if (tid, goal) not in _ENVS:
+        _ENVS[tid, goal] = gym.make(tid, image_size=64, goal=goal)
+    return _ENVS[tid, goal]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_envs():
+    yield
+    for env in _ENVS.values():
+        env.close()  # frees the EGL context before interpreter exit
+    _ENVS.clear()
+
+
+def test_registered_without_importing_robosuite():
+    code = "import sys, gymnasium, sfplan.envs; assert 'robosuite' not in sys.modules; " \
+           "assert {'sfplan/Lift-v0', 'sfplan/Stack-v0'} <= set(gymnasium.registry)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    for tid in ROBOSUITE_TASKS:
+        assert "success" in TASKS[tid]
+
+
+@pytest.mark.parametrize("tid,goal", [("sfplan/Lift-v0", "near"), ("sfplan/Stack-v0", "far")])
+def test_check_env(tid, goal):
+    env = get_env(tid, goal)
+    assert isinstance(env.unwrapped, GoalImageEnv)
+    assert env.action_space.shape == (4,)
+    check_env(env.unwrapped, skip_render_check=True)
+
+
+def test_seeded_and_transferable_between_instances():
+    env = get_env("sfplan/Lift-v0", "near")
+    obs1, info1 = env.reset(seed=3)
+    obs2, info2 = env.reset(seed=3)
+    np.testing.assert_array_equal(obs1["pixels"], obs2["pixels"])
+    np.testing.assert_array_equal(obs1["desired_goal"], obs2["desired_goal"])
+    np.testing.assert_array_equal(info1["state"], info2["state"])
+    obs3, _ = env.reset(seed=4)
+    assert not np.array_equal(obs3["desired_goal"], obs1["desired_goal"])
+    # A second instance (as OracleWorldModel makes) reproduces the same episode, and a
+    # state taken from one instance steps identically in the other.
+    other = gym.make("sfplan/Lift-v0", image_size=64, goal="near")
+    try:
+        obs4, info4 = other.reset(seed=3)
+        np.testing.assert_array_equal(obs4["desired_goal"], obs1["desired_goal"])
+        np.testing.assert_array_equal(info4["state"], info1["state"])
+        actions = np.random.default_rng(0).uniform(-1, 1, (5, 4))
+        for sim in (env.unwrapped, other.unwrapped):
+            sim.set_state(info1["state"])
+            for a in actions:
+                sim.sim_step(a)
+        np.testing.assert_array_equal(env.unwrapped.get_state(), other.unwrapped.get_state())
+        np.testing.assert_array_equal(env.unwrapped.render_pixels(), other.unwrapped.render_pixels())
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("tid", ROBOSUITE_TASKS)
+@pytest.mark.parametrize("goal", ["near", "far"])
+def test_goal_state_is_success_and_start_is_not(tid, goal):
+    env = get_env(tid, goal)
+    sim = env.unwrapped
+    obs, info = env.reset(seed=1)
+    assert not info["is_success"] and info["distance"] >= sim.success_threshold
+    start = info["state"]
+    sim.set_state(sim.goal_state)
+    g = sim._info()
+    assert g["is_success"] and g["distance"] < max(sim.success_threshold, 0.02)
+    np.testing.assert_array_equal(sim.render_pixels(), obs["desired_goal"])
+    if goal == "far":  # success is robosuite's own criterion
+        assert sim.check_success() and sim.robosuite_env._check_success()
+    # The scripted demonstration replays from the start to the goal state exactly.
+    sim.set_state(start)
+    assert 25 <= len(sim.goal_actions_) <= (50 if goal == "near" else 150)
+    for a in sim.goal_actions_:
+        sim.sim_step(a)
+    np.testing.assert_array_equal(sim.get_state(), sim.goal_state)
+    sim.set_state(start)
+
+
+def test_state_round_trip_renders_same_frame():
+    env = get_env("sfplan/Stack-v0", "far")
+    sim = env.unwrapped
+    env.reset(seed=2)
+    rng = np.random.default_rng(0)
+    for a in rng.uniform(-1, 1, (3, 4)):
+        env.step(a)
+    state, frame = sim.get_state(), sim.render_pixels()
+    later = rng.uniform(-1, 1, (4, 4))
+    for a in later:
+        sim.sim_step(a)
+    after = sim.get_state()
+    assert not np.array_equal(sim.render_pixels(), frame)
+    sim.set_state(state)
+    np.testing.assert_array_equal(sim.render_pixels(), frame)
+    np.testing.assert_array_equal(sim.get_state(), state)
+    for a in later:  # rendering in between does not change the dynamics
+        sim.sim_step(a)
+        sim.render_pixels()
+    np.testing.assert_array_equal(sim.get_state(), after)
+
+
+def test_fast_controller_matches_robosuite():
+    sim = get_env("sfplan/Lift-v0", "near").unwrapped
+    _, info = sim.reset(seed=5)
+    rng = np.random.default_rng(1)
+    state = info["state"]
+    try:
+        for a in rng.uniform(-1, 1, (4, 4)):
+            results = []
+            for fast in (True, False):
+                sim.fast_controller = fast
+                sim.set_state(state)
+                sim.sim_step(a)
+                results.append(sim.get_state())
+            np.testing.assert_allclose(results[0], results[1], rtol=0, atol=1e-9)
+            state = results[0]
+    finally:
+        sim.fast_controller = True
+
+
+def test_missing_robosuite_hint(monkeypatch):
+    from sfplan.envs import robosuite_tasks
+
+    monkeypatch.setitem(sys.modules, "robosuite", None)  # import robosuite -> ImportError
+    with pytest.raises(ImportError, match=r"pip install -c constraints.txt -e .\[robosuite\]"):
+        robosuite_tasks.LiftGoalEnv()
