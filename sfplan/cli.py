@@ -12,12 +12,21 @@ from sfplan.errors import UserError
 USAGE_OVERRIDES = "Hydra overrides, e.g. env=pointmaze_umaze planner=mppi episodes=50 device=cpu"
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
-    cfg = load_config("eval", args.overrides)
+def _compose(name: str, args: argparse.Namespace):
+    """Compose ``configs/<name>.yaml`` with the command's overrides; with ``--cfg``, print
+    it and return None (the command then stops)."""
+    cfg = load_config(name, args.overrides)
     if args.cfg:
         from omegaconf import OmegaConf
 
         print(OmegaConf.to_yaml(cfg, resolve=True))
+        return None
+    return cfg
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    cfg = _compose("eval", args)
+    if cfg is None:
         return 0
     require_complete(cfg, "eval")
     from sfplan.eval.main import run_eval
@@ -32,11 +41,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    cfg = load_config("collect", args.overrides)
-    if args.cfg:
-        from omegaconf import OmegaConf
-
-        print(OmegaConf.to_yaml(cfg, resolve=True))
+    cfg = _compose("collect", args)
+    if cfg is None:
         return 0
     from sfplan.data.collect import run_collect
 
@@ -68,11 +74,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import shlex
 
-    cfg = load_config("train", args.overrides)
-    if args.cfg:
-        from omegaconf import OmegaConf
-
-        print(OmegaConf.to_yaml(cfg, resolve=True))
+    cfg = _compose("train", args)
+    if cfg is None:
         return 0
     require_complete(cfg, "train")
     from sfplan.training import run_train
@@ -94,11 +97,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    cfg = load_config("generate", args.overrides)
-    if args.cfg:
-        from omegaconf import OmegaConf
-
-        print(OmegaConf.to_yaml(cfg, resolve=True))
+    cfg = _compose("generate", args)
+    if cfg is None:
         return 0
     require_complete(cfg, "generate")
     from sfplan.generate import run_generate
