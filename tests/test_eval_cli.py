@@ -66,3 +66,8 @@ def test_info_lists_tasks_and_planners(capsys):
     out = capsys.readouterr().out
     for name in ("sfplan/Reacher-v0", "sfplan/PointMazeUMaze-v0", "cem", "mppi", "random_shooting", "oracle"):
         assert name in out
+
+
+def test_execute_longer_than_horizon_names_the_fix(capsys):
+    assert main(["eval", "execute=20", "episodes=1", "progress=false", "record=false"]) == 2
+    assert "execute <= planner.horizon" in capsys.readouterr().err

@@ -23,12 +23,8 @@ def run_eval(cfg: DictConfig) -> dict:
     OmegaConf.update(cfg, "device", str(device))
     env_kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True)
 
-    def env_fn():
-        return make_env(cfg.env.id, **env_kwargs)
-
-    probe = env_fn()
-    low, high = probe.action_space.low, probe.action_space.high
-    probe.close()
+    env = make_env(cfg.env.id, **env_kwargs)  # closed by evaluate()
+    low, high = env.action_space.low, env.action_space.high
 
     planner_cls = get_class(cfg.planner._target_)
     needs_model = getattr(planner_cls, "needs_world_model", True)
@@ -45,7 +41,7 @@ def run_eval(cfg: DictConfig) -> dict:
         f"{time.strftime('%Y%m%d-%H%M%S')}_{cfg.env.id.split('/')[-1]}_{planner_cls.__name__}"
     )
     t0 = time.perf_counter()
-    results = list(evaluate(env_fn, planner, world_model, seeds, int(cfg.budget), int(cfg.execute),
+    results = list(evaluate(env, planner, world_model, seeds, int(cfg.budget), int(cfg.execute),
                             record=bool(cfg.record), progress=bool(cfg.progress)))
     wall = time.perf_counter() - t0
     meta = {

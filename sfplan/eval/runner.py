@@ -12,6 +12,7 @@ import numpy as np
 
 from sfplan.planners.base import Planner
 from sfplan.planners.common import shift_plan
+from sfplan.errors import UserError
 from sfplan.world_model.base import WorldModel
 
 
@@ -105,20 +106,19 @@ def run_episode(
 
 def plan_horizon_check(planner: Planner, execute: int) -> None:
     if execute > planner.horizon:
-        raise ValueError(
+        raise UserError(
             f"execute={execute} is longer than the planner horizon={planner.horizon}: "
             "set execute <= planner.horizon (e.g. `execute=5 planner.horizon=10`)."
         )
 
 
-def evaluate(env_fn, planner: Planner, world_model: WorldModel | None, seeds: list[int], budget: int,
+def evaluate(env: gym.Env, planner: Planner, world_model: WorldModel | None, seeds: list[int], budget: int,
              execute: int, record: bool = True, memory=None, progress: bool = True):
-    """Run one episode per seed; yields EpisodeResult as each finishes."""
-    plan_horizon_check(planner, execute)
+    """Run one episode per seed on ``env`` (closed at the end); yields EpisodeResult as each finishes."""
     from tqdm.auto import tqdm
 
-    env = env_fn()
     try:
+        plan_horizon_check(planner, execute)
         bar = tqdm(seeds, desc="episodes", disable=not progress, dynamic_ncols=True)
         n_success = 0
         for i, seed in enumerate(bar):
