@@ -12,6 +12,8 @@ PACKAGES = {
     "sfplan.eval": "sfplan/eval",
     "sfplan.data": "sfplan/data",
     "sfplan.training": "sfplan/training",
+    "sfplan.memory": "sfplan/memory",
+    "sfplan.models": "sfplan/models",
     "sfplan.envs": "envs",
     "sfplan.planners": "planners",
     "sfplan.configs": "configs",
@@ -24,7 +26,11 @@ setup(
     python_requires=">=3.10",
     packages=list(PACKAGES),
     package_dir=PACKAGES,
-    package_data={"sfplan.configs": ["*.yaml", "*/*.yaml"]},
+    package_data={
+        "sfplan.configs": ["*.yaml", "*/*.yaml"],
+        # shipped world models: <task>/{world_model.json, README.md, vae/, diffusion/, scheduler/, idm/}
+        "sfplan.models": ["*/*.json", "*/*.md", "*/*/*.json", "*/*/*.safetensors"],
+    },
     install_requires=[
         "torch>=2.2",
         "numpy",

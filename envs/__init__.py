@@ -35,6 +35,8 @@ TASKS: dict[str, str] = {
     "sfplan/Pusher-v0": "Pusher-v5 7-DoF arm pushing a cylinder; success: cylinder within 0.05 m of the goal cylinder (x, y).",
     "sfplan/PointMazeUMaze-v0": "PointMaze UMaze (5x5 cells), top-down; success: ball within 0.45 m of the goal ball position.",
     "sfplan/PointMazeMedium-v0": "PointMaze Medium (8x8 cells), top-down; success: ball within 0.45 m of the goal ball position.",
+    "sfplan/MemoryMaze-v0": "point mass in an 8 m arena painted anew each episode, seen by a camera that follows it "
+    "(3 m view; the memory benchmark's task); success: agent within 0.25 m of the goal position.",
 }
 
 _REGISTRATIONS = [
@@ -44,6 +46,7 @@ _REGISTRATIONS = [
     # The scripted far goals take ~215 (UMaze) / ~360 (Medium) steps on average.
     ("sfplan/PointMazeUMaze-v0", "sfplan.envs.pointmaze:PointMazeGoalEnv", 400, {"maze": "UMaze"}),
     ("sfplan/PointMazeMedium-v0", "sfplan.envs.pointmaze:PointMazeGoalEnv", 700, {"maze": "Medium"}),
+    ("sfplan/MemoryMaze-v0", "sfplan.envs.memory_maze:MemoryMazeEnv", 400, {}),
 ]
 
 # ---- robosuite tasks (sfplan/Lift-v0, sfplan/Stack-v0) ------------------------------

@@ -1,6 +1,8 @@
 """Planners and costs (installed as ``sfplan.planners``).
 
 Planners: ``PLANNERS[name](world_model=..., cost=..., action_low=..., action_high=..., **config)``.
+``video_plan`` (the paper's planner) needs the learned world model with an inverse dynamics
+model (``requires_learned_world_model``); the others search with any world model.
 Costs: ``COSTS[name](**config)``, called as ``cost(imagination, goal) -> (B, N)``.
 """
 from .base import Cost, Planner, PlanResult
@@ -17,12 +19,14 @@ from .costs import (
 from .mppi import MPPIConfig, MPPIPlanner
 from .random_policy import RandomPolicy, RandomPolicyConfig
 from .random_shooting import RandomShootingConfig, RandomShootingPlanner
+from .video_plan import VideoPlanConfig, VideoPlanPlanner
 
 PLANNERS = {
     "cem": CEMPlanner,
     "mppi": MPPIPlanner,
     "random_shooting": RandomShootingPlanner,
     "random": RandomPolicy,
+    "video_plan": VideoPlanPlanner,  # the paper's planner: needs the learned world model + an IDM
 }
 
 COSTS = {
@@ -51,5 +55,7 @@ __all__ = [
     "RandomPolicyConfig",
     "RandomShootingConfig",
     "RandomShootingPlanner",
+    "VideoPlanConfig",
+    "VideoPlanPlanner",
     "shift_plan",
 ]

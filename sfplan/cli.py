@@ -106,6 +106,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     r = run_generate(cfg)
     print(f"imagined {r['horizon']} steps in {r['wall_s']:.1f} s ({r['frames_per_s']:.1f} frames/s; chunks of "
           f"{r['chunk_size']}, {r['sampler']} x {r['num_steps']} steps)")
+    if r.get("memory"):
+        m = r["memory"]
+        print(f"memory: Temp-LoRA rank {m['config']['rank']}, {m['writes']} writes of the {m['write']} chunks, "
+              f"{m['write_s_per_chunk']:.2f} s per write ({m['write_s_total']:.1f} s of {r['wall_s']:.1f} s)")
     if "table" in r:
         src = r["source"]
         print(f"episode {src['episode']} (seed {src['seed']}, held out from training: "
@@ -151,9 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--env-id", default=None, help="task id to record (default: the Minari env spec's id)")
     dm.add_argument("--append", action="store_true", help="add to an existing dataset directory")
     d.set_defaults(func=_cmd_data)
-    t = sub.add_parser("train", help="train the learned world model: stage=vae, then stage=dynamics")
+    t = sub.add_parser("train", help="train the learned world model: stage=vae, then stage=dynamics "
+                         "(and stage=idm for planner=video_plan)")
     t.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. stage=vae data.path=data/Reacher-v0 steps=5000 "
-                   "(stage=dynamics also needs vae=<vae run>/model)")
+                   "(stage=dynamics and stage=idm also need vae=<vae run>/model)")
     t.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     t.set_defaults(func=_cmd_train)
     g = sub.add_parser("generate", help="roll out a long video with a learned world model; PSNR/SSIM per step")
@@ -166,6 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_error_cause(e: BaseException) -> UserError | None:
+    """The UserError an exception was raised from (its __cause__/__context__ chain), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, UserError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     args = build_parser().parse_args(argv)
@@ -173,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as e:
         print(f"sfplan {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        cause = _user_error_cause(e)  # hydra's instantiate wraps what a _target_ raised
+        if cause is None:
+            raise
+        print(f"sfplan {args.command}: error: {cause}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # sfplan train: "SIGINT at step N: checkpoint ...; run the same command again"
         print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)

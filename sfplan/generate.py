@@ -5,6 +5,7 @@ Usage::
     sfplan generate model=outputs/train/Reacher-v0-dynamics/model data=data/Reacher-v0 episode=3
     sfplan generate model=PATH image=start.png actions=actions.npy      # any start image
     sfplan generate model=PATH data=PATH episode=0 horizon=48 num_steps=4 out_dir=outputs/gen
+    sfplan generate model=PATH data=PATH episode=0 memory=temp_lora       # with Temp-LoRA memory
 
 From a dataset episode, the model starts from the episode's first ``context_frames``
 ground-truth frames (default 1: the start frame), gets the episode's recorded actions and
@@ -15,6 +16,9 @@ frames. Written to ``out_dir``:
 - ``video.mp4`` and ``video.gif``: ground truth | model side by side (model only for
   ``image=``), upscaled ``scale`` x;
 - ``frames.npz``: ``generated`` (H, S, S, 3) uint8 (and ``ground_truth``);
+- with ``memory=temp_lora``: every chunk (with its clean context) is written into
+  Temp-LoRA fast weights before the next is imagined (``rollout_with_memory``);
+  ``metrics.json`` then reports the memory's settings and its write time per chunk;
 - ``metrics.json``: PSNR and SSIM per horizon step for the model and for the copy-last-
   frame baseline (the last known frame held still), their means over the rollout and
   per chunk; PSNR is capped at 100 dB (identical frames) so means stay finite.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +55,63 @@ def rollout(wm, context: np.ndarray, actions: np.ndarray) -> np.ndarray:
     acts = torch.as_tensor(np.asarray(actions, np.float32))[None, None]  # (1, 1, K, A)
     im = wm.imagine(state, acts)  # features (1, 1, K, C, h, w)
     return wm.decode(im.features[0, 0]).numpy()  # (K, H, W, 3)
+
+
+@torch.no_grad()
+def rollout_with_memory(wm, context: np.ndarray, actions: np.ndarray,
+                        truth: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """``rollout`` chunk by chunk, writing each chunk into ``wm.memory`` (Temp-LoRA) before
+    the next one is imagined. The memory is taken as it is (``wm.reset_memory()`` first
+    for a fresh episode).
+
+    What is written follows ``wm.memory.config.write``: ``generated`` (the imagined chunk,
+    as in the paper) or ``real`` (the ground-truth frames ``truth`` (K, H, W, 3) of the
+    chunk). The first write carries the encoded real context in front of the chunk; later
+    writes take their clean context from the memory's buffer. The last chunk is not written
+    (nothing imagines after it). The noise is drawn from one generator seeded with
+    ``noise_seed`` across the chunks, so with the memory disabled (or never written) the
+    frames equal ``rollout``'s. Returns (frames (K, H, W, 3) uint8, info: per-write logs
+    and times)."""
+    from sfplan.world_model.base import WorldState
+
+    mem = wm.memory
+    if mem is None:
+        raise ValueError("rollout_with_memory needs a world model with a memory (wm.attach_memory(...))")
+    if wm.config.return_frames != "all":
+        raise ValueError("rollout_with_memory needs a world model with return_frames='all'")
+    mode = mem.config.write
+    if mode == "real" and truth is None:
+        raise UserError("memory.write=real writes the ground-truth frames: start from a dataset episode "
+                        "(data=<dataset> episode=K), or use memory.write=generated")
+    acts = torch.as_tensor(np.asarray(actions, np.float32))  # (K, A)
+    K = acts.shape[0]
+    state = wm.encode(np.asarray(context)[None])  # context (1, T', C, h, w)
+    real = wm.vae.encode(np.asarray(truth)) if mode == "real" else None  # (K, C, h, w)
+    gen = torch.Generator("cpu").manual_seed(int(wm.config.noise_seed))
+    lats, writes = [], []
+    t_imagine = 0.0
+    for s in range(0, K, wm.chunk_size):
+        k = min(wm.chunk_size, K - s)
+        t0 = time.perf_counter()
+        z = wm.imagine(state, acts[None, None, s: s + k], generator=gen).features[0, 0]  # (k, C, h, w)
+        t_imagine += time.perf_counter() - t0
+        lats.append(z)
+        if s + k < K:
+            new = z if mode == "generated" else real[s: s + k].to(z.device)
+            if not writes:  # the real context in front of the first chunk
+                ctx = state.context[0].to(new.device)
+                writes.append(mem.write(torch.cat([ctx, new]), num_context=ctx.shape[0]))
+            else:
+                writes.append(mem.write(new))
+        nxt = torch.cat([state.context.to(z.device), z[None]], dim=1)[:, -wm.context_frames:]  # (1, T', C, h, w)
+        state = WorldState(features=nxt[:, -1], context=nxt)
+    frames = wm.decode(torch.cat(lats)).numpy()  # (K, H, W, 3)
+    wt = [w["time_s"] for w in writes]
+    info = {"write": mode, "writes": len(writes), "write_s_total": float(sum(wt)),
+            "write_s_per_chunk": float(np.mean(wt)) if wt else 0.0, "imagine_s": t_imagine,
+            "write_loss_first": [w["loss_first"] for w in writes], "write_loss_last": [w["loss_last"] for w in writes],
+            "lora_parameters": mem.num_parameters, "state_bytes": mem.state_bytes()}
+    return frames, info
 
 
 def _label(width: int, text: str) -> np.ndarray:
@@ -228,11 +290,27 @@ def run_generate(cfg: DictConfig) -> dict:
     else:
         raise UserError("nothing to start from: pass data=<dataset dir> episode=K, or image=<PNG> actions=<NPY>")
 
+    mem_cfg = cfg.get("memory")
+    memory = None
+    if mem_cfg is not None and mem_cfg.get("_target_"):
+        from sfplan.memory.temp_lora import TempLoRAConfig
+
+        try:
+            memory = wm.attach_memory(TempLoRAConfig.from_any(mem_cfg))
+        except ValueError as e:
+            raise UserError(f"memory: {e}") from None
+        if memory.config.write == "real" and truth is None:
+            raise UserError("memory.write=real writes the ground-truth frames: start from a dataset episode "
+                            "(data=<dataset> episode=K), or use memory.write=generated")
     out = Path(cfg.out_dir) if cfg.get("out_dir") else Path("outputs/generate") / (
         f"{time.strftime('%Y%m%d-%H%M%S')}_{name}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    gen = rollout(wm, context, actions)  # (H, S, S, 3)
+    mem_info = None
+    if memory is None:
+        gen = rollout(wm, context, actions)  # (H, S, S, 3)
+    else:
+        gen, mem_info = rollout_with_memory(wm, context, actions, truth)  # (H, S, S, 3), logs
     wall = time.perf_counter() - t0
     H = len(gen)
     scale, fps = int(cfg.scale), int(cfg.fps)
@@ -252,6 +330,8 @@ def run_generate(cfg: DictConfig) -> dict:
         "device": str(device), "wall_s": wall, "frames_per_s": H / wall if wall > 0 else None,
         "psnr_cap_db": PSNR_CAP_DB, "out_dir": str(out),
         "files": {"mp4": "video.mp4", "gif": "video.gif", "frames": "frames.npz"},
+        "memory": None if memory is None else {"kind": "temp_lora", "config": asdict(memory.config),
+                                               **mem_info},
     }
     if truth is not None:
         per = frame_metrics(gen, truth, np.repeat(context[-1:], H, axis=0))
@@ -267,4 +347,5 @@ def run_generate(cfg: DictConfig) -> dict:
     return result
 
 
-__all__ = ["run_generate", "rollout", "side_by_side", "write_video", "frame_metrics", "format_table"]
+__all__ = ["run_generate", "rollout", "rollout_with_memory", "side_by_side", "write_video", "frame_metrics",
+           "format_table"]

@@ -6,7 +6,8 @@ from gymnasium.utils.env_checker import check_env
 
 from sfplan.envs import TASKS, GoalImageEnv, GoalImageWrapper, make_env
 
-MUJOCO_TASKS = ["sfplan/Reacher-v0", "sfplan/Pusher-v0", "sfplan/PointMazeUMaze-v0", "sfplan/PointMazeMedium-v0"]
+MUJOCO_TASKS = ["sfplan/Reacher-v0", "sfplan/Pusher-v0", "sfplan/PointMazeUMaze-v0", "sfplan/PointMazeMedium-v0",
+                "sfplan/MemoryMaze-v0"]
 
 
 @pytest.fixture(scope="module", params=MUJOCO_TASKS)
@@ -97,7 +98,7 @@ def test_state_round_trip_and_sim_step_match_step(task):
     np.testing.assert_array_equal(u.render_pixels(), px)
 
 
-@pytest.mark.parametrize("tid", ["sfplan/Reacher-v0", "sfplan/PointMazeUMaze-v0"])
+@pytest.mark.parametrize("tid", ["sfplan/Reacher-v0", "sfplan/PointMazeUMaze-v0", "sfplan/MemoryMaze-v0"])
 def test_far_goals(tid):
     env = gym.make(tid, goal="far")
     u = env.unwrapped

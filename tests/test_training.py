@@ -268,8 +268,11 @@ def test_user_errors(data, tmp_path, capsys):
     assert "sfplan collect" in capsys.readouterr().err
     assert main(["generate", f"model={tmp_path / 'nothing'}", f"data={data}"]) == 2
     assert "no world model" in capsys.readouterr().err
-    assert main(["eval", "world_model=learned"]) == 2
-    assert "world_model.path" in capsys.readouterr().err
+    assert main(["eval", "env=pusher", "world_model=learned"]) == 2  # no model is shipped for Pusher
+    err = capsys.readouterr().err
+    assert "no world model is shipped" in err and "world_model.path" in err
+    assert main(["eval", "world_model=learned", f"world_model.path={tmp_path / 'nothing'}"]) == 2
+    assert "no world model at" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- video metrics

@@ -25,6 +25,15 @@ Policies (``policy=`` in ``configs/collect.yaml``, parameters under ``policies.<
 - ``goal``: drive toward a freshly sampled goal with the task's own scripted
   goal-reaching actions (``env.unwrapped._goal_actions(rng)``, called from the current
   state), then ``noise_steps`` of correlated noise, then a new goal, and so on.
+- ``retrace``: go out for ``out_steps`` steps, then come back along the same path, and
+  repeat from there. Outbound: the task's exploratory motion when it has one
+  (``env.unwrapped.make_wanderer(rng)``, e.g. ``sfplan/MemoryMaze-v0``), else
+  ``correlated`` noise. Return (``mode``): ``track`` steers back through the recorded
+  positions with the task's one-step inverse (``env.unwrapped.track_action``), so return
+  frame ``2n - t`` repeats outbound frame ``t``; ``negate`` plays the outbound actions
+  negated in reverse order (any task; close only where the dynamics are nearly
+  reversible); ``auto`` is ``track`` where the task supports it, else ``negate``.
+  ``retrace_rollout`` runs one such episode (used by ``benchmarks/memory_benchmark.py``).
 """
 from __future__ import annotations
 
@@ -164,7 +173,87 @@ class GoalPolicy(CorrelatedPolicy):
         return {"noise_steps": self.noise_steps, "rho": self.rho, "scale": self.scale}
 
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (RandomPolicy, CorrelatedPolicy, GoalPolicy)}
+class RetracePolicy(CorrelatedPolicy):
+    """Out for ``out_steps`` steps, back along the same path for ``out_steps`` steps, repeat.
+
+    Args:
+        out_steps: length n of each leg; frames 0..n go out, frames n..2n come back, and
+            return frame ``n + j`` is taken at (``track``) or near (``negate``) the place
+            of outbound frame ``n - j``.
+        mode: ``track`` | ``negate`` | ``auto`` (see the module docstring).
+        rho, scale: the ``correlated`` noise used outbound on tasks without a wanderer.
+    """
+
+    name = "retrace"
+    MODES = ("auto", "track", "negate")
+
+    def __init__(self, out_steps: int = 32, mode: str = "auto", rho: float = 0.9, scale: float = 0.5):
+        super().__init__(rho=rho, scale=scale)
+        if int(out_steps) < 1:
+            raise UserError(f"policies.retrace.out_steps must be >= 1, got {out_steps}")
+        if mode not in self.MODES:
+            raise UserError(f"policies.retrace.mode must be one of {self.MODES}, got {mode!r}")
+        self.out_steps, self.mode = int(out_steps), str(mode)
+
+    def reset(self, env, rng):
+        super().reset(env, rng)
+        task = env.unwrapped
+        can_track = callable(getattr(task, "track_action", None)) and callable(getattr(task, "agent_xy", None))
+        if self.mode == "track" and not can_track:
+            raise UserError(f"policies.retrace.mode=track needs a task with track_action/agent_xy (e.g. "
+                            f"sfplan/MemoryMaze-v0); {type(task).__name__} has none: use mode=negate")
+        self._task = task
+        self._track = can_track and self.mode != "negate"
+        make = getattr(task, "make_wanderer", None)
+        self._wanderer = make(rng) if callable(make) else None
+        self._t = 0
+        self._out_actions: list[np.ndarray] = []
+        self._out_xy: list[np.ndarray] = []
+
+    def act(self, obs, info):
+        n = self.out_steps
+        k = self._t % (2 * n)
+        if k == 0:  # a new leg starts here
+            self._out_actions, self._out_xy = [], []
+            if self._wanderer is not None:
+                self._wanderer.heading = float(self.rng.uniform(-np.pi, np.pi))
+        self._t += 1
+        if k < n:  # outbound
+            if self._track:
+                self._out_xy.append(self._task.agent_xy())
+            if self._wanderer is not None:
+                a = self.to_action(self._wanderer.act(self._task.agent_xy()))
+            else:
+                a = super().act(obs, info)
+            self._out_actions.append(a)
+            return a
+        j = k - n + 1  # return step j -> the place of outbound frame n - j
+        if self._track:
+            u = np.asarray(self._task.track_action(self._out_xy[n - j]), np.float64)
+            return np.clip(u, self.low, self.high).astype(np.float32)
+        return np.clip(-self._out_actions[n - j], self.low, self.high).astype(np.float32)
+
+    def kwargs(self):
+        return {"out_steps": self.out_steps, "mode": self.mode, "rho": self.rho, "scale": self.scale}
+
+
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (RandomPolicy, CorrelatedPolicy, GoalPolicy, RetracePolicy)}
+
+
+def retrace_rollout(env, seed: int, out_steps: int = 32, mode: str = "auto"):
+    """One out-and-back episode of ``2 * out_steps`` steps with ``RetracePolicy``, as
+    ``sfplan collect policy=retrace`` records it (same seeds, same frames).
+
+    Returns an ``sfplan.data.dataset.Episode``: ``pixels`` (2n+1, H, W, 3) uint8 with the
+    turn-around at frame n, ``actions`` (2n, A) (``actions[n:]`` are the return leg's),
+    ``states`` (2n+1, S)."""
+    from sfplan.data.collect import rollout  # collect imports this module
+
+    ep = rollout(env, RetracePolicy(out_steps=out_steps, mode=mode), int(seed), 2 * int(out_steps))
+    if ep.length != 2 * int(out_steps):
+        raise UserError(f"the env ended the retrace episode after {ep.length} of {2 * out_steps} steps: raise its "
+                        f"max_episode_steps or lower out_steps")
+    return ep
 
 
 def make_policy(name: str, **kwargs) -> Policy:

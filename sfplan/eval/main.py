@@ -14,6 +14,29 @@ from sfplan.eval.report import write_report
 from sfplan.eval.runner import evaluate
 
 
+def _without(node: DictConfig, key: str) -> dict:
+    d = OmegaConf.to_container(node, resolve=True)
+    d.pop(key, None)
+    return d
+
+
+def _attach_memory(world_model, mem_cfg) -> None:
+    """``memory=temp_lora``: Temp-LoRA on the learned world model; the runner resets it per
+    episode and writes the executed real frames into it (``memory.write=real``)."""
+    from sfplan.errors import UserError
+
+    if mem_cfg is None or not mem_cfg.get("_target_"):
+        return
+    if world_model is None:
+        raise UserError(f"memory={mem_cfg.get('_target_')} needs a planner that uses a world model")
+    if not callable(getattr(world_model, "attach_memory", None)):
+        raise UserError(f"memory={mem_cfg.get('_target_')} needs the learned world model (world_model=learned), "
+                        f"not {type(world_model).__name__}")
+    if mem_cfg.get("write") != "real":
+        raise UserError("in `sfplan eval` the memory learns from the executed real frames: set memory.write=real")
+    world_model.attach_memory(mem_cfg)
+
+
 def run_eval(cfg: DictConfig) -> dict:
     """Runs the evaluation described by a composed ``eval`` config; returns the report dict."""
     from sfplan.envs import make_env
@@ -28,7 +51,9 @@ def run_eval(cfg: DictConfig) -> dict:
 
     planner_cls = get_class(cfg.planner._target_)
     needs_model = getattr(planner_cls, "needs_world_model", True)
-    world_model = instantiate(cfg.world_model) if needs_model else None
+    # `kind` (oracle | learned) only picks the env's search row (configs/env/*.yaml `search`)
+    world_model = instantiate(_without(cfg.world_model, "kind")) if needs_model else None
+    _attach_memory(world_model, cfg.get("memory"))
     cost = instantiate(cfg.cost) if needs_model else None
     planner = instantiate(cfg.planner)(
         world_model=world_model,

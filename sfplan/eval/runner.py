@@ -26,6 +26,7 @@ class EpisodeResult:
     plan_times: list[float] = field(default_factory=list)  # seconds per planning decision
     frames: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8 real frames
     goal: np.ndarray | None = None  # (H, W, 3) uint8
+    memory_write_times: list[float] = field(default_factory=list)  # seconds per Temp-LoRA write (world model's)
 
     def summary(self) -> dict:
         return {
@@ -36,6 +37,7 @@ class EpisodeResult:
             "min_distance": self.min_distance,
             "decisions": len(self.plan_times),
             "plan_time_mean_s": float(np.mean(self.plan_times)) if self.plan_times else 0.0,
+            "memory_write_mean_s": float(np.mean(self.memory_write_times)) if self.memory_write_times else 0.0,
         }
 
 
@@ -54,6 +56,11 @@ def run_episode(
 
     ``memory`` (optional, Temp-LoRA) gets ``reset()`` at the start and ``write(frames,
     actions)`` with each executed chunk's real frames.
+
+    A world model that carries its own memory (``SlowFastWorldModel.attach_memory``) gets
+    ``reset_memory()`` at the start and, when its memory writes ``real`` frames,
+    ``remember(frames)`` after each executed chunk, with the real frame before the chunk
+    in front as clean context. Duck-typed, so other world models (the oracle) are untouched.
     """
     obs, info = env.reset(seed=seed)
     goal_img = obs["desired_goal"]
@@ -61,10 +68,15 @@ def run_episode(
     goal = world_model.encode(goal_img[None, None]).features if needs_model else None  # (1, C, h, w)
     if memory is not None:
         memory.reset()
+    if callable(getattr(world_model, "reset_memory", None)):
+        world_model.reset_memory()  # fresh Temp-LoRA each episode
+    wm_memory = getattr(world_model, "memory", None)
+    write_real = wm_memory is not None and getattr(getattr(wm_memory, "config", None), "write", None) == "real"
     frames = [obs["pixels"]] if record else []
     history = [obs["pixels"]]
     dist = [info["distance"]]
     plan_times: list[float] = []
+    write_times: list[float] = []
     warm = None
     steps, success = 0, bool(info["is_success"])
     while steps < budget and not success:
@@ -73,6 +85,7 @@ def run_episode(
         result = planner.plan(state, goal, warm_start=warm)
         plan_times.append(time.perf_counter() - t0)
         chunk = result.actions[0, : min(execute, budget - steps)].detach().cpu().numpy()  # (k, A)
+        before = obs["pixels"]  # the frame the chunk starts from: the memory's clean context
         chunk_frames = []
         for a in chunk:
             obs, _, terminated, truncated, info = env.step(a)
@@ -89,6 +102,10 @@ def run_episode(
         history = (history + chunk_frames)[-getattr(world_model, "context_frames", 1):]
         if memory is not None and chunk_frames:
             memory.write(np.stack(chunk_frames), chunk[: len(chunk_frames)])
+        if write_real and chunk_frames:
+            t0 = time.perf_counter()
+            world_model.remember(np.stack([before, *chunk_frames]), num_context=1)  # (1 + k, H, W, 3)
+            write_times.append(time.perf_counter() - t0)
         if terminated or truncated:
             break
         warm = shift_plan(result.actions, len(chunk))
@@ -101,6 +118,7 @@ def run_episode(
         plan_times=plan_times,
         frames=frames,
         goal=goal_img,
+        memory_write_times=write_times,
     )
 
 

@@ -3,12 +3,14 @@
     sfplan train stage=vae data.path=data/Reacher-v0                   # 1. frame VAE
     sfplan train stage=dynamics data.path=data/Reacher-v0 \\
         vae=outputs/train/Reacher-v0-vae/model                          # 2. video diffusion
+    sfplan train stage=idm data.path=data/Reacher-v0 vae=<world model dir> \
+        attach_to=<world model dir>                                     # 3. IDM for planner=video_plan
     accelerate launch -m sfplan.cli train stage=dynamics ...            # DDP on several GPUs
 
 Built on HF Accelerate (CPU, one GPU, or DDP), with EMA weights, atomic checkpoints and
 exact resume (re-run the same command), a NaN guard, tqdm and TensorBoard
 (``tensorboard --logdir OUT/tb``). The config is ``configs/train.yaml`` with the stage
-groups ``configs/stage/{vae,dynamics}.yaml``; the run layout is described in
+groups ``configs/stage/{vae,dynamics,idm}.yaml``; the run layout is described in
 ``sfplan.training.checkpoint``; the loop in ``sfplan.training.trainer``; the stages in
 ``sfplan.training.stages``.
 """
@@ -27,7 +29,14 @@ MIXED_PRECISION = ("auto", "no", "bf16")
 
 def default_out_dir(cfg: DictConfig) -> Path:
     name = Path(str(cfg.data.path)).expanduser().resolve().name or "data"
-    return Path("outputs/train") / f"{name}-{cfg.stage}"
+    loop = "-slowfast" if _loop(cfg) == "slowfast" else ""
+    return Path("outputs/train") / f"{name}-{cfg.stage}{loop}"
+
+
+def _loop(cfg: DictConfig) -> str:
+    """``slow`` (the stage's own loop) or ``slowfast`` (``configs/loop/``)."""
+    loop = cfg.get("loop")
+    return str(loop.get("name", "slow")) if loop is not None else "slow"
 
 
 def _check(cfg: DictConfig) -> None:
@@ -78,7 +87,14 @@ def run_train(cfg: DictConfig, command: str | None = None) -> dict:
         torch.set_num_threads(int(cfg.num_threads))
     out_dir = Path(str(cfg.out_dir)).expanduser() if cfg.get("out_dir") else default_out_dir(cfg)
     acc = make_accelerator(cfg)
-    stage = STAGES[str(cfg.stage)](cfg, out_dir)
+    if _loop(cfg) == "slowfast":  # SlowFast-VGen's slow-fast loop (sfplan.training.slowfast)
+        from sfplan.training.slowfast import make_stage
+
+        stage = make_stage(cfg, out_dir)
+    elif _loop(cfg) == "slow":
+        stage = STAGES[str(cfg.stage)](cfg, out_dir)
+    else:
+        raise UserError(f"loop={_loop(cfg)!r}: choose slow or slowfast")
     return Trainer(cfg, stage, acc, out_dir, command).fit()
 
 

@@ -31,6 +31,12 @@ def write_model_card(out_dir: Path, cfg, result: dict, data: dict, hardware: str
     if stage == "vae":
         what = "FrameAutoencoder (diffusers AutoencoderKL), frames -> latents"
         use = (f"sfplan train stage=dynamics data.path={cfg.data.path} vae={model_dir}")
+    elif stage == "idm":
+        what = "InverseDynamicsModel: consecutive VAE latents -> the action between them (planner=video_plan)"
+        wm = result.get("attached_to")
+        use = (f"sfplan eval world_model=learned world_model.path={Path(wm).parent} planner=video_plan" if wm else
+               f"sfplan eval world_model=learned world_model.path=<world model dir> planner=video_plan "
+               f"planner.idm_path={model_dir}")
     else:
         what = "SlowFastWorldModel: frame VAE + action-conditioned masked latent video diffusion (slow learner)"
         use = (f"sfplan generate model={model_dir} data={cfg.data.path} episode=0\n"
@@ -51,6 +57,9 @@ def write_model_card(out_dir: Path, cfg, result: dict, data: dict, hardware: str
         lines += [f"- VAE: `{data.get('vae')}`; latent {data.get('latent_shape')}; latent cache "
                   f"`{Path(data.get('latent_cache', '')).name}`",
                   f"- clips of {data.get('clip_frames')} latent frames ({data.get('train_clips')} training clips)"]
+    if stage == "idm":
+        lines += [f"- VAE: `{data.get('vae')}`; latent {data.get('latent_shape')}; windows of {data.get('num_frames')} "
+                  f"frames, gaps 1..{data.get('max_gap')} ({data.get('train_windows')} training windows)"]
     lines += [
         "",
         "## Training",
@@ -73,6 +82,10 @@ def write_model_card(out_dir: Path, cfg, result: dict, data: dict, hardware: str
         f"- val (EMA weights, held-out episodes): {_kv(result.get('last_val', {}))}",
         f"- samples: {_kv(result.get('last_sample', {}))}",
     ]
+    if stage == "idm":
+        lines.append(f"- held-out actions (EMA weights): {_kv(result.get('idm_val', {}))}")
+        if result.get("attached_to"):
+            lines.append(f"- written into the world model: `{result['attached_to']}`")
     if "latent_scale" in result:
         lines.append(f"- latent scale: {_kv(result['latent_scale'])}")
     if result.get("checkpoint_sha256"):

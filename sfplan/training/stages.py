@@ -1,4 +1,5 @@
-"""The two training stages of the slow learner, as plug-ins of the generic ``Trainer``.
+"""The training stages, as plug-ins of the generic ``Trainer``: the slow learner's two
+(vae, dynamics) and the video-plan planner's inverse dynamics model (idm).
 
 - ``VaeStage`` (``stage=vae``): the FrameAutoencoder on single frames of the training
   episodes; at the end ``fit_latent_scale`` on the EMA weights, saved with
@@ -7,6 +8,9 @@
   latent cache beside the run (``latent_cache``); ActionVideoDiffusion trains with
   ``masked_loss`` on clips of ``context_frames + chunk_size`` latent frames; saved as a
   ``SlowFastWorldModel`` (VAE + EMA diffusion + noise schedule + imagination settings).
+- ``IdmStage`` (``stage=idm``): the InverseDynamicsModel on windows of the same latent
+  cache (the frozen VAE's latents) -> actions; validation: held-out action MSE and R^2 per
+  action dim; ``attach_to=<world model dir>`` also writes it to ``<world model dir>/idm/``.
 
 A stage holds the data in memory and draws every batch from the per-step generator the
 trainer hands it, so a batch is a pure function of (seed, rank, step): resuming needs only
@@ -19,6 +23,7 @@ step, out_dir) -> (logs, images, videos)``, ``save_final(ema_model, directory) -
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -59,13 +64,13 @@ def open_dataset(cfg):
     return ds, train, val
 
 
-def load_vae(path) -> "FrameAutoencoder":  # noqa: F821
+def load_vae(path, stage: str = "dynamics") -> "FrameAutoencoder":  # noqa: F821
     """A trained FrameAutoencoder from ``path``: a ``stage=vae`` model dir, its run dir,
     or a world model dir (its ``vae/``)."""
     from sfplan.world_model.vae import FrameAutoencoder
 
     if path in (None, "", "null"):
-        raise UserError(f"stage=dynamics needs a trained VAE: {VAE_HINT}")
+        raise UserError(f"stage={stage} needs a trained VAE: {VAE_HINT}")
     p = Path(str(path)).expanduser()
     for cand in (p, p / "model", p / "vae"):
         if (cand / "config.json").is_file() and (cand / "diffusion_pytorch_model.safetensors").is_file():
@@ -97,6 +102,31 @@ class _Stage:
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.model: torch.nn.Module | None = None
         self.device = torch.device("cpu")
+
+    # shared by the stages that train on the frozen VAE's latents (dynamics, idm)
+    def _load_vae(self, device: torch.device) -> None:
+        """The frozen VAE of ``cfg.vae`` -> self.vae, self.vae_sha (needs self.ds)."""
+        from sfplan.training.latent_cache import vae_fingerprint
+
+        cfg = self.cfg
+        self.vae = load_vae(cfg.vae, self.name).to(device).eval()
+        self.vae.requires_grad_(False)
+        self.vae_sha = vae_fingerprint(self.vae)
+        if self.vae.config.image_size != self.ds.image_size:
+            raise UserError(f"the VAE at {cfg.vae} works on {self.vae.config.image_size}x{self.vae.config.image_size} "
+                            f"frames but the dataset holds {self.ds.image_size}x{self.ds.image_size}: train a VAE on "
+                            f"this dataset (`sfplan train stage=vae data.path={self.ds.path}`)")
+        if self.vae.scaling_factor == 1.0 and self.vae.shift_factor == 0.0:
+            print(f"warning: the VAE at {cfg.vae} has no fitted latent scale (scaling_factor 1, shift 0); "
+                  f"`sfplan train stage=vae` fits it at the end of training")
+
+    def _load_latents(self, is_main: bool, wait) -> None:
+        """Latents of every episode, encoded once, beside the run -> self.cache, self.cache_built."""
+        from sfplan.training.latent_cache import load_or_build
+
+        self.cache, self.cache_built = load_or_build(self.out_dir, self.ds, self.vae,
+                                                     progress=bool(self.cfg.progress) and is_main, is_main=is_main,
+                                                     wait=wait)
 
     def describe(self) -> dict:
         ds, tr, va = self.ds, self.train_ds, self.val_ds
@@ -160,6 +190,36 @@ class VaeStage(_Stage):
                                                                                      .expanduser().resolve())}
 
 
+def warm_start(model: torch.nn.Module, path, verbose: bool = True) -> dict:
+    """Copy the diffusion weights of a world model dir (``<dir>/diffusion``, or a run dir's
+    ``model/diffusion``) into ``model`` wherever name and shape match; the rest (e.g. an
+    action encoder whose input grew) keep their fresh init. Returns what was copied/skipped."""
+    from safetensors.torch import load_file
+
+    p = Path(str(path)).expanduser()
+    cands = [p / "diffusion", p / "model" / "diffusion", p]
+    f = next((c / "diffusion_pytorch_model.safetensors" for c in cands
+              if (c / "diffusion_pytorch_model.safetensors").is_file()), None)
+    if f is None:
+        raise UserError(f"init_from={path}: no diffusion/diffusion_pytorch_model.safetensors there; pass the model/ "
+                        f"folder of a stage=dynamics run (or a shipped model dir)")
+    src, own = load_file(str(f)), model.state_dict()
+    copied = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    for k, v in src.items():  # an input layer that grew (e.g. action_history): old columns, zeros for the new
+        w = own.get(k)
+        if w is not None and k not in copied and v.ndim == 2 and w.ndim == 2 and w.shape[0] == v.shape[0] \
+                and w.shape[1] > v.shape[1]:
+            copied[k] = torch.cat([v.to(w.dtype), w.new_zeros(w.shape[0], w.shape[1] - v.shape[1])], dim=1)
+    if not copied:
+        raise UserError(f"init_from={path}: no weight of that model fits this architecture")
+    model.load_state_dict(copied, strict=False)
+    skipped = sorted(k for k in own if k not in src or src[k].shape != own[k].shape)
+    if verbose:
+        print(f"init_from {f.parent}: copied {len(copied)}/{len(own)} tensors"
+              + (f"; widened or fresh: {', '.join(skipped)}" if skipped else ""), file=sys.stderr)
+    return {"init_from": str(f.parent), "copied": len(copied), "fresh": skipped}
+
+
 # ----------------------------------------------------------------------------- dynamics
 class DynamicsStage(_Stage):
     """ActionVideoDiffusion on cached latent clips.
@@ -169,7 +229,6 @@ class DynamicsStage(_Stage):
     name = "dynamics"
 
     def setup(self, device: torch.device, is_main: bool = True, wait=None) -> None:
-        from sfplan.training.latent_cache import load_or_build, vae_fingerprint
         from sfplan.world_model.learned import SlowFastWorldModelConfig
         from sfplan.world_model.sampler import NoiseScheduleConfig, make_train_scheduler
         from sfplan.world_model.video_diffusion import VideoDiffusionConfig
@@ -177,16 +236,7 @@ class DynamicsStage(_Stage):
         self.device = device
         cfg = self.cfg
         self.ds, self.train_ds, self.val_ds = open_dataset(cfg)
-        self.vae = load_vae(cfg.vae).to(device).eval()
-        self.vae.requires_grad_(False)
-        self.vae_sha = vae_fingerprint(self.vae)
-        if self.vae.config.image_size != self.ds.image_size:
-            raise UserError(f"the VAE at {cfg.vae} works on {self.vae.config.image_size}x{self.vae.config.image_size} "
-                            f"frames but the dataset holds {self.ds.image_size}x{self.ds.image_size}: train a VAE on "
-                            f"this dataset (`sfplan train stage=vae data.path={self.ds.path}`)")
-        if self.vae.scaling_factor == 1.0 and self.vae.shift_factor == 0.0:
-            print(f"warning: the VAE at {cfg.vae} has no fitted latent scale (scaling_factor 1, shift 0); "
-                  f"`sfplan train stage=vae` fits it at the end of training")
+        self._load_vae(device)
         m = _container(cfg.model)
         self.wm_config = SlowFastWorldModelConfig(**_dataclass_kwargs(SlowFastWorldModelConfig, m.get("world_model")
                                                                       or {}, "model.world_model"))
@@ -211,10 +261,9 @@ class DynamicsStage(_Stage):
         self.model = dcfg.build().to(device)
         lo, hi = self.ds.meta["action_low"], self.ds.meta["action_high"]
         self.model.set_action_normalizer(lo, hi)
-        # latents of every episode, once, beside the run
-        self.cache, self.cache_built = load_or_build(self.out_dir, self.ds, self.vae,
-                                                     progress=bool(cfg.progress) and is_main, is_main=is_main,
-                                                     wait=wait)
+        if cfg.get("init_from"):
+            self.init_report = warm_start(self.model, cfg.init_from, is_main)
+        self._load_latents(is_main, wait)
         self._index = {}
         for split, sub in (("train", self.train_ds), ("val", self.val_ds)):
             self._index[split] = self._clip_index(self.cache.rows_of(sub.seeds))
@@ -301,4 +350,134 @@ class DynamicsStage(_Stage):
         return d
 
 
-STAGES = {"vae": VaeStage, "dynamics": DynamicsStage}
+# ----------------------------------------------------------------------------- inverse dynamics
+class IdmStage(_Stage):
+    """InverseDynamicsModel on windows of cached latents (the frozen VAE's, as the world
+    model imagines them) -> the action between the last two frames.
+
+    A window ending at frame e with gap k holds frames e-(n-1)k, ..., e-k, e (indices before
+    the episode start repeat frame 0, as the planner does with a short history); its
+    target is the mean of actions e-k .. e-1, for every gap k in [1, max_gap].
+    batch: {"latents": (B, n, C, h, w), "actions": (B, A), "gap": (B,)}."""
+
+    name = "idm"
+
+    def setup(self, device: torch.device, is_main: bool = True, wait=None) -> None:
+        from sfplan.world_model.idm import IDMConfig
+
+        self.device = device
+        cfg = self.cfg
+        self.ds, self.train_ds, self.val_ds = open_dataset(cfg)
+        self._load_vae(device)
+        attach = cfg.get("attach_to")
+        if attach:  # fail now, not after training: the IDM must read the latents of that world model's VAE
+            from sfplan.training.latent_cache import vae_fingerprint
+
+            wm_dir = Path(str(attach)).expanduser()
+            if not (wm_dir / "world_model.json").is_file():
+                raise UserError(f"attach_to={attach} is not a world model directory (no world_model.json): pass the "
+                                f"model/ folder of a `sfplan train stage=dynamics` run")
+            if vae_fingerprint(load_vae(wm_dir, self.name)) != self.vae_sha:
+                raise UserError(f"attach_to={attach}: that world model's VAE differs from vae={cfg.vae}; the IDM "
+                                f"must be trained on the latents of the world model it plans with: pass vae={attach}")
+        m = _container(cfg.model)
+        for k in ("latent_channels", "latent_size", "action_dim"):
+            if m.get(k) is not None:
+                raise UserError(f"model.{k} is taken from the VAE and the data: leave it out")
+            m.pop(k, None)
+        C, h, w = self.vae.latent_shape
+        icfg = IDMConfig(latent_channels=C, latent_size=h, action_dim=self.ds.action_dim,
+                         **_dataclass_kwargs(IDMConfig, m, "model (stage=idm)"))
+        self.model = icfg.build().to(device)
+        self.model.set_action_normalizer(self.ds.meta["action_low"], self.ds.meta["action_high"])
+        self._load_latents(is_main, wait)
+        self.lat_all = self.cache.latents  # (N_frames, C, h, w) on the CPU
+        self._windows = {split: self._window_index(self.cache.rows_of(sub.seeds), icfg)
+                         for split, sub in (("train", self.train_ds), ("val", self.val_ds))}
+        if len(self._windows["train"][0]) == 0:
+            raise UserError(f"no training windows: the episodes in {self.ds.path} are shorter than max_gap="
+                            f"{icfg.max_gap} steps; lower model.max_gap")
+        if len(self._windows["val"][0]) == 0:
+            self._windows["val"] = self._windows["train"]
+
+    def _window_index(self, rows: list[int], icfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> frame indices (W, n) into lat_all, target actions (W, A), gaps (W,)."""
+        fo, ao, acts = self.cache.frame_offsets, self.cache.action_offsets, self.cache.actions
+        n = int(icfg.num_frames)
+        fr, tg, gp = [], [], []
+        for r in rows:
+            f0, L, a0 = int(fo[r]), int(ao[r + 1] - ao[r]), int(ao[r])
+            ep_acts = acts[a0: a0 + L]  # (L, A)
+            csum = torch.cat([ep_acts.new_zeros(1, ep_acts.shape[1]), ep_acts.double().cumsum(0)])  # (L+1, A)
+            for k in range(1, int(icfg.max_gap) + 1):
+                e = torch.arange(k, L + 1)  # window end frames
+                if len(e) == 0:
+                    continue
+                idx = (e[:, None] - k * torch.arange(n - 1, -1, -1)[None]).clamp_min(0)  # (W_k, n)
+                fr.append(f0 + idx)
+                tg.append(((csum[e] - csum[e - k]) / k).float())  # mean of actions e-k .. e-1
+                gp.append(torch.full((len(e),), k, dtype=torch.int64))
+        if not fr:
+            A = int(acts.shape[1])
+            return torch.zeros(0, n, dtype=torch.int64), torch.zeros(0, A), torch.zeros(0, dtype=torch.int64)
+        return torch.cat(fr), torch.cat(tg), torch.cat(gp)
+
+    def batch(self, g: torch.Generator, split: str = "train") -> dict:
+        fr, tg, gp = self._windows[split]
+        k = torch.randint(0, len(fr), (int(self.cfg.batch_size),), generator=g)
+        return {"latents": self.lat_all[fr[k]].to(self.device, non_blocking=True),  # (B, n, C, h, w)
+                "actions": tg[k].to(self.device, non_blocking=True),  # (B, A)
+                "gap": gp[k].to(self.device, non_blocking=True)}  # (B,)
+
+    @staticmethod
+    def loss(model, batch, g):
+        return model.loss(batch["latents"], batch["actions"], batch["gap"])
+
+    @torch.no_grad()
+    def evaluate(self, model, split: str = "val") -> dict[str, float]:
+        """Held-out action MSE (env units and normalised) and R^2 per action dim, over up to
+        ``val_windows`` windows of ``split`` (evenly spaced: the same ones every time)."""
+        from sfplan.world_model.idm import action_metrics
+
+        fr, tg, gp = self._windows[split]
+        n = min(len(fr), int(self.cfg.get("val_windows") or 4096))
+        sel = torch.linspace(0, len(fr) - 1, n).round().long()
+        preds = []
+        was_training = model.training
+        model.eval()
+        for i in range(0, n, 512):
+            j = sel[i: i + 512]
+            preds.append(model(self.lat_all[fr[j]].to(self.device), gp[j].to(self.device)).float().cpu())
+        model.train(was_training)
+        pred, target = torch.cat(preds), tg[sel]
+        out = action_metrics(pred, target, prefix="action_")
+        out["action_mse_normalized"] = float((model.normalize(pred.to(self.device)) -
+                                             model.normalize(target.to(self.device))).pow(2).mean())
+        return out
+
+    def sample(self, ema_model, step: int, out_dir: Path):
+        """Held-out action metrics (logged as sample/...): MSE and R^2 per action dim."""
+        return self.evaluate(ema_model), {}, {}
+
+    def save_final(self, ema_model, directory: Path) -> dict:
+        from sfplan.world_model.idm import save_idm_into
+
+        ema_model.save_pretrained(str(directory), safe_serialization=True)
+        out = {"idm_val": self.evaluate(ema_model)}
+        if self.cfg.get("attach_to"):
+            out["attached_to"] = str(save_idm_into(ema_model, self.cfg.attach_to))
+        return out
+
+    def identity(self) -> dict:
+        return {"stage": self.name, "model": _container(self.cfg.model),
+                "data": str(Path(str(self.cfg.data.path)).expanduser().resolve()), "vae_sha256": self.vae_sha}
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(vae=str(self.cfg.vae), latent_cache=str(self.cache.path), latent_shape=list(self.vae.latent_shape),
+                 num_frames=int(self.model.config.num_frames), max_gap=int(self.model.config.max_gap),
+                 train_windows=int(len(self._windows["train"][0])), val_windows=int(len(self._windows["val"][0])))
+        return d
+
+
+STAGES = {"vae": VaeStage, "dynamics": DynamicsStage, "idm": IdmStage}

@@ -95,6 +95,7 @@ class SlowFastWorldModel:
         self.scheduler = make_sampler(self.config.sampler, train_scheduler)
         self.checkpoint_sha256: str | None = None
         self.imagined_frames = 0  # imagined env steps, summed over candidates (throughput reports)
+        self.memory = None  # TempLoRAMemory once attach_memory() ran
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -142,11 +143,16 @@ class SlowFastWorldModel:
         return WorldState(features=lat[:, -1], context=lat)
 
     @torch.no_grad()
-    def imagine(self, state: WorldState, actions: torch.Tensor) -> Imagination:
+    def imagine(self, state: WorldState, actions: torch.Tensor,
+                generator: torch.Generator | None = None) -> Imagination:
         """actions (B, N, H, A) -> Imagination(features (B, N, K, C, h, w), steps (K,)).
 
         Autoregressive over chunks of ``chunk_size`` steps; each chunk is one batched
-        sampler call over B*N rows; the N candidates of an env share their noise."""
+        sampler call over B*N rows; the N candidates of an env share their noise.
+        ``generator`` (CPU): draw the noise from it instead of reseeding from
+        ``noise_seed`` (a caller imagining chunk by chunk, e.g. to write memory in between,
+        passes one generator and gets the noise of a single long call). With a memory
+        attached, its adapter is active unless imagining inside ``memory.disabled()``."""
         from sfplan.world_model.sampler import sample_chunk
 
         if state.context is None:
@@ -159,11 +165,13 @@ class SlowFastWorldModel:
         Tc, C, h, w = ctx.shape[1:]
         ctx = ctx[:, None].expand(B, N, Tc, C, h, w).reshape(B * N, Tc, C, h, w)  # (B*N, T', C, h, w)
         acts = actions.to(self.device, torch.float32).reshape(B * N, H, A)  # (B*N, H, A)
-        gen = torch.Generator("cpu")
-        if self.config.resample_noise:
-            gen.seed()
-        else:
-            gen.manual_seed(int(self.config.noise_seed))
+        gen = generator
+        if gen is None:
+            gen = torch.Generator("cpu")
+            if self.config.resample_noise:
+                gen.seed()
+            else:
+                gen.manual_seed(int(self.config.noise_seed))
         chunks = []
         amp = self.config.autocast
         if amp not in (None, "none", "bfloat16", "float16"):
@@ -175,7 +183,7 @@ class SlowFastWorldModel:
             k = min(self.chunk_size, H - s)
             noise = torch.randn((B, 1, k, C, h, w), generator=gen)  # (B, 1, k, C, h, w): one draw per env
             noise = noise.expand(B, N, k, C, h, w).reshape(B * N, k, C, h, w)  # common random numbers
-            with amp_ctx:
+            with amp_ctx, self._memory_for_imagine():
                 x = sample_chunk(self.diffusion, ctx, acts[:, s : s + k], self.config.num_steps, self.scheduler,
                                  noise=noise.to(self.device), guidance_scale=self.config.guidance_scale)
             x = x.float()  # (B*N, k, C, h, w)
@@ -185,6 +193,13 @@ class SlowFastWorldModel:
         steps = self._returned_steps(H)
         self.imagined_frames += B * N * H
         return Imagination(features=lat[:, :, [s - 1 for s in steps]], steps=torch.tensor(steps))
+
+    def _memory_for_imagine(self):
+        """Temp-LoRA folded into the weights for a sampler call (``TempLoRAMemory.merged``)."""
+        from contextlib import nullcontext
+
+        mem = self.memory
+        return mem.merged() if mem is not None and mem.config.merge_for_imagine else nullcontext()
 
     def _returned_steps(self, H: int) -> list[int]:
         mode = self.config.return_frames
@@ -199,6 +214,35 @@ class SlowFastWorldModel:
     def decode(self, features: torch.Tensor) -> torch.Tensor:
         """features (..., C, h, w) latents -> frames (..., H, W, 3) uint8 on the CPU."""
         return self.vae.decode(features).cpu()
+
+    # ------------------------------------------------------------------ episodic memory (Temp-LoRA)
+    def attach_memory(self, config=None, freeze_base: bool = True):
+        """Add Temp-LoRA fast weights (``sfplan.memory.TempLoRAMemory``) to the diffusion
+        model; returns the memory (also ``self.memory``). ``config``: a TempLoRAConfig, a
+        dict or a Hydra node. One memory per model."""
+        from sfplan.memory.temp_lora import TempLoRAMemory
+
+        if self.memory is not None:
+            raise ValueError("a memory is already attached to this world model: reset_memory() starts it afresh")
+        self.memory = TempLoRAMemory(self, config, freeze_base=freeze_base)
+        return self.memory
+
+    def reset_memory(self, seed: int | None = None) -> None:
+        """Fresh memory (episode start); a no-op without one."""
+        if self.memory is not None:
+            self.memory.reset(seed)
+
+    def remember(self, frames: np.ndarray | torch.Tensor, num_context: int = 0) -> dict[str, float] | None:
+        """Write real frames (T, H, W, 3) uint8 into the memory (encoded with the VAE); the
+        first ``num_context`` are already-seen context (e.g. the frame before an executed
+        chunk). Returns the write logs, or None without a memory."""
+        if self.memory is None:
+            return None
+        frames = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"remember takes frames (T, H, W, 3) uint8, got {tuple(frames.shape)}")
+        lat = self.vae.encode(frames[None])[0]  # (T, C, h, w)
+        return self.memory.write(lat, num_context=num_context)
 
     # ------------------------------------------------------------------ training helpers
     def masked_loss(self, latents: torch.Tensor, actions: torch.Tensor, num_context=None, generator=None):
@@ -215,7 +259,15 @@ class SlowFastWorldModel:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.vae.save_pretrained(d / "vae")
-        self.diffusion.save_pretrained(str(d / "diffusion"), safe_serialization=True)
+        if self.memory is not None:  # the checkpoint holds the slow weights; episodic memory is not saved
+            from sfplan.memory.temp_lora import base_state_dict
+            from sfplan.world_model.video_diffusion import ActionVideoDiffusion
+
+            plain = ActionVideoDiffusion.from_config(self.diffusion.config)
+            plain.load_state_dict(base_state_dict(self.diffusion))
+            plain.save_pretrained(str(d / "diffusion"), safe_serialization=True)
+        else:
+            self.diffusion.save_pretrained(str(d / "diffusion"), safe_serialization=True)
         self.train_scheduler.save_pretrained(str(d / "scheduler"))
         (d / "world_model.json").write_text(json.dumps({"format": FORMAT, **asdict(self.config)}, indent=2) + "\n")
         self.checkpoint_sha256 = checkpoint_sha256(d)
@@ -257,6 +309,10 @@ class SlowFastWorldModel:
             ) from None
         model = cls(vae, diffusion, sched, cfg, device)
         model.checkpoint_sha256 = checkpoint_sha256(d)
+        if (d / "idm").is_dir():  # inverse dynamics model for planner=video_plan -> model.idm
+            from sfplan.world_model.idm import attach_idm_if_present
+
+            attach_idm_if_present(model, d)
         return model
 
 
@@ -272,8 +328,17 @@ def checkpoint_sha256(directory: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_world_model(path: str, device: str = "auto", **overrides) -> SlowFastWorldModel:
-    """Hydra target: ``_target_: sfplan.world_model.learned.load_world_model`` with ``path``."""
+def load_world_model(path: str | None = None, device: str = "auto", task: str | None = None,
+                     **overrides) -> SlowFastWorldModel:
+    """Hydra target (``configs/world_model/learned.yaml``): the checkpoint at ``path``, or with
+    ``path`` null the model shipped for ``task`` (``sfplan.models``)."""
     if not path:
-        raise UserError(f"world_model.path is empty: {TRAIN_HINT}")
+        if not task:
+            raise UserError(f"world_model.path is empty: {TRAIN_HINT}")
+        from sfplan.models import shipped_model_path
+
+        path = shipped_model_path(task)
+    path = Path(str(path)).expanduser()
+    if not (path / "world_model.json").is_file() and (path / "model" / "world_model.json").is_file():
+        path = path / "model"  # a training run directory
     return SlowFastWorldModel.from_pretrained(path, device=device, **overrides)

@@ -136,3 +136,101 @@ def sample_chunk(
             pred = uncond + guidance_scale * (cond - uncond)
         x = scheduler.step(pred, t, x).prev_sample
     return x
+
+
+GOAL_GUIDANCE = ("replace", "reconstruction", "none")
+
+
+def _x0_and_eps(pred: torch.Tensor, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor, prediction_type: str):
+    """Model output -> (x0, eps) at a noise level with sqrt(alpha_bar) = a, sqrt(1 - alpha_bar) = s."""
+    if prediction_type == "v_prediction":
+        return a * x - s * pred, s * x + a * pred
+    return (x - s * pred) / a.clamp_min(1e-4), pred
+
+
+def _pred_from_x0(x0: torch.Tensor, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor, prediction_type: str):
+    """x0 -> the model output (eps or v) that implies it at x_t."""
+    eps = (x - a * x0) / s.clamp_min(1e-4)
+    return a * eps - s * x0 if prediction_type == "v_prediction" else eps
+
+
+def sample_chunk_to_goal(
+    model,
+    context: torch.Tensor,
+    goal: torch.Tensor,
+    num_frames: int,
+    num_steps: int,
+    scheduler,
+    train_scheduler,
+    generator: torch.Generator | None = None,
+    guidance: str = "reconstruction",
+    guidance_weight: float = 3.0,
+) -> torch.Tensor:
+    """Sample an action-free chunk that ends at ``goal``: the video-plan planner's imagination.
+
+    model: ActionVideoDiffusion. context: (B, f_p, C, h, w) clean latents; goal: (B, C, h,
+    w) latent the chunk's last frame is steered to; num_frames: K frames generated.
+    The condition is the learned null token sequence (no actions: the video is planned,
+    then the IDM reads the actions off it). scheduler: a DDIM / DPM-Solver++ sampler
+    (``make_sampler``), train_scheduler: the model's training schedule (``add_noise``,
+    ``alphas_cumprod``). Noise is drawn from ``generator`` (on its device).
+
+    guidance:
+    - ``replace`` (inpainting by replacement): before every denoiser call the last frame
+      is set to the goal noised to the current level with a fixed noise draw
+      (``add_noise(goal, n, t)``), so the model sees the goal at the same noise level as
+      the frames it denoises; the frames before it are pulled to it by temporal attention.
+      The final step's output is left as the model made it, so the returned last frame
+      tells how well the video reached the goal (it is not the goal copied in).
+    - ``reconstruction``: replacement plus reconstruction guidance (Ho et al. 2022, "Video
+      diffusion models"): the predicted clean chunk is moved along
+      -guidance_weight * sqrt(alpha_bar_t) / 2 * grad_{x_t} ||x0_hat[last] - goal||^2, which
+      also corrects the earlier frames. Needs a backward pass per step (~2x the time).
+      ``benchmarks/goal_guidance.py`` measures both: replacement fixes the last frame but
+      leaves the frames before it about half-way; reconstruction with w ~ 3 brings them
+      close to samples with the true actions (numbers in ``planners/video_plan.py``).
+    - ``none``: unguided (action-free) sampling, for comparison.
+    Returns the denoised chunk (B, K, C, h, w).
+    """
+    if guidance not in GOAL_GUIDANCE:
+        raise ValueError(f"guidance must be one of {GOAL_GUIDANCE}, got {guidance!r}")
+    ptype = model.config.prediction_type
+    if scheduler.config.prediction_type != ptype:
+        raise ValueError(f"scheduler predicts {scheduler.config.prediction_type!r} but the model was trained for "
+                         f"{ptype!r}: build the sampler with make_sampler(kind, model's schedule)")
+    B, f_p, C, h, w = context.shape
+    K = int(num_frames)
+    T = f_p + K
+    if tuple(goal.shape) != (B, C, h, w):
+        raise ValueError(f"goal must be (B, C, h, w) = {(B, C, h, w)}, got {tuple(goal.shape)}")
+    dev, dtype = context.device, context.dtype
+    gdev = generator.device if generator is not None else dev
+    noise = torch.randn((B, K, C, h, w), generator=generator, device=gdev, dtype=torch.float32).to(dev, dtype)
+    goal_noise = noise[:, -1].clone()  # (B, C, h, w): the goal frame keeps one noise draw across steps
+    goal = goal.to(dev, dtype)
+    x = noise * scheduler.init_noise_sigma  # (B, K, C, h, w)
+    ctx_mask = (torch.arange(T, device=dev) < f_p)[None].expand(B, T)  # (B, T)
+    tokens = model.null_condition(B, T).to(dtype)  # (B, T, D) action-free
+    acp = train_scheduler.alphas_cumprod.to(dev, torch.float32)
+    scheduler.set_timesteps(num_steps, device=dev)
+    for t in scheduler.timesteps:
+        tb = t.expand(B)
+        if guidance != "none":
+            x = x.clone()
+            x[:, -1] = train_scheduler.add_noise(goal, goal_noise, tb)
+        xin = scheduler.scale_model_input(x, t)
+        if guidance == "reconstruction":
+            a, s = acp[int(t)].sqrt(), (1 - acp[int(t)]).sqrt()
+            with torch.enable_grad():
+                xg = xin.detach().requires_grad_(True)
+                pred = model(torch.cat([context, xg], dim=1), tb, ctx_mask, tokens)[:, f_p:].float()
+                x0, _ = _x0_and_eps(pred, xg.float(), a, s, ptype)
+                err = (x0[:, -1] - goal.float()).pow(2).sum()
+                (grad,) = torch.autograd.grad(err, xg)
+            x0 = x0.detach() - float(guidance_weight) * a / 2 * grad.float()
+            pred = _pred_from_x0(x0, xin.float(), a, s, ptype).to(x.dtype)
+        else:
+            with torch.no_grad():
+                pred = model(torch.cat([context, xin], dim=1), tb, ctx_mask, tokens)[:, f_p:].to(x.dtype)
+        x = scheduler.step(pred, t, x).prev_sample
+    return x.detach()

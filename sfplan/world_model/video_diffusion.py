@@ -81,6 +81,7 @@ class VideoDiffusionConfig:
     norm_num_groups: int = 8
     ff_mult: int = 2
     action_film: bool = True  # also add each frame's action token to its FiLM embedding
+    action_history: bool = True  # tokens also see running sums of the chunk's actions (see encode_actions)
     prediction_type: str = "v_prediction"  # epsilon | v_prediction
     p_uncond: float = 0.1  # condition dropout to the null tokens
     backbone: str = "factorized"  # factorized | unet3d
@@ -314,6 +315,7 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         norm_num_groups: int = 8,
         ff_mult: int = 2,
         action_film: bool = True,
+        action_history: bool = False,  # False for checkpoints saved before the option existed
         prediction_type: str = "v_prediction",
         p_uncond: float = 0.1,
         backbone: str = "factorized",
@@ -326,7 +328,8 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         chans, D, C = tuple(block_out_channels), cross_attention_dim, latent_channels
         emb_dim = 4 * chans[0]
         # action encoder: MLP + per-frame position embedding; learned context and null tokens
-        self.action_mlp = nn.Sequential(nn.Linear(action_dim, D), nn.SiLU(), nn.Linear(D, D))
+        self.action_mlp = nn.Sequential(nn.Linear(action_dim * (3 if action_history else 1), D), nn.SiLU(),
+                                        nn.Linear(D, D))
         self.action_pos = nn.Parameter(torch.randn(max_frames, D) * 0.02)
         self.context_token = nn.Parameter(torch.randn(D) * 0.02)
         self.null_tokens = nn.Parameter(torch.randn(max_frames, D) * 0.02)
@@ -389,6 +392,15 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
             raise ValueError(f"actions cover {actions.shape[1]} steps; a clip of {T} frames needs {T} or {T - 1}")
         a = (actions.to(self.action_scale.dtype) - self.action_shift) * self.action_scale
         a = torch.cat([torch.zeros_like(a[:, :1]), a[:, :-1]], dim=1)  # (B, T, A): led into frame t
+        if self.config.action_history:
+            # Under force/torque control a frame's displacement from the context is set by
+            # the first and second running sums of the actions since the context, not by
+            # the last action; handing them to every token spares the temporal attention
+            # from learning to integrate (measured: without them a model trained 2k steps
+            # on Reacher ignored its actions). Scaled to O(1) over an 8-step chunk.
+            a = a.masked_fill(context_mask[..., None], 0.0)
+            s1 = a.cumsum(dim=1)
+            a = torch.cat([a, s1 / 4.0, s1.cumsum(dim=1) / 16.0], dim=-1)  # (B, T, 3A)
         tok = self.action_mlp(a)  # (B, T, D)
         tok = torch.where(context_mask[..., None], self.context_token.to(tok.dtype), tok)
         return tok + self.action_pos[:T]

@@ -1,0 +1,183 @@
+"""Quality of a trained world model on held-out episodes (issue 3's measurements).
+
+    python benchmarks/world_model_quality.py --model sfplan/models/Reacher-v0 \
+        --data data/Reacher-v0-heldout [--episodes 48] [--chunks 8] [--threads 2] [--out FILE.json]
+
+The held-out dataset must come from seeds the model never saw (e.g. `sfplan collect
+seed=90000 steps=72 ...` when training used seeds 0-999) and its episodes must be at least
+``context + chunks * chunk_size`` steps long. Every episode starts from its first
+``context`` true frames and gets its recorded actions. Measured:
+
+- **one chunk**: PSNR / SSIM of the first imagined chunk against the truth, next to the
+  copy-last-frame baseline (the last context frame held still), and the VAE's own
+  reconstruction of the truth (the ceiling any latent model can reach);
+- **object PSNR**: PSNR over the pixels where the truth or the prediction differs from the
+  episode's static background (its per-pixel median), i.e. the moving arm or ball; full
+  frames are mostly static background, which flatters every model;
+- **horizon**: PSNR per chunk over ``chunks`` chunks (autoregressive, no ground truth after
+  the context);
+- **action adherence**: the same rollouts under another episode's actions (a fixed
+  derangement); the true actions must win by a clear margin;
+- **throughput**: imagined frames/s at batch 1 and batch 64 (one ``imagine`` call, 1 chunk).
+
+Writes JSON (``--out``) and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sfplan.data import EpisodeDataset
+from sfplan.eval.video_metrics import psnr, ssim
+from sfplan.world_model.learned import load_world_model
+
+
+def object_psnr(pred: np.ndarray, truth: np.ndarray, background: np.ndarray, thr: int = 12) -> np.ndarray:
+    """pred, truth (B, T, H, W, 3) uint8, background (B, H, W, 3) -> (B, T) PSNR over the
+    pixels where truth or pred differs from the background by more than ``thr`` levels."""
+    p, t, bg = (torch.as_tensor(a).double() for a in (pred, truth, background))
+    bg = bg[:, None]
+    mask = (((t - bg).abs().amax(-1) > thr) | ((p - bg).abs().amax(-1) > thr)).double()  # (B, T, H, W)
+    se = (p - t).pow(2).mean(-1)  # (B, T, H, W)
+    mse = (se * mask).sum((-2, -1)) / mask.sum((-2, -1)).clamp_min(1.0)
+    return (10 * torch.log10(255.0**2 / mse.clamp_min(1e-3))).numpy()
+
+
+@torch.no_grad()
+def imagine_frames(wm, context: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """context (B, T, H, W, 3) uint8, actions (B, K, A) -> imagined frames (B, K, H, W, 3) uint8."""
+    state = wm.encode(context)
+    im = wm.imagine(state, torch.as_tensor(actions, dtype=torch.float32)[:, None])  # (B, 1, K, C, h, w)
+    return wm.decode(im.features[:, 0]).numpy()
+
+
+def throughput(wm, context: np.ndarray, A: int, batch: int, repeats: int = 3) -> float:
+    """Imagined frames/s for ``batch`` candidates of one chunk from one context."""
+    state = wm.encode(context[:1])
+    acts = torch.zeros(1, batch, wm.chunk_size, A)
+    wm.imagine(state, acts)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        wm.imagine(state, acts)
+        best = min(best, time.perf_counter() - t0)
+    return batch * wm.chunk_size / best
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="world model dir (or training run dir)")
+    ap.add_argument("--data", required=True, help="held-out dataset dir (seeds never used in training)")
+    ap.add_argument("--episodes", type=int, default=48)
+    ap.add_argument("--chunks", type=int, default=8)
+    ap.add_argument("--context", type=int, default=None, help="true context frames (default: the model's)")
+    ap.add_argument("--num-steps", type=int, default=None, help="sampler steps (default: the model's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {"return_frames": "all", "noise_seed": args.seed}
+    if args.num_steps:
+        overrides["num_steps"] = args.num_steps
+    wm = load_world_model(args.model, device=args.device, **overrides)
+    ctx_n = args.context or wm.context_frames
+    C = wm.chunk_size
+    K = args.chunks * C
+    ds = EpisodeDataset(Path(args.data))
+    eps = [ds[i] for i in range(min(args.episodes, len(ds)))]
+    eps = [e for e in eps if e.length >= ctx_n - 1 + K]
+    if len(eps) < 2:
+        raise SystemExit(f"need >= 2 episodes of >= {ctx_n - 1 + K} steps in {args.data}: collect with steps={ctx_n - 1 + K}")
+    context = np.stack([e.pixels[:ctx_n] for e in eps])  # (B, ctx, H, W, 3)
+    truth = np.stack([e.pixels[ctx_n : ctx_n + K] for e in eps])  # (B, K, H, W, 3)
+    actions = np.stack([e.actions[ctx_n - 1 : ctx_n - 1 + K] for e in eps]).astype(np.float32)  # (B, K, A)
+    background = np.median(np.stack([e.pixels for e in eps]), axis=1).astype(np.uint8)  # (B, H, W, 3)
+    B, A = len(eps), actions.shape[-1]
+    shuffled = np.roll(actions, 1, axis=0)  # episode b gets episode b-1's actions: a derangement
+
+    t0 = time.perf_counter()
+    pred = imagine_frames(wm, context, actions)  # (B, K, H, W, 3)
+    t_roll = time.perf_counter() - t0
+    pred_shuf = imagine_frames(wm, context, shuffled[:, :C])  # one chunk is enough for adherence
+    copy_last = np.repeat(context[:, -1:], K, axis=1)
+    recon = wm.decode(wm.vae.encode(truth[:, :C])).numpy()  # (B, C, H, W, 3) VAE ceiling
+
+    def stats(x: np.ndarray) -> dict:
+        return {"mean": float(np.mean(x)), "std_over_episodes": float(np.std(np.mean(x, axis=1)))}
+
+    first = slice(0, C)
+    res = {
+        "model": str(args.model), "checkpoint_sha256": wm.checkpoint_sha256, "data": str(args.data),
+        "episodes": B, "seeds": [int(e.seed) for e in eps], "context_frames": ctx_n, "chunk_size": C,
+        "chunks": args.chunks, "sampler": wm.config.sampler, "num_steps": wm.config.num_steps,
+        "device": str(wm.device), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "one_chunk": {
+            "model": {"psnr": stats(psnr(pred[:, first], truth[:, first]).numpy()),
+                      "ssim": stats(ssim(pred[:, first], truth[:, first]).numpy()),
+                      "object_psnr": stats(object_psnr(pred[:, first], truth[:, first], background))},
+            "copy_last_frame": {"psnr": stats(psnr(copy_last[:, first], truth[:, first]).numpy()),
+                                "ssim": stats(ssim(copy_last[:, first], truth[:, first]).numpy()),
+                                "object_psnr": stats(object_psnr(copy_last[:, first], truth[:, first], background))},
+            "vae_reconstruction": {"psnr": stats(psnr(recon, truth[:, first]).numpy()),
+                                   "ssim": stats(ssim(recon, truth[:, first]).numpy()),
+                                   "object_psnr": stats(object_psnr(recon, truth[:, first], background))},
+        },
+        "adherence_one_chunk": {
+            "true_actions": {"psnr": stats(psnr(pred[:, first], truth[:, first]).numpy()),
+                             "object_psnr": stats(object_psnr(pred[:, first], truth[:, first], background))},
+            "shuffled_actions": {"psnr": stats(psnr(pred_shuf, truth[:, first]).numpy()),
+                                 "object_psnr": stats(object_psnr(pred_shuf, truth[:, first], background))},
+        },
+        "horizon_psnr_per_chunk": {
+            name: [float(psnr(x[:, i * C:(i + 1) * C], truth[:, i * C:(i + 1) * C]).mean()) for i in range(args.chunks)]
+            for name, x in (("model", pred), ("copy_last_frame", copy_last))},
+        "horizon_object_psnr_per_chunk": {
+            name: [float(object_psnr(x[:, i * C:(i + 1) * C], truth[:, i * C:(i + 1) * C], background).mean())
+                   for i in range(args.chunks)]
+            for name, x in (("model", pred), ("copy_last_frame", copy_last))},
+        "rollout_wall_s": t_roll,
+        "throughput_frames_per_s": {f"batch_{b}": throughput(wm, context, A, b) for b in (1, 64)},
+    }
+    adh = res["adherence_one_chunk"]
+    res["adherence_margin_db"] = {
+        k: adh["true_actions"][k]["mean"] - adh["shuffled_actions"][k]["mean"] for k in ("psnr", "object_psnr")}
+    oc = res["one_chunk"]
+    lines = [
+        f"| {name} | {v['psnr']['mean']:.2f} | {v['ssim']['mean']:.3f} | {v['object_psnr']['mean']:.2f} |"
+        for name, v in oc.items()]
+    table = "\n".join([
+        f"held-out {B} episodes, context {ctx_n}, chunk {C}, {wm.config.sampler} x {wm.config.num_steps} steps",
+        "", "| one chunk | PSNR dB | SSIM | object PSNR dB |", "|---|---|---|---|", *lines,
+        f"| model, shuffled actions | {adh['shuffled_actions']['psnr']['mean']:.2f} | | "
+        f"{adh['shuffled_actions']['object_psnr']['mean']:.2f} |",
+        "", "PSNR per chunk (model / copy-last): " + ", ".join(
+            f"{m:.1f}/{c:.1f}" for m, c in zip(res["horizon_psnr_per_chunk"]["model"],
+                                               res["horizon_psnr_per_chunk"]["copy_last_frame"])),
+        "object PSNR per chunk (model / copy-last): " + ", ".join(
+            f"{m:.1f}/{c:.1f}" for m, c in zip(res["horizon_object_psnr_per_chunk"]["model"],
+                                               res["horizon_object_psnr_per_chunk"]["copy_last_frame"])),
+        f"adherence margin (true - shuffled): {res['adherence_margin_db']['psnr']:.2f} dB PSNR, "
+        f"{res['adherence_margin_db']['object_psnr']:.2f} dB object PSNR",
+        "throughput: " + ", ".join(f"{k} {v:.0f} frames/s" for k, v in res["throughput_frames_per_s"].items()),
+    ])
+    res["table"] = table
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        out_npz = Path(args.out).with_suffix(".npz")
+        np.savez_compressed(out_npz, truth=truth[:4], pred=pred[:4], shuffled=pred_shuf[:4], context=context[:4])
+    return res
+
+
+if __name__ == "__main__":
+    main()
