@@ -31,28 +31,46 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
         for planner in ("cem", "random")
     ],
     "planners_reacher": [("reacher", p, "oracle", []) for p in ("cem", "mppi", "random_shooting", "random")],
+    # issue 5: the shipped learned models against the oracle, with and without Temp-LoRA
+    "learned_near": [
+        (task, planner, wm, [])
+        for task in ("reacher", "pointmaze_umaze")
+        for planner, wm in (("cem", "oracle"), ("cem", "learned"), ("cem", "learned+temp_lora"), ("random", "oracle"))
+    ],
 }
+# "<world model>+temp_lora": that world model with Temp-LoRA fed the executed real frames
+MEMORY_OVERRIDES = ["memory=temp_lora", "memory.write=real"]
 
 
 def run_cell(task: str, planner: str, world_model: str, extra: list[str], episodes: int, out: Path) -> dict:
     cell = out / f"{task}__{planner}__{world_model}"
     if (cell / "report.json").exists():
         return json.loads((cell / "report.json").read_text())
-    overrides = [f"env={task}", f"planner={planner}", f"world_model={world_model}", f"episodes={episodes}",
-                 f"out_dir={cell}", "max_gifs=10", *extra]
+    wm, _, mem = world_model.partition("+")
+    overrides = [f"env={task}", f"planner={planner}", f"world_model={wm}", f"episodes={episodes}",
+                 f"out_dir={cell}", "max_gifs=10", *(MEMORY_OVERRIDES if mem else []), *extra]
     cfg = load_config("eval", overrides)
     return run_eval(cfg)
 
 
+def imagined_fps(rep: dict) -> float | None:
+    """Imagined env steps (summed over candidates) per second of planning."""
+    n = rep["meta"].get("imagined_frames") or 0
+    t = sum(e["plan_time_mean_s"] * e["decisions"] for e in rep["episodes"])
+    return n / t if n and t else None
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| task | planner | world model | success | 95% CI | steps (mean) | plan time / decision (s) | episodes |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | planner | world model | success | 95% CI | steps (mean) | plan time / decision (s) "
+             "| imagined frames/s | episodes |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["summary"]
         lo, hi = s["success_rate_ci95"]
+        fps = r.get("imagined_frames_per_s")
         lines.append(f"| {r['task']} | {r['planner']} | {r['world_model']} | {s['success_rate']:.0%} | "
                      f"[{lo:.0%}, {hi:.0%}] | {s['steps_mean']:.1f} / {r['budget']} | "
-                     f"{s['plan_time_per_decision_s']:.3f} | {s['episodes']} |")
+                     f"{s['plan_time_per_decision_s']:.3f} | {f'{fps:.0f}' if fps else '-'} | {s['episodes']} |")
     return "\n".join(lines)
 
 
@@ -77,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         rows.append({"task": task, "planner": planner,
                      "world_model": wm if rep["meta"]["world_model"] else "none", "budget": rep["meta"]["budget"],
-                     "summary": rep["summary"], "wall_s": time.perf_counter() - t0})
+                     "summary": rep["summary"], "wall_s": time.perf_counter() - t0,
+                     "imagined_frames_per_s": imagined_fps(rep)})
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     header = (f"Suite `{args.suite}`, {args.episodes} episodes per cell, near goals unless stated.\n\n"
               f"Command: `python benchmarks/planning_suite.py --suite {args.suite} --episodes {args.episodes}`\n\n"

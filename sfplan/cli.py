@@ -112,8 +112,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
               f"{m['write_s_per_chunk']:.2f} s per write ({m['write_s_total']:.1f} s of {r['wall_s']:.1f} s)")
     if "table" in r:
         src = r["source"]
-        print(f"episode {src['episode']} (seed {src['seed']}, held out from training: "
-              f"{'yes' if src['held_out'] else 'no'}): PSNR [dB] / SSIM per horizon step")
+        where = (f"episode {src['episode']} (seed {src['seed']}, held out from training: "
+                 f"{'yes' if src['held_out'] else 'no'})" if "episode" in src else
+                 f"{src['task']} reset at seed {src['seed']}, {src['policy']} random actions")
+        print(f"{where}: PSNR [dB] / SSIM per horizon step")
         print(r["table"])
     print(f"video: {r['out_dir']}/video.mp4 (and .gif)  metrics: {r['out_dir']}/metrics.json")
     return 0

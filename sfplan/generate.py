@@ -3,6 +3,7 @@
 Usage::
 
     sfplan generate model=outputs/train/Reacher-v0-dynamics/model data=data/Reacher-v0 episode=3
+    sfplan generate                  # the shipped Reacher model on a fresh simulated episode (seed 100000)
     sfplan generate model=PATH image=start.png actions=actions.npy      # any start image
     sfplan generate model=PATH data=PATH episode=0 horizon=48 num_steps=4 out_dir=outputs/gen
     sfplan generate model=PATH data=PATH episode=0 memory=temp_lora       # with Temp-LoRA memory
@@ -225,6 +226,34 @@ def _load_actions(path: str, action_dim: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- command
+def simulate_episode(task: str, seed: int, frames: int, size: int, action_dim: int):
+    """Reset ``task`` at ``seed`` and drive it with correlated random actions (the
+    collection policy) -> (frames (T, S, S, 3) uint8, actions (T - 1, A)), T <= ``frames``:
+    the truth a model's rollout from ``frames[:ctx]`` is scored against."""
+    from sfplan.data.policies import CorrelatedPolicy
+    from sfplan.envs import make_env
+
+    env = make_env(task, image_size=size)
+    try:
+        if env.action_space.shape != (action_dim,):
+            raise UserError(f"task {task} has actions of shape {env.action_space.shape}, the model {action_dim}-d: "
+                            f"pass task=<the model's task>")
+        obs, info = env.reset(seed=seed)
+        policy = CorrelatedPolicy()
+        policy.reset(env, np.random.default_rng(seed))
+        pix, acts = [obs["pixels"]], []
+        while len(pix) < frames:
+            a = policy.act(obs, info)
+            obs, _, terminated, truncated, info = env.step(a)
+            pix.append(obs["pixels"])
+            acts.append(a)
+            if terminated or truncated:
+                break
+    finally:
+        env.close()
+    return np.stack(pix), np.stack(acts).astype(np.float32)
+
+
 def run_generate(cfg: DictConfig) -> dict:
     """`sfplan generate` (config ``configs/generate.yaml``); returns the metrics dict."""
     from sfplan.device import resolve_device
@@ -237,7 +266,12 @@ def run_generate(cfg: DictConfig) -> dict:
     except RuntimeError as e:
         raise UserError(str(e)) from None
     overrides = {k: cfg[k] for k in ("chunk_size", "num_steps", "sampler", "guidance_scale") if cfg.get(k) is not None}
-    model_dir = Path(str(cfg.model)).expanduser()
+    if cfg.get("model"):
+        model_dir = Path(str(cfg.model)).expanduser()
+    else:  # the model shipped for the task
+        from sfplan.models import shipped_model_path
+
+        model_dir = shipped_model_path(str(cfg.task))
     if not (model_dir / "world_model.json").is_file() and (model_dir / "model" / "world_model.json").is_file():
         model_dir = model_dir / "model"  # a training run directory
     wm = SlowFastWorldModel.from_pretrained(model_dir, device=device, return_frames="all",
@@ -287,8 +321,12 @@ def run_generate(cfg: DictConfig) -> dict:
                   "val_fraction": float(cfg.val_fraction)}
         name = f"{ds.path.name}_ep{k}"
         ds.close()
-    else:
-        raise UserError("nothing to start from: pass data=<dataset dir> episode=K, or image=<PNG> actions=<NPY>")
+    else:  # a fresh episode of the task in the simulator: ground truth under correlated random actions
+        H = int(cfg.get("horizon") or 48)
+        frames, actions = simulate_episode(str(cfg.task), int(cfg.episode_seed), ctx_n + H, size, A)
+        context, truth, actions = frames[:ctx_n], frames[ctx_n:], actions[ctx_n - 1:]
+        source = {"task": str(cfg.task), "seed": int(cfg.episode_seed), "policy": "correlated"}
+        name = f"{str(cfg.task).split('/')[-1]}_seed{int(cfg.episode_seed)}"
 
     mem_cfg = cfg.get("memory")
     memory = None

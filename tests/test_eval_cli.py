@@ -11,7 +11,7 @@ from sfplan.config import ConfigError, load_config
 
 def test_eval_end_to_end_writes_report(tmp_path):
     out = tmp_path / "run"
-    rc = main(["eval", "env=reacher", "planner=cem", "episodes=2", "budget=6", "execute=3",
+    rc = main(["eval", "env=reacher", "planner=cem", "world_model=oracle", "episodes=2", "budget=6", "execute=3",
                "env.kwargs.image_size=32", "planner.num_samples=8", "planner.iterations=2",
                f"out_dir={out}", "progress=false"])
     assert rc == 0

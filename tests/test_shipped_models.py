@@ -1,0 +1,62 @@
+"""The world models shipped in sfplan/models: loadable, small, carded, and what `sfplan eval`
+and `sfplan generate` use by default."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sfplan.cli import main
+from sfplan.models import shipped_model_path, shipped_models
+from sfplan.world_model.learned import checkpoint_sha256, load_world_model
+
+SHIPPED = ["sfplan/Reacher-v0", "sfplan/PointMazeUMaze-v0"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("task", SHIPPED)
+def test_shipped_model_loads_small_and_carded(task):
+    assert task in shipped_models()
+    d = shipped_model_path(task)
+    size_mb = sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20
+    assert size_mb <= 20.0
+    card = (d / "README.md").read_text()
+    for section in ("Held-out quality", "Stage 2: dynamics", "Stage 1: frame VAE", "command", "wall time"):
+        assert section in card, section
+    wm = load_world_model(None, device="cpu", task=task)
+    assert wm.checkpoint_sha256 == checkpoint_sha256(d)
+    assert wm.latent_shape == (4, 16, 16)
+
+
+def test_eval_defaults_to_the_shipped_reacher_model(tmp_path):
+    out = tmp_path / "run"
+    assert main(["eval", "episodes=1", "budget=2", "planner.num_samples=4", "planner.iterations=1",
+                 f"out_dir={out}", "progress=false", "record=false"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["meta"]["world_model"] == "SlowFastWorldModel"
+    assert rep["meta"]["checkpoint_sha256"] == checkpoint_sha256(shipped_model_path("sfplan/Reacher-v0"))
+    assert rep["config"]["env"]["id"] == "sfplan/Reacher-v0"
+
+
+def test_generate_defaults_to_the_shipped_model_on_a_simulated_episode(tmp_path):
+    out = tmp_path / "gen"
+    assert main(["generate", "horizon=4", f"out_dir={out}", "num_threads=1"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["source"] == {"task": "sfplan/Reacher-v0", "seed": 100000, "policy": "correlated"}
+    assert m["checkpoint_sha256"] == checkpoint_sha256(shipped_model_path("sfplan/Reacher-v0"))
+    assert len(m["per_step"]["step"]) == 4 and (out / "video.gif").exists()
+
+
+def test_no_shipped_model_names_the_fix():
+    from sfplan.errors import UserError
+
+    with pytest.raises(UserError, match="world_model=oracle"):
+        shipped_model_path("sfplan/Pusher-v0")
