@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                      "summary": rep["summary"], "wall_s": time.perf_counter() - t0,
                      "imagined_frames_per_s": imagined_fps(rep)})
         print(table(rows[-1:]).splitlines()[-1], flush=True)
-    header = (f"Suite `{args.suite}`, {args.episodes} episodes per cell, near goals unless stated.\n\n"
+    header = (f"Suite `{args.suite}`, near goals unless stated; {args.episodes} episodes per cell run by this "
+              f"command (cells found finished under --out keep theirs: see the episodes column).\n\n"
               f"Command: `python benchmarks/planning_suite.py --suite {args.suite} --episodes {args.episodes}`\n\n"
               f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; "
               f"commit {git_commit()}\n\n")
