@@ -126,20 +126,23 @@ def make_episodes(env_id: str, env_kwargs: dict, seeds: list[int], out_steps: in
 
 
 def imagine_return(wm, frames: np.ndarray, actions: np.ndarray, n: int, seed: int, memory: bool,
-                   write_generated: bool) -> tuple[np.ndarray, dict]:
+                   write_generated: bool, write_return: bool = False) -> tuple[np.ndarray, dict]:
     """Imagine return frames n+1..2n of a retrace episode.
 
     wm: SlowFastWorldModel with ``return_frames="all"`` (and an attached memory when
     ``memory``). frames: (2n+1, H, W, 3) uint8; actions: (2n, A). With ``memory`` the
     memory is reset, then writes the outbound frames 0..n, and (``write_generated``) each
-    imagined chunk after it is made. Returns (imagined (n, H, W, 3) uint8, timings)."""
+    imagined chunk after it is made; ``write_return`` (a diagnostic) writes the true return
+    leg too, so the memory has seen every frame it is asked for. Returns (imagined (n, H, W,
+    3) uint8, timings)."""
     from sfplan.world_model.base import WorldState
 
     t0 = time.perf_counter()
     write_s = 0.0
     if memory:
         wm.reset_memory(seed)
-        wm.remember(frames[: n + 1])
+        upto = 2 * n if write_return else n
+        wm.remember(frames[: upto + 1], actions=np.asarray(actions[:upto], np.float32))
         write_s += time.perf_counter() - t0
     ctx_n = wm.context_frames
     context = wm.encode(frames[None, max(0, n + 1 - ctx_n): n + 1]).context  # (1, T', C, h, w)
@@ -153,10 +156,14 @@ def imagine_return(wm, frames: np.ndarray, actions: np.ndarray, n: int, seed: in
         im = wm.imagine(state, acts, generator=gen) if takes_gen else wm.imagine(state, acts)
         lat = im.features[0, 0]  # (k, C, h, w)
         chunks.append(lat)
+        prev = context
         context = torch.cat([context, lat[None]], dim=1)[:, -ctx_n:]
         if memory and write_generated:
             tw = time.perf_counter()
-            wm.memory.write(lat)
+            if wm.memory.config.loss == "masked":  # the chunk with its context frame and true actions
+                wm.memory.write(torch.cat([prev[0, -1:], lat]), actions=acts[0, 0], num_context=1)  # frame n+s, chunk
+            else:
+                wm.memory.write(lat)
             write_s += time.perf_counter() - tw
     imagined = wm.decode(torch.cat(chunks)).numpy()  # (n, H, W, 3)
     if wm.device.type == "cuda":
@@ -327,7 +334,7 @@ def run(args: argparse.Namespace) -> dict:
             for i, ep in enumerate(episodes):
                 if use_mem:
                     imagined, timing = imagine_return(wm, ep.pixels, ep.actions, n, ep.seed, True,
-                                                      not args.no_write_generated)
+                                                      not args.no_write_generated, args.write_return)
                 elif getattr(wm, "memory", None) is not None:
                     with wm.memory.disabled():
                         imagined, timing = imagine_return(wm, ep.pixels, ep.actions, n, ep.seed, False, False)
@@ -351,6 +358,7 @@ def run(args: argparse.Namespace) -> dict:
     config = {"env_id": args.env, "env_kwargs": env_kwargs, "seeds": seeds, "out_steps": n, "mode": args.mode,
               "arms": arms, "model": str(args.model), "slowfast_model": args.slowfast_model,
               "world_model_overrides": overrides, "memory": mem_cfg, "write_generated": not args.no_write_generated,
+              "write_return": args.write_return,
               "features": args.features, "cut_quantile": args.cut_quantile, "cut_factor": args.cut_factor,
               "device": args.device, "threads": args.threads}
     res = {
@@ -392,6 +400,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--memory", nargs="*", default=None, metavar="KEY=VALUE",
                    help="Temp-LoRA settings (TempLoRAConfig), e.g. lr=1e-3 steps_per_write=4 rank=16")
     p.add_argument("--no-write-generated", action="store_true", help="write only the outbound real frames")
+    p.add_argument("--write-return", action="store_true",
+                   help="diagnostic: also write the true return leg (can the memory recall frames it was shown?)")
     p.add_argument("--num-steps", type=int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--features", default="random_conv", choices=("random_conv", "vae"))
     p.add_argument("--cut-quantile", type=float, default=0.99)

@@ -99,7 +99,10 @@ def rollout_with_memory(wm, context: np.ndarray, actions: np.ndarray,
         lats.append(z)
         if s + k < K:
             new = z if mode == "generated" else real[s: s + k].to(z.device)
-            if not writes:  # the real context in front of the first chunk
+            if mem.config.loss == "masked":  # the frame before the chunk, the chunk, the actions between
+                prev = real[s - 1: s] if mode == "real" and s else state.context[0, -1:]
+                writes.append(mem.write(torch.cat([prev.to(z.device), new]), actions=acts[s: s + k], num_context=1))
+            elif not writes:  # the real context in front of the first chunk
                 ctx = state.context[0].to(new.device)
                 writes.append(mem.write(torch.cat([ctx, new]), num_context=ctx.shape[0]))
             else:

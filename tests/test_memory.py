@@ -118,6 +118,34 @@ def test_write_reduces_the_action_free_loss_on_the_written_clip():
     assert held_out_loss() < 0.85 * before  # measured: 0.72 x
 
 
+def test_masked_write_lowers_the_masked_loss_and_needs_actions():
+    wm = tiny_model()
+    mem = wm.attach_memory(TempLoRAConfig(rank=8, alpha=8.0, lr=1e-2, steps_per_write=1, timesteps_per_step=4,
+                                          loss="masked"))
+    base = {k: v.clone() for k, v in base_state_dict(wm.diffusion).items()}
+    z, acts = latents(wm, T=4), torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="actions"):
+        mem.write(z)
+    with pytest.raises(ValueError, match="actions"):
+        mem.write(z, actions=acts[:2])
+    sched = wm.train_scheduler
+
+    def held_out_loss():  # the same noise and levels before and after; context = frame 0
+        with torch.no_grad():
+            return float(np.mean([wm.diffusion.masked_loss(z[None], acts[None], sched, num_context=1, p_uncond=0.0,
+                                                           generator=torch.Generator().manual_seed(s))[0]
+                                  for s in range(8)]))
+
+    before = held_out_loss()
+    for _ in range(8):
+        mem.write(z, actions=acts)
+    assert held_out_loss() < 0.85 * before
+    after = base_state_dict(wm.diffusion)
+    assert all(torch.equal(after[k], base[k]) for k in base)  # only the LoRA learnt
+    with pytest.raises(ValueError, match="loss"):
+        TempLoRAConfig(loss="l1").validate()
+
+
 def test_snapshot_load_round_trips_bit_exact():
     wm = tiny_model()
     mem = wm.attach_memory(TempLoRAConfig(**FAST))
@@ -262,6 +290,12 @@ def test_generate_memory_temp_lora_end_to_end(data, tmp_path, capsys):
                  "num_threads=1", f"out_dir={tmp_path / 'gen_real'}", "memory=temp_lora", "memory.write=real"]) == 0
     assert json.loads((tmp_path / "gen_real" / "metrics.json").read_text())["memory"]["write"] == "real"
     assert json.loads((tmp_path / "gen_real" / "metrics.json").read_text())["memory"]["writes"] == 2
+    for write in ("real", "generated"):  # the masked loss gets each chunk's frame before it and its actions
+        assert main(["generate", f"model={tmp_path / 'model'}", f"data={data}", "episode=1", "horizon=5",
+                     "num_threads=1", f"out_dir={tmp_path / ('gen_m' + write)}", "memory=temp_lora",
+                     f"memory.write={write}", "memory.loss=masked"]) == 0
+        mm = json.loads((tmp_path / ("gen_m" + write) / "metrics.json").read_text())["memory"]
+        assert mm["writes"] == 2 and mm["config"]["loss"] == "masked"
     # default: no memory
     assert main(["generate", f"model={tmp_path / 'model'}", f"data={data}", "episode=1", "horizon=3",
                  "num_threads=1", f"out_dir={tmp_path / 'gen0'}"]) == 0
@@ -281,16 +315,22 @@ class _ZeroPlanner:
         return PlanResult(actions=torch.zeros(1, self.horizon, 2), cost=torch.zeros(1))
 
 
-@pytest.mark.parametrize("write", ["real", "generated"])
-def test_runner_resets_and_writes_the_executed_frames(write):
+@pytest.mark.parametrize("write,loss", [("real", "action_free"), ("generated", "action_free"), ("real", "masked")])
+def test_runner_resets_and_writes_the_executed_frames(write, loss):
     from sfplan.envs import make_env
     from sfplan.eval.runner import run_episode
 
     wm = tiny_model(image_size=16)
-    mem = wm.attach_memory(TempLoRAConfig(rank=4, steps_per_write=1, write=write))
+    mem = wm.attach_memory(TempLoRAConfig(rank=4, steps_per_write=1, write=write, loss=loss))
     calls = []
     orig = wm.remember
-    wm.remember = lambda f, num_context=0: calls.append((f.shape, num_context)) or orig(f, num_context)
+
+    def spy(f, num_context=0, actions=None):
+        assert actions is not None and actions.shape == (f.shape[0] - 1, 2)  # the executed actions
+        calls.append((f.shape, num_context))
+        return orig(f, num_context, actions)
+
+    wm.remember = spy
     env = make_env("sfplan/Reacher-v0", image_size=16, goal="near")
     try:
         for seed in (0, 1):

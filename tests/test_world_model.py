@@ -134,6 +134,34 @@ def test_masked_loss_keeps_context_clean_and_action_free_loss():
     assert torch.equal(l_full, l_short)
 
 
+def test_motion_weighted_loss_weighs_only_moving_positions():
+    from sfplan.world_model.video_diffusion import motion_mask
+
+    # a blob moving one position per frame over a static background
+    latents = torch.zeros(1, 4, 4, 8, 8)
+    for t in range(4):
+        latents[0, t, :, 2, 1 + t] = 1.0
+    m = motion_mask(latents, 0.01)
+    assert m.shape == (1, 4, 1, 8, 8)
+    assert m[0, 2, 0, 2, 3] == 1 and m[0, 2, 0, 7, 7] == 0  # the blob moves; the far corner does not
+    assert torch.equal(motion_mask(torch.zeros(1, 4, 4, 8, 8), 0.01), torch.zeros(1, 4, 1, 8, 8))
+
+    torch.manual_seed(0)
+    model = VideoDiffusionConfig(**TINY_DIFF).build()
+    _randomize(model)
+    sched = make_train_scheduler(model.config.prediction_type)
+    acts = torch.randn(1, 4, 2)
+
+    def loss(lat, w):
+        return model.masked_loss(lat, acts, sched, num_context=1, generator=torch.Generator().manual_seed(3),
+                                 motion_weight=w)[0]
+
+    static = torch.randn(1, 1, 4, 8, 8).expand(1, 4, 4, 8, 8).contiguous()
+    assert torch.allclose(loss(static, 10.0), loss(static, 0.0))  # nothing moves: plain MSE
+    moving = latents + 0.1 * static
+    assert not torch.allclose(loss(moving, 10.0), loss(moving, 0.0))
+
+
 def test_tiny_overfit_lowers_masked_loss():
     torch.manual_seed(0)
     model = VideoDiffusionConfig(**{**TINY_DIFF, "p_uncond": 0.0}).build()

@@ -104,7 +104,8 @@ def run_episode(
             memory.write(np.stack(chunk_frames), chunk[: len(chunk_frames)])
         if write_real and chunk_frames:
             t0 = time.perf_counter()
-            world_model.remember(np.stack([before, *chunk_frames]), num_context=1)  # (1 + k, H, W, 3)
+            world_model.remember(np.stack([before, *chunk_frames]), num_context=1,  # (1 + k, H, W, 3)
+                                 actions=np.asarray(chunk[: len(chunk_frames)], np.float32))  # (k, A)
             write_times.append(time.perf_counter() - t0)
         if terminated or truncated:
             break

@@ -36,6 +36,7 @@ import torch
 
 ADAPTER_NAME = "temp_lora"
 WRITE_MODES = ("generated", "real")
+LOSSES = ("action_free", "masked")
 
 
 @dataclass
@@ -56,6 +57,12 @@ class TempLoRAConfig:
     max_write_frames: longest clip one gradient step sees (context + new frames); longer
         writes are split into windows. None: the diffusion model's ``max_frames``.
     seed: initial LoRA A and the write noise.
+    loss: ``action_free`` (the paper: the whole clip noised, null condition, loss over all
+        frames) or ``masked`` (the slow learner's own objective on this episode: clean
+        context, noised new frames, the true actions, loss on the new frames only; writes
+        then need the actions between the clip's frames). ``masked`` trains the LoRA on
+        the input the model sees when it imagines; on MemoryMaze the action-free update
+        made imagination worse (benchmarks/RESULTS.md, memory benchmark).
     merge_for_imagine: ``SlowFastWorldModel.imagine`` runs with W + (alpha/r) B A swapped
         in for each adapted W (``merged()``): one matmul per projection instead of three.
         At rank 32 on the default CPU-sized model the unmerged LoRA path costs about as
@@ -73,6 +80,7 @@ class TempLoRAConfig:
     context_frames: int | None = None
     max_write_frames: int | None = None
     seed: int = 0
+    loss: str = "action_free"
     merge_for_imagine: bool = True
 
     @classmethod
@@ -103,6 +111,8 @@ class TempLoRAConfig:
             raise ValueError("Temp-LoRA needs rank >= 1, steps_per_write >= 0 and timesteps_per_step >= 1")
         if not self.lr > 0:
             raise ValueError(f"Temp-LoRA lr must be > 0, got {self.lr}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"Temp-LoRA loss must be one of {LOSSES}, got {self.loss!r}")
         if self.write not in WRITE_MODES:
             raise ValueError(f"Temp-LoRA write must be one of {WRITE_MODES}, got {self.write!r}")
         if self.context_frames is not None and self.context_frames < 0:
@@ -244,11 +254,13 @@ class TempLoRAMemory:
             ``num_context`` of them are frames already seen (e.g. the real frame before an
             executed chunk); they stand in for the last ``num_context`` frames of the buffer,
             so the buffer does not hold them twice. The rest are new.
-        actions: ignored (the update is action-free); accepted for the Memory contract.
+        actions: (T-1, A) actions between consecutive frames of ``latents`` (Gymnasium
+            order: ``actions[t]`` takes frame t to t+1); needed by ``loss="masked"``,
+            ignored by the action-free loss. A masked write trains on this call's frames only
+            (its first frame, or its ``num_context`` frames, is the first window's context).
         Returns logs: ``loss`` (mean over steps), ``loss_first``, ``loss_last``, ``steps``,
         ``frames`` (clip frames per step, the last window), ``new_frames``, ``time_s``.
         """
-        del actions
         z = torch.as_tensor(latents)
         if z.ndim == 5:
             if z.shape[0] != 1:
@@ -260,11 +272,22 @@ class TempLoRAMemory:
         n_new = z.shape[0] - int(num_context)
         if not 0 <= num_context < z.shape[0]:
             raise ValueError(f"num_context={num_context} must be in [0, {z.shape[0] - 1}] for {z.shape[0]} frames")
+        masked = self.config.loss == "masked"
+        if masked:
+            if actions is None or z.shape[0] < 2:
+                raise ValueError("Temp-LoRA loss='masked' writes need the actions between the frames and at least "
+                                 "one context frame: write(torch.cat([context, new]), actions, num_context=...)")
+            actions = torch.as_tensor(actions, dtype=torch.float32).to(self.device)
+            if actions.ndim != 2 or actions.shape[0] != z.shape[0] - 1:
+                raise ValueError(f"write got actions {tuple(actions.shape)} for {z.shape[0]} frames: need "
+                                 f"({z.shape[0] - 1}, A)")
+            num_context = max(1, int(num_context))
+            n_new = z.shape[0] - num_context
         t0 = time.perf_counter()
         z = z.detach().to(self.device, torch.float32)
         # history: buffered past frames, then this call's frames (its context replaces the
         # buffer's tail: they are the same frames)
-        if self.buffer is not None and self.buffer.shape[0] > num_context:
+        if self.buffer is not None and self.buffer.shape[0] > num_context and not masked:
             hist = torch.cat([self.buffer[: self.buffer.shape[0] - num_context], z])  # (Th, C, h, w)
         else:
             hist = z
@@ -277,8 +300,9 @@ class TempLoRAMemory:
         try:
             while s < hist.shape[0] and self.config.steps_per_write > 0:
                 e = min(hist.shape[0], s + per_window)
-                clip = hist[max(0, s - ctx): e]  # (ctx + new, C, h, w): clean context ⊕ new frames
-                losses += self._train_on(clip)
+                a = max(0, s - ctx)
+                clip = hist[a: e]  # (ctx + new, C, h, w): clean context ⊕ new frames
+                losses += self._train_on(clip, actions[a: e - 1] if masked else None, s - a)
                 frames = clip.shape[0]
                 s = e
         finally:
@@ -295,14 +319,20 @@ class TempLoRAMemory:
                 "loss_last": losses[-1] if losses else nan, "steps": float(len(losses)), "frames": float(frames),
                 "new_frames": float(n_new), "time_s": dt}
 
-    def _train_on(self, clip: torch.Tensor) -> list[float]:
-        """``steps_per_write`` Adam steps on one clip (T, C, h, w); returns the losses."""
+    def _train_on(self, clip: torch.Tensor, actions: torch.Tensor | None = None, num_context: int = 0) -> list[float]:
+        """``steps_per_write`` Adam steps on one clip (T, C, h, w) (with ``actions`` (T-1, A):
+        the masked loss, ``num_context`` clean frames); returns the losses."""
         R = int(self.config.timesteps_per_step)
         x = clip[None].expand(R, *clip.shape)  # (R, T, C, h, w): R noise levels of the same clip
         out = []
         for _ in range(int(self.config.steps_per_write)):
             with torch.enable_grad():
-                loss, _ = self.world_model.action_free_loss(x, generator=self._gen)
+                if actions is None:
+                    loss, _ = self.world_model.action_free_loss(x, generator=self._gen)
+                else:
+                    wm = self.world_model
+                    loss, _ = wm.diffusion.masked_loss(x, actions[None].expand(R, *actions.shape), wm.train_scheduler,
+                                                       num_context=num_context, generator=self._gen, p_uncond=0.0)
                 # gradients w.r.t. the LoRA tensors only: base weights get no .grad even when
                 # they require grad (the slow-fast loop trains them in the same graph later)
                 grads = torch.autograd.grad(loss, self._params)

@@ -297,7 +297,9 @@ class DynamicsStage(_Stage):
                 "actions": self.act_all[ai].to(self.device, non_blocking=True)}  # (B, T-1, A)
 
     def loss(self, model, batch, g):
-        return model.masked_loss(batch["latents"], batch["actions"], self.train_scheduler, generator=g)
+        return model.masked_loss(batch["latents"], batch["actions"], self.train_scheduler, generator=g,
+                                 motion_weight=float(self.cfg.get("motion_weight") or 0.0),
+                                 motion_threshold=float(self.cfg.get("motion_threshold", 0.01)))
 
     def world_model(self, diffusion, **overrides):
         from dataclasses import replace

@@ -232,17 +232,18 @@ class SlowFastWorldModel:
         if self.memory is not None:
             self.memory.reset(seed)
 
-    def remember(self, frames: np.ndarray | torch.Tensor, num_context: int = 0) -> dict[str, float] | None:
+    def remember(self, frames: np.ndarray | torch.Tensor, num_context: int = 0, actions=None) -> dict[str, float] | None:
         """Write real frames (T, H, W, 3) uint8 into the memory (encoded with the VAE); the
         first ``num_context`` are already-seen context (e.g. the frame before an executed
-        chunk). Returns the write logs, or None without a memory."""
+        chunk); ``actions`` (T-1, A) between them (used by a masked-loss memory). Returns
+        the write logs, or None without a memory."""
         if self.memory is None:
             return None
         frames = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"remember takes frames (T, H, W, 3) uint8, got {tuple(frames.shape)}")
         lat = self.vae.encode(frames[None])[0]  # (T, C, h, w)
-        return self.memory.write(lat, num_context=num_context)
+        return self.memory.write(lat, actions=actions, num_context=num_context)
 
     # ------------------------------------------------------------------ training helpers
     def masked_loss(self, latents: torch.Tensor, actions: torch.Tensor, num_context=None, generator=None):

@@ -471,6 +471,8 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         num_context: int | torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         p_uncond: float | None = None,
+        motion_weight: float = 0.0,
+        motion_threshold: float = 0.01,
     ):
         """Slow learning: masked conditional diffusion loss -> (loss, logs).
 
@@ -479,7 +481,12 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         diffusers scheduler with ``add_noise``/``get_velocity`` (DDPM/DDIM). ``num_context``
         f_p: int, (B,) tensor, or None to sample per batch element in [1, max_context].
         Only target frames are noised; the MSE is taken over target positions only
-        (context positions are indexed out, so they contribute no term)."""
+        (context positions are indexed out, so they contribute no term).
+
+        ``motion_weight`` > 0 weighs the error at latent positions that change between
+        consecutive clean frames (see ``motion_mask``) by 1 + motion_weight (a weighted mean):
+        where the moving object is small (a ball in a whole-maze view) the plain MSE is
+        almost all static background, and a model that ignores the actions loses little."""
         B, T = latents.shape[:2]
         dev = latents.device
         if T < 2:
@@ -502,9 +509,16 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         pred = self(x_in, t, ctx, tokens)
         target = self._target(scheduler, latents, noise, t)
         tgt = ~ctx  # (B, T) True = target
-        loss = F.mse_loss(pred[tgt].float(), target[tgt].float())
-        logs = {"loss": loss.item(), "num_context": f_p.float().mean().item(),
-                "p_uncond_hit": drop.float().mean().item()}
+        logs = {"num_context": f_p.float().mean().item(), "p_uncond_hit": drop.float().mean().item()}
+        if motion_weight > 0:
+            err = (pred[tgt].float() - target[tgt].float()).pow(2)  # (N, C, h, w)
+            moving = motion_mask(latents, motion_threshold)[tgt]  # (N, 1, h, w)
+            w = 1.0 + motion_weight * moving
+            loss = (err * w).sum() / (w.sum() * err.shape[1])
+            logs["motion_fraction"] = moving.mean().item()
+        else:
+            loss = F.mse_loss(pred[tgt].float(), target[tgt].float())
+        logs["loss"] = loss.item()
         return loss, logs
 
     def action_free_loss(
@@ -530,6 +544,18 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         pred = self(noisy, t, ctx, self.null_condition(B, T))
         loss = F.mse_loss(pred.float(), self._target(scheduler, latents, noise, t).float())
         return loss, {"loss": loss.item()}
+
+
+def motion_mask(latents: torch.Tensor, threshold: float) -> torch.Tensor:
+    """latents (B, T, C, h, w) -> (B, T, 1, h, w) float mask: positions where frame t differs
+    from frame t-1 or t+1 by more than ``threshold`` (channel-mean absolute difference),
+    dilated by one position. Covers the object where it was and where it went."""
+    d = (latents[:, 1:] - latents[:, :-1]).abs().mean(2, keepdim=True).float()  # (B, T-1, 1, h, w)
+    z = torch.zeros_like(d[:, :1])
+    m = (torch.maximum(torch.cat([z, d], 1), torch.cat([d, z], 1)) > threshold).float()  # (B, T, 1, h, w)
+    B, T = m.shape[:2]
+    m = F.max_pool2d(m.flatten(0, 1), 3, stride=1, padding=1)
+    return m.reshape(B, T, *m.shape[1:])
 
 
 # ----------------------------------------------------------------------------- rng helpers
