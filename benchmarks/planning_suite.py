@@ -81,12 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", nargs="*", help="restrict to these task configs")
     p.add_argument("--world-models", nargs="*", help="restrict to these world model entries (e.g. learned+temp_lora)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--table-only", action="store_true", help="run nothing: tabulate the cells already finished")
     args = p.parse_args(argv)
     out = args.out or Path("benchmarks/results") / args.suite
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for task, planner, wm, extra in SUITES[args.suite]:
         if (args.tasks and task not in args.tasks) or (args.world_models and wm not in args.world_models):
+            continue
+        if args.table_only and not (out / f"{task}__{planner}__{wm}" / "report.json").exists():
             continue
         t0 = time.perf_counter()
         try:
