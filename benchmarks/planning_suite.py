@@ -42,8 +42,12 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
 MEMORY_OVERRIDES = ["memory=temp_lora", "memory.write=real"]
 
 
+def cell_dir(out: Path, task: str, planner: str, world_model: str) -> Path:
+    return out / f"{task}__{planner}__{world_model}"
+
+
 def run_cell(task: str, planner: str, world_model: str, extra: list[str], episodes: int, out: Path) -> dict:
-    cell = out / f"{task}__{planner}__{world_model}"
+    cell = cell_dir(out, task, planner, world_model)
     if (cell / "report.json").exists():
         return json.loads((cell / "report.json").read_text())
     wm, _, mem = world_model.partition("+")
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     for task, planner, wm, extra in SUITES[args.suite]:
         if (args.tasks and task not in args.tasks) or (args.world_models and wm not in args.world_models):
             continue
-        if args.table_only and not (out / f"{task}__{planner}__{wm}" / "report.json").exists():
+        if args.table_only and not (cell_dir(out, task, planner, wm) / "report.json").exists():
             continue
         t0 = time.perf_counter()
         try:

@@ -330,9 +330,8 @@ class TempLoRAMemory:
                 if actions is None:
                     loss, _ = self.world_model.action_free_loss(x, generator=self._gen)
                 else:
-                    wm = self.world_model
-                    loss, _ = wm.diffusion.masked_loss(x, actions[None].expand(R, *actions.shape), wm.train_scheduler,
-                                                       num_context=num_context, generator=self._gen, p_uncond=0.0)
+                    loss, _ = self.world_model.masked_loss(x, actions[None].expand(R, *actions.shape), num_context,
+                                                           generator=self._gen, p_uncond=0.0)
                 # gradients w.r.t. the LoRA tensors only: base weights get no .grad even when
                 # they require grad (the slow-fast loop trains them in the same graph later)
                 grads = torch.autograd.grad(loss, self._params)

@@ -246,9 +246,10 @@ class SlowFastWorldModel:
         return self.memory.write(lat, actions=actions, num_context=num_context)
 
     # ------------------------------------------------------------------ training helpers
-    def masked_loss(self, latents: torch.Tensor, actions: torch.Tensor, num_context=None, generator=None):
+    def masked_loss(self, latents: torch.Tensor, actions: torch.Tensor, num_context=None, generator=None,
+                    p_uncond: float | None = None):
         """Slow-learning loss on a clip: latents (B, T, C, h, w), actions (B, T, A) -> (loss, logs)."""
-        return self.diffusion.masked_loss(latents, actions, self.train_scheduler, num_context, generator)
+        return self.diffusion.masked_loss(latents, actions, self.train_scheduler, num_context, generator, p_uncond)
 
     def action_free_loss(self, latents: torch.Tensor, timesteps=None, noise=None, generator=None):
         """Temp-LoRA's loss: latents (B, T, C, h, w), whole clip noised, null condition -> (loss, logs)."""
