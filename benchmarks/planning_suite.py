@@ -37,17 +37,25 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
         for task in ("reacher", "pointmaze_umaze")
         for planner, wm in (("cem", "oracle"), ("cem", "learned"), ("cem", "learned+temp_lora"), ("random", "oracle"))
     ],
+    # issue 5, long horizon: far goals across PointMaze Medium, the goal image alone vs. 10 waypoint images
+    "far_waypoints": [
+        ("pointmaze_medium", "cem", "oracle", ["goal=far", "waypoints=10"]),
+        ("pointmaze_medium", "cem", "oracle", ["goal=far"]),
+        ("pointmaze_medium", "random", "oracle", ["goal=far"]),
+    ],
 }
 # "<world model>+temp_lora": that world model with Temp-LoRA fed the executed real frames
 MEMORY_OVERRIDES = ["memory=temp_lora", "memory.write=real"]
 
 
-def cell_dir(out: Path, task: str, planner: str, world_model: str) -> Path:
-    return out / f"{task}__{planner}__{world_model}"
+def cell_dir(out: Path, task: str, planner: str, world_model: str, extra: list[str] = ()) -> Path:
+    """One folder per cell; extra overrides (e.g. goal=far) are part of its name."""
+    suffix = "".join(f"__{o.replace('=', '-').replace('.', '-')}" for o in extra)
+    return out / f"{task}__{planner}__{world_model}{suffix}"
 
 
 def run_cell(task: str, planner: str, world_model: str, extra: list[str], episodes: int, out: Path) -> dict:
-    cell = cell_dir(out, task, planner, world_model)
+    cell = cell_dir(out, task, planner, world_model, extra)
     if (cell / "report.json").exists():
         return json.loads((cell / "report.json").read_text())
     wm, _, mem = world_model.partition("+")
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     for task, planner, wm, extra in SUITES[args.suite]:
         if (args.tasks and task not in args.tasks) or (args.world_models and wm not in args.world_models):
             continue
-        if args.table_only and not (cell_dir(out, task, planner, wm) / "report.json").exists():
+        if args.table_only and not (cell_dir(out, task, planner, wm, extra) / "report.json").exists():
             continue
         t0 = time.perf_counter()
         try:
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as e:  # optional simulator missing (e.g. robosuite)
             print(f"skip {task}/{planner}: {e}", file=sys.stderr)
             continue
-        rows.append({"task": task, "planner": planner,
+        rows.append({"task": task, "planner": planner + (f" ({', '.join(extra)})" if extra else ""),
                      "world_model": wm if rep["meta"]["world_model"] else "none", "budget": rep["meta"]["budget"],
                      "summary": rep["summary"], "wall_s": time.perf_counter() - t0,
                      "imagined_frames_per_s": imagined_fps(rep)})

@@ -8,7 +8,12 @@ start state (so it is reachable), then the start is restored.
   - ``is_success`` (bool): from simulator state, never from pixels;
   - ``distance`` (float): the task's success metric (e.g. fingertip-to-goal metres);
   - ``state`` (np.ndarray float64): the full simulator state, for ``OracleWorldModel``;
-  - ``goal_pixels`` (np.ndarray uint8 (H, W, 3)): the goal image again.
+  - ``goal_pixels`` (np.ndarray uint8 (H, W, 3)): the goal image again;
+  - on reset with ``options={"waypoints": n}`` only, ``goal_waypoints`` (np.ndarray uint8
+    (S, H, W, 3)): subgoal images along the path that produced the goal, ``n`` of them
+    evenly spaced in time and then the goal itself (S = n + 1; S = 1 when the task placed
+    its goal without a path, e.g. Reacher's ``far`` protocol). The paper's subgoals for
+    long-horizon planning; ``sfplan eval waypoints=n`` plans toward them in order.
 
 Subclasses implement the simulator hooks (``_reset_sim``, ``sim_step``,
 ``render_pixels``, ``get_state``/``set_state``, ``_goal_descriptor``, ``_distance``);
@@ -111,15 +116,21 @@ class GoalImageEnv(gym.Env):
 
     def _drive_to_goal(self, rng: np.random.Generator) -> None:
         """Bring the simulator from the start to the goal state. The default replays
-        ``_goal_actions``; a task may override it (e.g. to place a "far" goal directly)."""
+        ``_goal_actions`` and records the states it passes (``_goal_path``, the source of
+        waypoint images); a task may override it (e.g. to place a "far" goal directly)."""
         for a in self._goal_actions(rng):
             self.sim_step(np.asarray(a, dtype=np.float64))
+            self._goal_path.append(self.get_state())
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        n_waypoints = int((options or {}).get("waypoints", 0))
+        if n_waypoints < 0:
+            raise UserError(f"options['waypoints'] must be >= 0, got {n_waypoints}")
         self._reset_sim(self.np_random)
         start = self.get_state()
         # Drive the simulator to the goal, remember it, then restore the start.
+        self._goal_path: list[np.ndarray] = []
         self._drive_to_goal(self.np_random)
         self._goal = self._goal_descriptor()
         self.set_state(self.get_state())
@@ -128,9 +139,30 @@ class GoalImageEnv(gym.Env):
         # joints) sits where the goal image shows it: set_state(goal_state) reproduces it.
         self._goal_state = self.get_state()
         self._goal_pixels = self.render_pixels()
+        waypoints = self._render_waypoints(n_waypoints) if n_waypoints else None
         self.set_state(start)
         self._on_goal_set()
-        return self._obs(), self._info()
+        info = self._info()
+        if waypoints is not None:
+            info["goal_waypoints"] = waypoints
+        return self._obs(), info
+
+    def _render_waypoints(self, n: int) -> np.ndarray:
+        """``n`` images of the recorded goal path at times k / (n + 1), k = 1..n, then the
+        goal image: (S, H, W, 3) uint8. Each is rendered with the goal marker in place (as
+        the observations show it). Leaves the simulator at an arbitrary path state."""
+        path = self._goal_path
+        images = []
+        if len(path) > 1:
+            for k in range(1, n + 1):
+                idx = min(len(path) - 1, int(round(k * len(path) / (n + 1))) - 1)
+                if idx >= len(path) - 1:
+                    break  # a short path: fewer waypoints, never one at the goal twice
+                self.set_state(path[idx])
+                self._on_goal_set()
+                images.append(self.render_pixels())
+        images.append(self._goal_pixels.copy())
+        return np.stack(images)
 
     def step(self, action):
         action = np.clip(np.asarray(action, dtype=np.float64), self.action_space.low, self.action_space.high)

@@ -20,6 +20,8 @@ Example::
 """
 from __future__ import annotations
 
+import gc
+
 from typing import Sequence, Union
 
 import mujoco
@@ -99,8 +101,17 @@ class FastRenderer:
         """Render ``data`` from the camera: (H, W, 3) uint8."""
         if self._renderer is None:
             raise RuntimeError("FastRenderer.render called after close()")
-        self._renderer.update_scene(data, camera=self.camera, scene_option=self.scene_option)
-        return self._renderer.render()
+        # Freeing any EGL context releases the thread's current one (mujoco's GLContext.free
+        # calls eglReleaseThread). If the cyclic GC collects another env's renderer inside
+        # this call, the frame would be read with no context: garbage pixels. So no GC here.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._renderer.update_scene(data, camera=self.camera, scene_option=self.scene_option)
+            return self._renderer.render()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
 
     def close(self) -> None:
         """Free the GL context (idempotent)."""

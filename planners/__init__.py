@@ -19,6 +19,7 @@ from .costs import (
 from .mppi import MPPIConfig, MPPIPlanner
 from .random_policy import RandomPolicy, RandomPolicyConfig
 from .random_shooting import RandomShootingConfig, RandomShootingPlanner
+from .subgoals import SubgoalTracker, cost_distance
 from .video_plan import VideoPlanConfig, VideoPlanPlanner
 
 PLANNERS = {
@@ -47,6 +48,8 @@ __all__ = [
     "MPPIPlanner",
     "MultiScaleCost",
     "MultiScaleCostConfig",
+    "SubgoalTracker",
+    "cost_distance",
     "PixelMSECost",
     "PixelMSECostConfig",
     "PlanResult",

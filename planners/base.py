@@ -2,7 +2,9 @@
 
 A planner is pure search: it gets a world model and a cost injected at construction
 (Hydra ``_partial_``), and ``plan`` touches no env, logger or file. Candidates are batched
-as (B, N, H, A) and each iteration makes one ``world_model.imagine`` call.
+as (B, N, H, A) and each iteration makes one ``world_model.imagine`` call. A planner may
+also define ``start_episode(seed)``; the runner calls it before each episode (per-episode
+noise, fresh waypoint progress).
 """
 from __future__ import annotations
 

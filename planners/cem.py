@@ -25,6 +25,7 @@ class CEMConfig:
     min_std: float = 0.05  # std floor, as a fraction of (high - low): keeps exploring
     include_mean: bool = True  # candidate 0 is the current mean (the warm start at iteration 0)
     noise_beta: float = 0.0  # 0 = white noise; > 0 = coloured along H (iCEM uses ~2)
+    keep_elites: float = 0.0  # fraction of each iteration's elites re-entered as candidates of the next (iCEM: 0.3)
     seed: int = 0
 
 
@@ -33,7 +34,7 @@ class CEMPlanner(SamplingPlanner):
 
     ``CEMPlanner(world_model, cost, action_low, action_high, config=None, *, horizon=10,
     num_samples=64, iterations=4, num_elites=8, alpha=0.1, init_std=0.5, min_std=0.05,
-    include_mean=True, noise_beta=0.0, seed=0)``.
+    include_mean=True, noise_beta=0.0, keep_elites=0.0, seed=0)``.
 
     Each iteration samples N sequences (B, N, H, A), clips them to the bounds, imagines
     them all in one ``world_model.imagine`` call and scores them with ``cost`` (B, N). The
@@ -41,6 +42,10 @@ class CEMPlanner(SamplingPlanner):
     ``sfplan.planners.common.shift_plan``: first k executed steps dropped, last action
     repeated) or at the middle of the action range. The returned plan is the best
     candidate ever evaluated, so its cost is a real imagined cost.
+    ``keep_elites`` (iCEM, Pinneri et al. 2020) puts the best ``round(keep_elites * E)``
+    candidates of each iteration back into the next one in place of its last random
+    samples (N stays fixed, so every imagine call has the same batch shape): a good
+    sequence found early is refined instead of being lost to the next draw.
     Noise comes from a generator seeded ``seed + call index``: reproducible runs.
     """
 
@@ -53,6 +58,8 @@ class CEMPlanner(SamplingPlanner):
             raise ValueError("iterations, num_samples and num_elites must be >= 1")
         if not 0.0 <= c.alpha < 1.0:
             raise ValueError(f"alpha must be in [0, 1), got {c.alpha}")
+        if not 0.0 <= c.keep_elites <= 1.0:
+            raise ValueError(f"keep_elites must be a fraction in [0, 1], got {c.keep_elites}")
 
     @property
     def iterations(self) -> int:
@@ -73,17 +80,22 @@ class CEMPlanner(SamplingPlanner):
         min_std = c.min_std * rng  # (A,)
         best_actions = best_cost = None
         first_best = None
+        keep = min(int(round(c.keep_elites * E)), N - int(c.include_mean))
+        kept = None  # (B, keep, H, A) best candidates of the previous iteration
         for _ in range(c.iterations):
             noise = sample_noise((B, N, H, A), c.noise_beta, gen, self.device)  # (B, N, H, A)
             cand = self.clip(mean[:, None] + std[:, None] * noise)  # (B, N, H, A)
             if c.include_mean:
                 cand[:, 0] = self.clip(mean)
+            if kept is not None:
+                cand[:, N - keep:] = kept
             costs = imagine_and_score(self.world_model, self.cost, state, goal, cand)  # (B, N)
             best_actions, best_cost = update_best(best_actions, best_cost, cand, costs)
             if first_best is None:
                 first_best = best_cost.clone()
             idx = torch.topk(costs, E, dim=1, largest=False).indices  # (B, E)
-            elites = torch.gather(cand, 1, idx[:, :, None, None].expand(B, E, H, A))  # (B, E, H, A)
+            elites = torch.gather(cand, 1, idx[:, :, None, None].expand(B, E, H, A))  # (B, E, H, A), best first
+            kept = elites[:, :keep].clone() if keep > 0 else None
             mean = c.alpha * mean + (1 - c.alpha) * elites.mean(1)
             std = c.alpha * std + (1 - c.alpha) * elites.std(1, unbiased=False)
             std = torch.maximum(std, min_std)

@@ -215,6 +215,12 @@ class SamplingPlanner:
         """Restart the per-call seed counter (optionally from a new seed)."""
         self._seeds.reset(seed)
 
+    def start_episode(self, seed: int) -> None:
+        """Called by the runner before each episode: noise restarts from ``config.seed +
+        seed``, so an episode's plans depend only on its own seed (the same whether it runs
+        alone, first or fiftieth)."""
+        self.reset(int(self.config.seed) + int(seed))
+
     def _setup(self, state, goal, warm_start):
         """-> (B, goal on device, warm start (B, H, A) clipped or None, generator)."""
         B = batch_size(state, goal, warm_start)

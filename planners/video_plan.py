@@ -61,6 +61,7 @@ from sfplan.world_model.base import Imagination, WorldState
 
 from .base import PlanResult
 from .common import SeedCounter, as_bounds, make_config, resolve_planner_device
+from .subgoals import SubgoalTracker
 
 SCORES = ("video", "rollout")
 
@@ -142,8 +143,7 @@ class VideoPlanPlanner:
                              f"<= the model's max_frames={max_frames}")
         self.scheduler = make_sampler(c.sampler, world_model.train_scheduler)  # the planner's own (stateful)
         self._seeds = SeedCounter(int(c.seed), torch.device("cpu"))  # noise drawn on the CPU: same on any device
-        self._goals: torch.Tensor | None = None  # (B, S, C, h, w) waypoints of the current episode
-        self._subgoal: torch.Tensor | None = None  # (B,) index of the current waypoint
+        self.subgoals = SubgoalTracker(threshold=float(c.subgoal_threshold))  # waypoint progress of the episode
 
     @property
     def horizon(self) -> int:
@@ -152,24 +152,17 @@ class VideoPlanPlanner:
     def reset(self, seed: int | None = None) -> None:
         """Restart the per-call seed counter and the waypoint progress."""
         self._seeds.reset(seed)
-        self._goals = self._subgoal = None
+        self.subgoals.reset()
+
+    def start_episode(self, seed: int) -> None:
+        """Per-episode noise (``config.seed + seed``) and fresh waypoint progress."""
+        self.reset(int(self.config.seed) + int(seed))
 
     # ------------------------------------------------------------------ subgoals
     def current_subgoal(self, features: torch.Tensor, goals: torch.Tensor) -> torch.Tensor:
         """features (B, C, h, w) now, goals (B, S, C, h, w) waypoints -> (B,) index of the
         waypoint to plan for (advancing past each one reached, in order)."""
-        B, S = goals.shape[:2]
-        if self._goals is None or self._goals.shape != goals.shape or not torch.equal(self._goals, goals):
-            self._goals, self._subgoal = goals.clone(), torch.zeros(B, dtype=torch.long, device=goals.device)
-        d = (features[:, None].float() - goals.float()).pow(2).flatten(2).mean(-1)  # (B, S)
-        idx, rows = self._subgoal, torch.arange(B, device=goals.device)
-        while True:
-            adv = (idx < S - 1) & (d[rows, idx] < float(self.config.subgoal_threshold))
-            if not bool(adv.any()):
-                break
-            idx = idx + adv.long()
-        self._subgoal = idx
-        return idx
+        return self.subgoals.update(features, goals)
 
     # ------------------------------------------------------------------ plan
     @torch.no_grad()

@@ -205,3 +205,31 @@ def test_wrapper_bool_success_and_non_mujoco():
 def test_wrapper_needs_rgb_array():
     with pytest.raises(ValueError, match=r'render_mode="rgb_array"'):
         GoalImageWrapper(gym.make("Reacher-v5"), _goal_fn, _success_fn)
+
+
+@pytest.mark.parametrize("tid", ["sfplan/Reacher-v0", "sfplan/PointMazeMedium-v0"])
+def test_waypoints_follow_the_goal_path(tid):
+    env = gym.make(tid, goal="far" if "Maze" in tid else "near", image_size=32)
+    obs, info = env.reset(seed=3, options={"waypoints": 3})
+    wp = info["goal_waypoints"]
+    assert wp.shape == (4, 32, 32, 3) and wp.dtype == np.uint8
+    np.testing.assert_array_equal(wp[-1], obs["desired_goal"])  # the goal comes last
+    assert all(not np.array_equal(wp[i], wp[i + 1]) for i in range(3))  # distinct points along the path
+    assert not np.array_equal(wp[0], obs["pixels"])
+    # Same seed without the option: the same task (waypoints only add images).
+    obs2, info2 = env.reset(seed=3)
+    assert "goal_waypoints" not in info2
+    np.testing.assert_array_equal(obs2["pixels"], obs["pixels"])
+    np.testing.assert_array_equal(obs2["desired_goal"], obs["desired_goal"])
+    assert info2["distance"] == info["distance"]
+    with pytest.raises(ValueError, match="waypoints"):
+        env.reset(seed=3, options={"waypoints": -1})
+    env.close()
+
+
+def test_waypoints_of_a_goal_placed_without_a_path():
+    env = gym.make("sfplan/Reacher-v0", goal="far", image_size=32)
+    obs, info = env.reset(seed=0, options={"waypoints": 4})
+    assert info["goal_waypoints"].shape == (1, 32, 32, 3)  # Reacher's far goal is placed directly
+    np.testing.assert_array_equal(info["goal_waypoints"][0], obs["desired_goal"])
+    env.close()

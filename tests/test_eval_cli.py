@@ -71,3 +71,36 @@ def test_info_lists_tasks_and_planners(capsys):
 def test_execute_longer_than_horizon_names_the_fix(capsys):
     assert main(["eval", "execute=20", "episodes=1", "progress=false", "record=false"]) == 2
     assert "execute <= planner.horizon" in capsys.readouterr().err
+
+
+def test_eval_with_waypoints_follows_subgoals(tmp_path):
+    out = tmp_path / "wp"
+    assert main(["eval", "env=pointmaze_umaze", "goal=far", "waypoints=8", "world_model=oracle", "episodes=1",
+                 "budget=50", "execute=5", "planner.num_samples=32",
+                 "planner.iterations=3", f"out_dir={out}", "progress=false", "record=false"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    e = rep["episodes"][0]
+    assert rep["meta"]["waypoints"] == 8 and e["waypoints"] == 9  # 8 subgoals + the goal
+    # 50 steps carry the ball past the first subgoals (1/9 of the ~200-step path each), not to the far goal.
+    assert 1 <= e["waypoints_passed"] <= 4 and not e["success"]
+
+
+def test_waypoints_on_an_env_without_them_names_the_fix():
+    from sfplan.envs import GoalImageWrapper
+    from sfplan.errors import UserError
+    from sfplan.eval.runner import run_episode
+
+    def goal_fn(env, rng):
+        env.step(env.action_space.sample())
+        return np.zeros(2)
+
+    env = GoalImageWrapper(gym.make("Reacher-v5", render_mode="rgb_array", width=32, height=32), goal_fn,
+                           lambda env, goal: 1.0, image_size=32, success_threshold=0.02)
+
+    class Planner:
+        needs_world_model = True
+        horizon = 4
+
+    with pytest.raises(UserError, match="waypoints=0"):
+        run_episode(env, Planner(), None, seed=0, budget=4, execute=2, waypoints=2)
+    env.close()

@@ -294,3 +294,72 @@ def test_closed_loop_mpc_with_shifted_warm_start():
         x = x + DT * res.actions[:, :5].sum(1)
         warm = shift_plan(res.actions, 5)
     assert torch.allclose(x, goal, atol=0.05)
+
+
+# ---------------------------------------------------------------- iCEM, episodes, subgoals
+
+def test_cem_keep_elites_carries_the_best_into_the_next_iteration():
+    planner, wm = make(CEMPlanner, horizon=5, num_samples=16, iterations=3, num_elites=4, keep_elites=0.5, seed=0)
+    planner.plan(wm.encode(X0), goal_of(GOAL))
+    for prev, nxt in zip(wm.calls[:-1], wm.calls[1:]):
+        costs = true_cost(X0, prev[0], GOAL)  # (N,)
+        best2 = prev[0, torch.argsort(costs)[:2]]  # round(0.5 * 4) = 2 kept, best first
+        assert torch.equal(nxt[0, -2:], best2)
+    # Without it, no candidate of one iteration reappears in the next (bar the mean's row).
+    plain, wm2 = make(CEMPlanner, horizon=5, num_samples=16, iterations=2, num_elites=4, seed=0)
+    plain.plan(wm2.encode(X0), goal_of(GOAL))
+    assert not any(torch.equal(wm2.calls[1][0, i], wm2.calls[0][0, j]) for i in range(1, 16) for j in range(16))
+    with pytest.raises(ValueError, match="keep_elites"):
+        make(CEMPlanner, keep_elites=1.5)
+
+
+@pytest.mark.parametrize("name", SEARCH_PLANNERS)
+def test_start_episode_makes_an_episode_independent_of_its_position(name):
+    state, goal = PointMass().encode(X0), goal_of(GOAL)
+    alone, _ = make(PLANNERS[name], horizon=5, seed=7)
+    alone.start_episode(100003)
+    ref = alone.plan(state, goal).actions
+    later, _ = make(PLANNERS[name], horizon=5, seed=7)
+    for s in (100000, 100001, 100002):  # earlier episodes draw noise first
+        later.start_episode(s)
+        later.plan(state, goal)
+    later.start_episode(100003)
+    assert torch.equal(later.plan(state, goal).actions, ref)
+    later.start_episode(100004)
+    assert not torch.equal(later.plan(state, goal).actions, ref)
+
+
+def test_subgoal_tracker_ratio_rule():
+    from sfplan.planners import SubgoalTracker
+
+    start = torch.zeros(1, 1, 1, 2)
+    wp = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]).reshape(1, 3, 1, 1, 2)  # (B, S, C, h, w)
+    tr = SubgoalTracker(ratio=0.25)
+    assert tr.update(start, wp).tolist() == [0]
+    # Waypoint 0 is 1 apart from the start: MSE 0.5 -> reached below 0.125 (distance 0.5).
+    assert tr.update(torch.tensor([0.4, 0.0]).reshape(1, 1, 1, 2), wp).tolist() == [0]
+    assert tr.update(torch.tensor([0.6, 0.0]).reshape(1, 1, 1, 2), wp).tolist() == [1]
+    # Progress is kept even when the observation drifts back.
+    assert tr.update(start, wp).tolist() == [1]
+    # Overshooting past two waypoints at once; the goal (last) is never passed.
+    assert tr.update(torch.tensor([3.0, 0.0]).reshape(1, 1, 1, 2), wp).tolist() == [2]
+    assert torch.equal(tr.current(torch.tensor([3.0, 0.0]).reshape(1, 1, 1, 2), wp), wp[:, 2])
+    # New waypoints restart the progress; the absolute rule works on its own too.
+    assert tr.update(start, wp + 1.0).tolist() == [0]
+    assert SubgoalTracker(threshold=2.0).update(start, wp).tolist() == [1]
+    with pytest.raises(ValueError):
+        SubgoalTracker()
+
+
+@pytest.mark.parametrize("side", [64, 5])
+def test_multiscale_blur_matches_a_replicate_padded_convolution(side):
+    import torch.nn.functional as F
+
+    cost = MultiScaleCost(sigma=2.0)
+    x = torch.randn(6, side, side + 3)
+    k = cost._kernel
+    r = k.numel() // 2
+    ref = x[:, None]
+    ref = F.conv2d(F.pad(ref, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    ref = F.conv2d(F.pad(ref, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))[:, 0]
+    assert torch.allclose(cost._blur(x), ref, atol=1e-5)

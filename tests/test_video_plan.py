@@ -342,12 +342,14 @@ def test_subgoals_advance_when_reached():
     waypoints = torch.stack([state.features, far], dim=1)  # (B, S=2, C, h, w): env 0 and 1 stand on waypoint 0
     waypoints[1, 0] += 1.0  # env 1 has not reached its first waypoint
     res = planner.plan(state, waypoints)
-    assert planner._subgoal.tolist() == [1, 0] and res.info["num_subgoals"] == 2
+    assert planner.subgoals.index.tolist() == [1, 0] and res.info["num_subgoals"] == 2
     # progress is kept across decisions (env 0 does not fall back) and reset with a new goal
     planner.plan(wm.encode(frames(2, 2, seed=4)), waypoints)
-    assert planner._subgoal.tolist() == [1, 0]
-    planner.plan(state, waypoints.flip(1))
-    assert planner._subgoal.tolist() == [0, 0]
+    assert planner.subgoals.index.tolist() == [1, 0]
+    planner.plan(state, waypoints + 5.0)  # new waypoints, none reached: progress restarts
+    assert planner.subgoals.index.tolist() == [0, 0]
+    planner.plan(state, waypoints.flip(1))  # env 0 stands on the last waypoint: skips to it
+    assert planner.subgoals.index.tolist() == [1, 0]
     with pytest.raises(ValueError, match="goal must be"):
         planner.plan(state, torch.zeros(2, 3, 8, 8))
 

@@ -67,7 +67,8 @@ def run_eval(cfg: DictConfig) -> dict:
     )
     t0 = time.perf_counter()
     results = list(evaluate(env, planner, world_model, seeds, int(cfg.budget), int(cfg.execute),
-                            record=bool(cfg.record), progress=bool(cfg.progress)))
+                            record=bool(cfg.record), progress=bool(cfg.progress),
+                            waypoints=int(cfg.waypoints), subgoal_ratio=float(cfg.subgoal_ratio)))
     wall = time.perf_counter() - t0
     meta = {
         "task": cfg.env.id,
@@ -76,6 +77,7 @@ def run_eval(cfg: DictConfig) -> dict:
         "checkpoint_sha256": getattr(world_model, "checkpoint_sha256", None),
         "budget": int(cfg.budget),
         "execute": int(cfg.execute),
+        "waypoints": int(cfg.waypoints),
         "device": str(device),
         "seeds": seeds,
         "wall_time_s": wall,

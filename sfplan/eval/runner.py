@@ -12,6 +12,7 @@ import numpy as np
 
 from sfplan.planners.base import Planner
 from sfplan.planners.common import shift_plan
+from sfplan.planners.subgoals import SubgoalTracker, cost_distance
 from sfplan.errors import UserError
 from sfplan.world_model.base import WorldModel
 
@@ -27,6 +28,8 @@ class EpisodeResult:
     frames: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8 real frames
     goal: np.ndarray | None = None  # (H, W, 3) uint8
     memory_write_times: list[float] = field(default_factory=list)  # seconds per Temp-LoRA write (world model's)
+    waypoints: int = 0  # waypoint images the goal came as (0: the goal image alone)
+    waypoints_passed: int = 0  # waypoints the tracker moved past (the last, the goal, is never passed)
 
     def summary(self) -> dict:
         return {
@@ -38,6 +41,7 @@ class EpisodeResult:
             "decisions": len(self.plan_times),
             "plan_time_mean_s": float(np.mean(self.plan_times)) if self.plan_times else 0.0,
             "memory_write_mean_s": float(np.mean(self.memory_write_times)) if self.memory_write_times else 0.0,
+            **({"waypoints": self.waypoints, "waypoints_passed": self.waypoints_passed} if self.waypoints else {}),
         }
 
 
@@ -50,9 +54,17 @@ def run_episode(
     execute: int,
     record: bool = True,
     memory=None,
+    waypoints: int = 0,
+    subgoal_ratio: float = 0.25,
 ) -> EpisodeResult:
     """One MPC episode. ``execute`` actions of each plan run before re-planning; the
     episode stops at the first success or when ``budget`` env steps are used.
+
+    ``waypoints > 0``: the env is reset with ``options={"waypoints": waypoints}`` and
+    returns subgoal images (``info["goal_waypoints"]``, the goal last); each decision
+    plans toward the current one, moving on once the observation's feature MSE to it is
+    below ``subgoal_ratio`` x the distance between it and the previous waypoint, by the
+    planner's cost (``sfplan.planners.SubgoalTracker``, ``cost_distance``). Success is still the final goal's.
 
     ``memory`` (optional, Temp-LoRA) gets ``reset()`` at the start and ``write(frames,
     actions)`` with each executed chunk's real frames.
@@ -62,10 +74,22 @@ def run_episode(
     ``remember(frames)`` after each executed chunk, with the real frame before the chunk
     in front as clean context. Duck-typed, so other world models (the oracle) are untouched.
     """
-    obs, info = env.reset(seed=seed)
-    goal_img = obs["desired_goal"]
     needs_model = getattr(planner, "needs_world_model", True)
+    use_waypoints = waypoints > 0 and needs_model  # the random baseline has no goal to follow
+    obs, info = env.reset(seed=seed, options={"waypoints": int(waypoints)} if use_waypoints else None)
+    if callable(getattr(planner, "start_episode", None)):
+        planner.start_episode(seed)  # per-episode noise: an episode reproduces on its own
+    if use_waypoints and "goal_waypoints" not in info:
+        raise UserError(f"waypoints={waypoints}: {env.spec.id if env.spec else type(env).__name__} returned no "
+                        "info['goal_waypoints'] from reset(options={'waypoints': n}); use an sfplan task (or make "
+                        "your env return subgoal images there), or set waypoints=0")
+    goal_img = obs["desired_goal"]
     goal = world_model.encode(goal_img[None, None]).features if needs_model else None  # (1, C, h, w)
+    tracker = None
+    if use_waypoints:
+        wp = np.asarray(info["goal_waypoints"])  # (S, H, W, 3)
+        goal = world_model.encode(wp[:, None]).features[None]  # (1, S, C, h, w)
+        tracker = SubgoalTracker(ratio=subgoal_ratio, distance=cost_distance(getattr(planner, "cost", None)))
     if memory is not None:
         memory.reset()
     if callable(getattr(world_model, "reset_memory", None)):
@@ -82,7 +106,8 @@ def run_episode(
     while steps < budget and not success:
         t0 = time.perf_counter()
         state = world_model.encode(np.stack(history)[None], sim_state=info["state"][None]) if needs_model else None
-        result = planner.plan(state, goal, warm_start=warm)
+        target = tracker.current(state.features, goal) if tracker is not None else goal  # (1, C, h, w)
+        result = planner.plan(state, target, warm_start=warm)
         plan_times.append(time.perf_counter() - t0)
         chunk = result.actions[0, : min(execute, budget - steps)].detach().cpu().numpy()  # (k, A)
         before = obs["pixels"]  # the frame the chunk starts from: the memory's clean context
@@ -120,6 +145,8 @@ def run_episode(
         frames=frames,
         goal=goal_img,
         memory_write_times=write_times,
+        waypoints=int(goal.shape[1]) if tracker is not None else 0,
+        waypoints_passed=int(tracker.index.max()) if tracker is not None and tracker.index is not None else 0,
     )
 
 
@@ -132,7 +159,8 @@ def plan_horizon_check(planner: Planner, execute: int) -> None:
 
 
 def evaluate(env: gym.Env, planner: Planner, world_model: WorldModel | None, seeds: list[int], budget: int,
-             execute: int, record: bool = True, memory=None, progress: bool = True):
+             execute: int, record: bool = True, memory=None, progress: bool = True, waypoints: int = 0,
+             subgoal_ratio: float = 0.25):
     """Run one episode per seed on ``env`` (closed at the end); yields EpisodeResult as each finishes."""
     from tqdm.auto import tqdm
 
@@ -141,7 +169,8 @@ def evaluate(env: gym.Env, planner: Planner, world_model: WorldModel | None, see
         bar = tqdm(seeds, desc="episodes", disable=not progress, dynamic_ncols=True)
         n_success = 0
         for i, seed in enumerate(bar):
-            res = run_episode(env, planner, world_model, seed, budget, execute, record=record, memory=memory)
+            res = run_episode(env, planner, world_model, seed, budget, execute, record=record, memory=memory,
+                              waypoints=waypoints, subgoal_ratio=subgoal_ratio)
             n_success += res.success
             bar.set_postfix(success=f"{n_success}/{i + 1}", steps=res.steps)
             yield res
