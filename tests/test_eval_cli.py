@@ -83,6 +83,8 @@ def test_eval_with_waypoints_follows_subgoals(tmp_path):
     assert rep["meta"]["waypoints"] == 8 and e["waypoints"] == 9  # 8 subgoals + the goal
     # 50 steps carry the ball past the first subgoals (1/9 of the ~200-step path each), not to the far goal.
     assert 1 <= e["waypoints_passed"] <= 4 and not e["success"]
+    assert rep["summary"]["waypoints_passed_mean"] == e["waypoints_passed"]
+    assert "waypoints passed (mean)" in (out / "report.md").read_text()
 
 
 def test_waypoints_on_an_env_without_them_names_the_fix():

@@ -57,6 +57,8 @@ def summarise(results: list[EpisodeResult]) -> dict[str, Any]:
         "final_distance_mean": float(np.mean([r.final_distance for r in results])) if n else 0.0,
         "plan_time_per_decision_s": float(np.mean(plan_times)) if plan_times else 0.0,
         "plan_time_per_decision_p90_s": float(np.percentile(plan_times, 90)) if plan_times else 0.0,
+        **({"waypoints_passed_mean": float(np.mean([r.waypoints_passed for r in results]))}
+           if any(r.waypoints for r in results) else {}),
     }
 
 
@@ -124,6 +126,8 @@ def _headline(report: dict) -> list[tuple[str, str]]:
         ("success rate", f"{s['success_rate']:.1%} ({s['successes']}/{s['episodes']}), 95% CI [{lo:.1%}, {hi:.1%}]"),
         ("steps used (mean)", f"{s['steps_mean']:.1f} of budget {m.get('budget')}"),
         ("final distance (mean)", f"{s['final_distance_mean']:.4f}"),
+        *([("waypoints passed (mean)", f"{s['waypoints_passed_mean']:.1f} of {m.get('waypoints')} (then the goal)")]
+          if "waypoints_passed_mean" in s else []),
         ("plan time / decision", f"{s['plan_time_per_decision_s']:.3f} s (p90 {s['plan_time_per_decision_p90_s']:.3f} s)"),
         ("device", str(m.get("device"))),
         ("seeds", f"{m.get('seeds', [None])[0]}..{m.get('seeds', [None])[-1]}"),
