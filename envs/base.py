@@ -13,7 +13,11 @@ start state (so it is reachable), then the start is restored.
     (S, H, W, 3)): subgoal images along the path that produced the goal, ``n`` of them
     evenly spaced in time and then the goal itself (S = n + 1; S = 1 when the task placed
     its goal without a path, e.g. Reacher's ``far`` protocol). The paper's subgoals for
-    long-horizon planning; ``sfplan eval waypoints=n`` plans toward them in order.
+    long-horizon planning; ``sfplan eval waypoints=n`` plans toward them in order;
+  - on reset, for tasks whose episode starts with a past (MemoryMaze ``goal="retrace"``),
+    ``history_frames`` (T+1, H, W, 3) uint8 and ``history_actions`` (T, A): what the agent
+    saw and did before the first step, the current frame last. The runner hands them to
+    the world model as context and to an episodic memory as its first write.
 
 Subclasses implement the simulator hooks (``_reset_sim``, ``sim_step``,
 ``render_pixels``, ``get_state``/``set_state``, ``_goal_descriptor``, ``_distance``);
@@ -47,12 +51,15 @@ class GoalImageEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    #: goal protocols this task accepts (a task may add its own, e.g. MemoryMaze's ``retrace``)
+    goal_protocols: tuple[str, ...] = GOAL_PROTOCOLS
     #: success threshold on ``info["distance"]`` (task units, documented per task).
     success_threshold: float = 0.0
 
     def __init__(self, image_size: int = 64, goal: str = "near", render_mode: str | None = "rgb_array"):
-        if goal not in GOAL_PROTOCOLS:
-            raise UserError(f"unknown goal protocol {goal!r}: use one of {GOAL_PROTOCOLS}")
+        if goal not in self.goal_protocols:
+            raise UserError(f"unknown goal protocol {goal!r} for {type(self).__name__}: use one of "
+                            f"{self.goal_protocols}")
         if render_mode not in (None, "rgb_array"):
             raise UserError(f"render_mode {render_mode!r} is not supported: use 'rgb_array'")
         self.image_size = int(image_size)
@@ -122,11 +129,16 @@ class GoalImageEnv(gym.Env):
             self.sim_step(np.asarray(a, dtype=np.float64))
             self._goal_path.append(self.get_state())
 
+    @staticmethod
+    def _waypoints_option(options: dict | None) -> int:
+        n = int((options or {}).get("waypoints", 0))
+        if n < 0:
+            raise UserError(f"options['waypoints'] must be >= 0, got {n}")
+        return n
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        n_waypoints = int((options or {}).get("waypoints", 0))
-        if n_waypoints < 0:
-            raise UserError(f"options['waypoints'] must be >= 0, got {n_waypoints}")
+        n_waypoints = self._waypoints_option(options)
         self._reset_sim(self.np_random)
         start = self.get_state()
         # Drive the simulator to the goal, remember it, then restore the start.

@@ -17,6 +17,7 @@ See ``MemoryMazeEnv`` for the geometry, ``Wanderer`` for the outbound motion and
 """
 from __future__ import annotations
 
+import gymnasium as gym
 import mujoco
 import numpy as np
 
@@ -159,13 +160,23 @@ class MemoryMazeEnv(MujocoGoalEnv):
       start view and an image cost cannot tell a direction (oracle CEM: 0/2); 10-20 steps
       keep the goal view overlapping the start view. ``far`` goals are out of view: the
       agent has to have seen (remembered) the way.
+    - ``retrace`` (this task's own protocol, "go back to where you started"): the episode
+      starts after an outbound ``Wanderer`` leg of 24-40 steps (redrawn until it ends at
+      least 2x the threshold away); the goal is the start, its image the view there.
+      ``reset`` returns the leg in ``info["history_frames"]`` (T+1, H, W, 3: start view
+      first, current view last) and ``info["history_actions"]`` (T, 2), which the runner
+      writes into an episodic memory before planning; with ``options={"waypoints": n}``
+      the waypoints are views of the way back (the leg reversed), so the subgoals are
+      places the agent has seen.
     - Success: ``info["distance"]`` = agent-to-goal (x, y) distance below
       ``success_threshold = 0.25`` m (about 5 px at 64x64; half a tile).
     """
 
+    goal_protocols = ("near", "far", "retrace")
     success_threshold = 0.25
     near_steps = (10, 20)
     far_steps = (100, 160)
+    retrace_steps = (24, 40)
     start_half = 2.5
 
     def __init__(self, image_size: int = 64, goal: str = "near", render_mode: str | None = "rgb_array"):
@@ -255,6 +266,38 @@ class MemoryMazeEnv(MujocoGoalEnv):
         return np.asarray(best)
 
     # ---- retracing ---------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if self.goal_protocol != "retrace":
+            return super().reset(seed=seed, options=options)
+        n_waypoints = self._waypoints_option(options)
+        gym.Env.reset(self, seed=seed)  # seeding only: this protocol replaces GoalImageEnv's goal drive
+        rng = self.np_random
+        self._reset_sim(rng)
+        start = self.get_state()
+        self._goal, self._goal_state = self._goal_descriptor(), start
+        self._goal_pixels = self.render_pixels()
+        lo, hi = self.retrace_steps
+        for _ in range(10):  # the outbound leg
+            wander = self.make_wanderer(rng)
+            states, frames, actions = [start], [self._goal_pixels.copy()], []
+            for _ in range(int(rng.integers(lo, hi + 1))):
+                a = wander.act(self.agent_xy())
+                self.sim_step(a)
+                actions.append(a)
+                states.append(self.get_state())
+                frames.append(self.render_pixels())
+            if self._distance(self._goal) >= 2 * self.success_threshold:
+                break
+            self.set_state(start)
+        info = self._info()
+        if n_waypoints:
+            self._goal_path = states[::-1][1:]  # the way back: leg states reversed, ending at the start
+            info["goal_waypoints"] = self._render_waypoints(n_waypoints)
+            self.set_state(states[-1])
+        info["history_frames"] = np.stack(frames)
+        info["history_actions"] = np.asarray(actions, np.float32)
+        return self._obs(), info
+
     def track_action(self, target_xy: np.ndarray) -> np.ndarray:
         """The action (2,) in [-1, 1] that brings the agent from its current state as close
         as one step can to ``target_xy`` (m).

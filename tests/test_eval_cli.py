@@ -5,6 +5,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+import sfplan.envs  # noqa: F401  (registers sfplan/*)
 from sfplan.cli import main
 from sfplan.config import ConfigError, load_config
 
@@ -105,4 +106,48 @@ def test_waypoints_on_an_env_without_them_names_the_fix():
 
     with pytest.raises(UserError, match="waypoints=0"):
         run_episode(env, Planner(), None, seed=0, budget=4, execute=2, waypoints=2)
+    env.close()
+
+
+def test_an_episode_with_a_past_feeds_it_to_the_memory_first():
+    from sfplan.eval.runner import run_episode
+    from sfplan.planners import RandomPolicy
+
+    class Recorder:
+        def __init__(self):
+            self.writes = []
+
+        def reset(self):
+            self.writes.clear()
+
+        def write(self, frames, actions):
+            self.writes.append((np.asarray(frames).copy(), np.asarray(actions).copy()))
+
+    env = gym.make("sfplan/MemoryMaze-v0", goal="retrace", image_size=32)
+    _, info = env.reset(seed=11)
+    mem = Recorder()
+    res = run_episode(env, RandomPolicy(None, None, -np.ones(2), np.ones(2), horizon=4), None, seed=11, budget=8,
+                      execute=4, memory=mem)
+    past, acts = mem.writes[0]
+    np.testing.assert_array_equal(past, info["history_frames"][1:])  # the outbound leg, before any step
+    np.testing.assert_array_equal(acts, info["history_actions"])
+    assert len(mem.writes) == 1 + 2 and res.steps == 8  # then one write per executed chunk
+    env.close()
+
+
+def test_memory_maze_retrace_goal_is_the_start():
+    env = gym.make("sfplan/MemoryMaze-v0", goal="retrace", image_size=32)
+    obs, info = env.reset(seed=2, options={"waypoints": 2})
+    h = info["history_frames"]
+    assert h.shape[0] == info["history_actions"].shape[0] + 1 and 25 <= h.shape[0] <= 41
+    np.testing.assert_array_equal(h[0], obs["desired_goal"])  # the start view is the goal
+    np.testing.assert_array_equal(h[-1], obs["pixels"])  # the episode starts where the leg ended
+    assert not info["is_success"] and info["distance"] >= 0.5
+    wp = info["goal_waypoints"]  # views of the way back, the start view last
+    assert wp.shape[0] == 3 and any(np.array_equal(wp[0], f) for f in h[1:-1])
+    u = env.unwrapped
+    u.set_state(u.goal_state)
+    assert u._info()["is_success"]
+    with pytest.raises(ValueError, match="retrace"):
+        gym.make("sfplan/Reacher-v0", goal="retrace")
     env.close()

@@ -69,6 +69,10 @@ def run_episode(
     ``memory`` (optional, Temp-LoRA) gets ``reset()`` at the start and ``write(frames,
     actions)`` with each executed chunk's real frames.
 
+    An env whose episode starts with a past (``info["history_frames"]`` and
+    ``info["history_actions"]`` on reset, e.g. MemoryMaze ``goal=retrace``) has it used as
+    the world model's context and written into the memory before the first decision.
+
     A world model that carries its own memory (``SlowFastWorldModel.attach_memory``) gets
     ``reset_memory()`` at the start and, when its memory writes ``real`` frames,
     ``remember(frames)`` after each executed chunk, with the real frame before the chunk
@@ -98,9 +102,19 @@ def run_episode(
     write_real = wm_memory is not None and getattr(getattr(wm_memory, "config", None), "write", None) == "real"
     frames = [obs["pixels"]] if record else []
     history = [obs["pixels"]]
-    dist = [info["distance"]]
+    if "history_frames" in info:  # the episode starts with a past (e.g. MemoryMaze retrace): context + memory
+        past = np.asarray(info["history_frames"])  # (T+1, H, W, 3), the current frame last
+        past_actions = np.asarray(info["history_actions"], np.float32)  # (T, A)
+        history = list(past)
+        if memory is not None:
+            memory.write(past[1:], past_actions)
     plan_times: list[float] = []
     write_times: list[float] = []
+    if "history_frames" in info and write_real:
+        t0 = time.perf_counter()
+        world_model.remember(past, num_context=1, actions=past_actions)  # the start frame as clean context
+        write_times.append(time.perf_counter() - t0)
+    dist = [info["distance"]]
     warm = None
     steps, success = 0, bool(info["is_success"])
     while steps < budget and not success:
