@@ -43,6 +43,12 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
         ("pointmaze_medium", "cem", "oracle", ["goal=far"]),
         ("pointmaze_medium", "random", "oracle", ["goal=far"]),
     ],
+    # issue 5, memory task: go back to the start of an outbound leg (MemoryMaze goal=retrace), 8 waypoint
+    # images of the way back; the learned model (--world-model-path) with and without Temp-LoRA
+    "memory_retrace": [
+        ("memory_maze", planner, wm, ["goal=retrace", "waypoints=8"])
+        for planner, wm in (("cem", "oracle"), ("cem", "learned"), ("cem", "learned+temp_lora"), ("random", "oracle"))
+    ],
 }
 # "<world model>+temp_lora": that world model with Temp-LoRA fed the executed real frames
 MEMORY_OVERRIDES = ["memory=temp_lora", "memory.write=real"]
@@ -54,13 +60,15 @@ def cell_dir(out: Path, task: str, planner: str, world_model: str, extra: list[s
     return out / f"{task}__{planner}__{world_model}{suffix}"
 
 
-def run_cell(task: str, planner: str, world_model: str, extra: list[str], episodes: int, out: Path) -> dict:
+def run_cell(task: str, planner: str, world_model: str, extra: list[str], episodes: int, out: Path,
+             more: list[str] = ()) -> dict:
+    """``extra`` names the cell; ``more`` (e.g. a model path) only configures it."""
     cell = cell_dir(out, task, planner, world_model, extra)
     if (cell / "report.json").exists():
         return json.loads((cell / "report.json").read_text())
     wm, _, mem = world_model.partition("+")
     overrides = [f"env={task}", f"planner={planner}", f"world_model={wm}", f"episodes={episodes}",
-                 f"out_dir={cell}", "max_gifs=10", *(MEMORY_OVERRIDES if mem else []), *extra]
+                 f"out_dir={cell}", "max_gifs=10", *(MEMORY_OVERRIDES if mem else []), *extra, *more]
     cfg = load_config("eval", overrides)
     return run_eval(cfg)
 
@@ -94,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world-models", nargs="*", help="restrict to these world model entries (e.g. learned+temp_lora)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--table-only", action="store_true", help="run nothing: tabulate the cells already finished")
+    p.add_argument("--world-model-path", default=None,
+                   help="learned cells use this model instead of the one shipped for the task")
     args = p.parse_args(argv)
     out = args.out or Path("benchmarks/results") / args.suite
     out.mkdir(parents=True, exist_ok=True)
@@ -105,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.perf_counter()
         try:
-            rep = run_cell(task, planner, wm, extra, args.episodes, out)
+            learned_path = args.world_model_path and wm.startswith("learned")
+            path = [f"world_model.path={args.world_model_path}"] if learned_path else []
+            rep = run_cell(task, planner, wm, extra, args.episodes, out, path)
         except ImportError as e:  # optional simulator missing (e.g. robosuite)
             print(f"skip {task}/{planner}: {e}", file=sys.stderr)
             continue

@@ -47,8 +47,8 @@ class SubgoalTracker:
       value serves pixels and latents alike, and waypoints far apart get a looser bound.
 
     Reaching a later waypoint moves past it and every one before it (the robot may
-    overshoot one or cut a corner). The last waypoint is the goal: never advanced past. Progress persists across ``update`` calls
-    until ``reset`` or a different waypoint tensor.
+    overshoot one or cut a corner). The last waypoint is the goal: never advanced past.
+    Progress persists across ``update`` calls until ``reset`` or a different waypoint tensor.
     """
 
     def __init__(self, ratio: float | None = None, threshold: float | None = None, distance: Distance = feature_mse):
