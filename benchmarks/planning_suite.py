@@ -37,6 +37,10 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
         for task in ("reacher", "pointmaze_umaze")
         for planner, wm in (("cem", "oracle"), ("cem", "learned"), ("cem", "learned+temp_lora"), ("random", "oracle"))
     ],
+    # issue 5, speed: the learned planner at about 2 s per decision (bf16 denoiser, 2 CEM iterations)
+    "learned_fast": [
+        ("reacher", "cem", "learned", ["+world_model.autocast=bfloat16", "env.search.learned.iterations=2"]),
+    ],
     # issue 5, long horizon: far goals across PointMaze Medium, the goal image alone vs. 10 waypoint images
     "far_waypoints": [
         ("pointmaze_medium", "cem", "oracle", ["goal=far", "waypoints=10"]),
@@ -56,7 +60,7 @@ MEMORY_OVERRIDES = ["memory=temp_lora", "memory.write=real"]
 
 def cell_dir(out: Path, task: str, planner: str, world_model: str, extra: list[str] = ()) -> Path:
     """One folder per cell; extra overrides (e.g. goal=far) are part of its name."""
-    suffix = "".join(f"__{o.replace('=', '-').replace('.', '-')}" for o in extra)
+    suffix = "".join(f"__{o.lstrip('+').replace('=', '-').replace('.', '-')}" for o in extra)
     return out / f"{task}__{planner}__{world_model}{suffix}"
 
 
