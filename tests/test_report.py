@@ -31,3 +31,22 @@ def test_write_report(tmp_path):
     assert "git_commit" in rep["meta"] and rep["config"] == {"a": 1}
     assert "66.7%" in (tmp_path / "report.md").read_text()
     assert "ep_000" in (tmp_path / "index.html").read_text()
+
+
+def test_gif_shows_the_waypoint_being_planned_for(tmp_path):
+    import imageio.v3 as iio
+
+    from sfplan.eval.report import episode_gif
+
+    f = np.zeros((8, 8, 3), np.uint8)
+    wp = np.stack([np.full((8, 8, 3), 60, np.uint8), np.full((8, 8, 3), 120, np.uint8), f + 200])  # 2 + the goal
+    res = EpisodeResult(1, True, 2, 0.0, 0.0, [0.1], [f, f + 10, f + 20], f + 200, waypoints=3, waypoints_passed=1,
+                        waypoint_images=wp, frame_subgoals=[0, 0, 1])
+    episode_gif(res, tmp_path / "e.gif", scale=1)
+    video = iio.imread(tmp_path / "e.gif")  # (T, 8 + 4, 3 * 8 + 2 * 2, 3): real | waypoint | goal, bar below
+    assert video.shape[1:3] == (12, 28)
+    middle = video[:, :8, 10:18].astype(int).mean(axis=(1, 2, 3))
+    assert abs(middle[0] - 60) < 8 and abs(middle[2] - 120) < 8  # the panel follows the subgoal
+    plain = EpisodeResult(1, True, 2, 0.0, 0.0, [0.1], [f, f], f + 200)
+    episode_gif(plain, tmp_path / "p.gif", scale=1)
+    assert iio.imread(tmp_path / "p.gif").shape[1:3] == (12, 18)  # real | goal only

@@ -63,14 +63,18 @@ def summarise(results: list[EpisodeResult]) -> dict[str, Any]:
 
 
 def episode_gif(result: EpisodeResult, path: Path, fps: int = 10, scale: int = 2) -> None:
-    """GIF of the episode: real frame | goal image, side by side, upscaled ``scale``x,
-    with a green (success) or red bar under the last frames."""
+    """GIF of the episode: real frame | (the waypoint being planned for, with waypoints) |
+    goal image, side by side, upscaled ``scale``x, with a green (success) or red bar under
+    the last frames."""
     import imageio.v3 as iio
 
     goal = result.goal
+    wp, subs = result.waypoint_images, result.frame_subgoals
     panels = []
     for i, f in enumerate(result.frames):
-        row = np.concatenate([f, np.full((f.shape[0], 2, 3), 255, np.uint8), goal], axis=1)
+        gap = np.full((f.shape[0], 2, 3), 255, np.uint8)
+        middle = [wp[subs[min(i, len(subs) - 1)] if subs else 0], gap] if wp is not None else []
+        row = np.concatenate([f, gap, *middle, goal], axis=1)
         bar = np.zeros((4, row.shape[1], 3), np.uint8)
         if i == len(result.frames) - 1:
             bar[:] = (40, 200, 60) if result.success else (220, 40, 40)

@@ -30,6 +30,8 @@ class EpisodeResult:
     memory_write_times: list[float] = field(default_factory=list)  # seconds per Temp-LoRA write (world model's)
     waypoints: int = 0  # waypoint images the goal came as (0: the goal image alone)
     waypoints_passed: int = 0  # waypoints the tracker moved past (the last, the goal, is never passed)
+    waypoint_images: np.ndarray | None = None  # (S, H, W, 3) uint8 when recorded with waypoints
+    frame_subgoals: list[int] = field(default_factory=list)  # per recorded frame: the waypoint planned for
 
     def summary(self) -> dict:
         return {
@@ -101,6 +103,7 @@ def run_episode(
     wm_memory = getattr(world_model, "memory", None)
     write_real = wm_memory is not None and getattr(getattr(wm_memory, "config", None), "write", None) == "real"
     frames = [obs["pixels"]] if record else []
+    subgoals: list[int] = []  # waypoint index per recorded frame (GIFs)
     history = [obs["pixels"]]
     if "history_frames" in info:  # the episode starts with a past (e.g. MemoryMaze retrace): context + memory
         past = np.asarray(info["history_frames"])  # (T+1, H, W, 3), the current frame last
@@ -138,6 +141,9 @@ def run_episode(
                 break
         if record:
             frames.extend(chunk_frames)
+            if tracker is not None:
+                sub = int(tracker.index[0])
+                subgoals.extend([sub] * (len(frames) - len(subgoals)))
         history = (history + chunk_frames)[-getattr(world_model, "context_frames", 1):]
         if memory is not None and chunk_frames:
             memory.write(np.stack(chunk_frames), chunk[: len(chunk_frames)])
@@ -161,6 +167,8 @@ def run_episode(
         memory_write_times=write_times,
         waypoints=int(goal.shape[1]) if tracker is not None else 0,
         waypoints_passed=int(tracker.index.max()) if tracker is not None and tracker.index is not None else 0,
+        waypoint_images=wp if tracker is not None and record else None,
+        frame_subgoals=subgoals,
     )
 
 
