@@ -110,6 +110,9 @@ class VideoPlanPlanner:
         self.device = resolve_planner_device(world_model, action_low)
         self.action_low, self.action_high = as_bounds(action_low, action_high, self.device)  # (A,)
         self.action_dim = int(self.action_low.numel())
+        if world_model.config.cost_space != "latent":
+            raise UserError("planner=video_plan steers generation with latent goals: use the world model's "
+                            "cost_space=latent (world_model.cost_space=latent)")
         if idm is None and c.idm_path:
             from sfplan.world_model.idm import load_idm
 

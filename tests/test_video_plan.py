@@ -435,3 +435,10 @@ def test_eval_cli_with_video_plan(tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["config"]["planner"]["num_videos"] == 2
     assert "VideoPlanPlanner" in json.dumps(rep)
+
+
+def test_video_plan_needs_latent_features():
+    wm = tiny_wm()
+    wm.config.cost_space = "pixels"
+    with pytest.raises(UserError, match="cost_space=latent"):
+        make_planner(wm)

@@ -54,3 +54,16 @@ class WorldModel(Protocol):
 
     def decode(self, features: torch.Tensor) -> torch.Tensor:
         """features: (..., C, h, w) -> frames (..., H, W, 3) uint8."""
+
+
+# ---- pixel features: what the oracle imagines, and the learned model with cost_space="pixels"
+def frames_to_features(frames: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [0, 1] on ``device``."""
+    x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+    return (x.to(device).permute(*range(x.ndim - 3), -1, -3, -2).float() / 255.0).contiguous()
+
+
+def features_to_frames(features: torch.Tensor) -> torch.Tensor:
+    """float (..., 3, H, W) in [0, 1] -> uint8 (..., H, W, 3) on the CPU."""
+    x = (features.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return x.permute(*range(x.ndim - 3), -2, -1, -3).cpu()
