@@ -52,8 +52,6 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
     "memory_retrace": [
         ("memory_maze", planner, wm, ["goal=retrace", "waypoints=8"])
         for planner, wm in (("cem", "oracle"), ("cem", "learned"), ("cem", "learned+temp_lora"), ("random", "oracle"))
-    ] + [  # harder: 2 waypoints (12-14 steps apart), so the model has to imagine more of the way back
-        ("memory_maze", "cem", wm, ["goal=retrace", "waypoints=2"]) for wm in ("oracle", "learned", "learned+temp_lora")
     ],
 }
 # "<world model>+temp_lora": that world model with Temp-LoRA fed the executed real frames
