@@ -194,7 +194,7 @@ class VideoPlanPlanner:
         K, H = int(c.num_videos), self.horizon
         ctx_k = ctx.repeat_interleave(K, dim=0)  # (B*K, T', C, h, w)
         target_k = target.repeat_interleave(K, dim=0)  # (B*K, C, h, w)
-        with self._autocast():
+        with wm.autocast_context():
             video = sample_chunk_to_goal(wm.diffusion, ctx_k, target_k, H, int(c.num_steps), self.scheduler,
                                          wm.train_scheduler, generator=self._seeds.next(), guidance=c.guidance,
                                          guidance_weight=float(c.guidance_weight))
@@ -232,11 +232,6 @@ class VideoPlanPlanner:
                 "memory": getattr(wm, "memory", None) is not None,
             },
         )
-
-    def _autocast(self):
-        amp = self.world_model.config.autocast
-        use = amp not in (None, "none")
-        return torch.autocast(self.device.type, dtype=getattr(torch, amp) if use else torch.bfloat16, enabled=use)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"

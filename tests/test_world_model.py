@@ -362,3 +362,27 @@ def test_pixel_cost_space_decodes_what_the_latent_space_imagines():
     assert res.actions.shape == (1, 4, acts.shape[-1]) and torch.isfinite(res.cost).all()
     with pytest.raises(ValueError, match="cost_space"):
         tiny_model(cost_space="rgb")
+
+
+def test_autocast_auto_follows_the_hardware(monkeypatch):
+    from sfplan.world_model import learned
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(learned, "cpu_has_native_bf16", lambda: True)
+    assert learned.resolve_autocast("auto", cpu) == "bfloat16"
+    monkeypatch.setattr(learned, "cpu_has_native_bf16", lambda: False)
+    assert learned.resolve_autocast("auto", cpu) is None  # emulated bf16 is slower than fp32
+    assert learned.resolve_autocast("none", cpu) is None and learned.resolve_autocast("bfloat16", cpu) == "bfloat16"
+    # imagine under "auto" computes exactly what the resolved setting computes
+    state_frames, acts = tiny_frames(B=1, T=2), torch.rand(1, 2, 2, 2) * 2 - 1
+
+    def imagined(setting):
+        wm = tiny_model(autocast=setting)
+        return wm.imagine(wm.encode(state_frames), acts[..., : wm.diffusion.config.action_dim]).features
+
+    assert torch.equal(imagined("auto"), imagined(None))  # no native bf16 (patched): fp32
+    monkeypatch.setattr(learned, "cpu_has_native_bf16", lambda: True)
+    bf16 = imagined("bfloat16")
+    assert torch.equal(imagined("auto"), bf16) and not torch.equal(bf16, imagined(None))
+    with pytest.raises(ValueError, match="autocast"):
+        tiny_model(autocast="fp8")
