@@ -64,9 +64,9 @@ def run_episode(
 
     ``waypoints > 0``: the env is reset with ``options={"waypoints": waypoints}`` and
     returns subgoal images (``info["goal_waypoints"]``, the goal last); each decision
-    plans toward the current one, moving on once the observation's feature MSE to it is
-    below ``subgoal_ratio`` x the distance between it and the previous waypoint, by the
-    planner's cost (``sfplan.planners.SubgoalTracker``, ``cost_distance``). Success is still the final goal's.
+    plans toward the current one, moving on once the planner's cost from the observation
+    to it is below ``subgoal_ratio`` x the cost between it and the previous waypoint
+    (``sfplan.planners.SubgoalTracker``, ``cost_distance``). Success is the final goal's.
 
     ``memory`` (optional, Temp-LoRA) gets ``reset()`` at the start and ``write(frames,
     actions)`` with each executed chunk's real frames.
@@ -104,19 +104,11 @@ def run_episode(
     write_real = wm_memory is not None and getattr(getattr(wm_memory, "config", None), "write", None) == "real"
     frames = [obs["pixels"]] if record else []
     subgoals: list[int] = []  # waypoint index per recorded frame (GIFs)
-    history = [obs["pixels"]]
-    if "history_frames" in info:  # the episode starts with a past (e.g. MemoryMaze retrace): context + memory
-        past = np.asarray(info["history_frames"])  # (T+1, H, W, 3), the current frame last
-        past_actions = np.asarray(info["history_actions"], np.float32)  # (T, A)
-        history = list(past)
-        if memory is not None:
-            memory.write(past[1:], past_actions)
     plan_times: list[float] = []
     write_times: list[float] = []
-    if "history_frames" in info and write_real:
-        t0 = time.perf_counter()
-        world_model.remember(past, num_context=1, actions=past_actions)  # the start frame as clean context
-        write_times.append(time.perf_counter() - t0)
+    history = [obs["pixels"]]
+    if "history_frames" in info:  # the episode starts with a past (e.g. MemoryMaze retrace)
+        history = _remember_past(info, memory, world_model if write_real else None, write_times)
     dist = [info["distance"]]
     warm = None
     steps, success = 0, bool(info["is_success"])
@@ -170,6 +162,21 @@ def run_episode(
         waypoint_images=wp if tracker is not None and record else None,
         frame_subgoals=subgoals,
     )
+
+
+def _remember_past(info: dict, memory, world_model, write_times: list[float]) -> list[np.ndarray]:
+    """An episode's past (``info["history_frames"]`` (T+1, H, W, 3), the current frame last,
+    and ``info["history_actions"]`` (T, A)) goes into the memory (and the world model's own,
+    when given, with the first frame as clean context); returns it as the context frames."""
+    past = np.asarray(info["history_frames"])
+    past_actions = np.asarray(info["history_actions"], np.float32)
+    if memory is not None:
+        memory.write(past[1:], past_actions)
+    if world_model is not None:
+        t0 = time.perf_counter()
+        world_model.remember(past, num_context=1, actions=past_actions)
+        write_times.append(time.perf_counter() - t0)
+    return list(past)
 
 
 def plan_horizon_check(planner: Planner, execute: int) -> None:
