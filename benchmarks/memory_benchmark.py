@@ -146,6 +146,8 @@ def imagine_return(wm, frames: np.ndarray, actions: np.ndarray, n: int, seed: in
         write_s += time.perf_counter() - t0
     ctx_n = wm.context_frames
     context = wm.encode(frames[None, max(0, n + 1 - ctx_n): n + 1]).context  # (1, T', C, h, w)
+    if memory and write_generated:
+        wm.memory.prime(context[0])  # the return leg's chunks follow the real outbound context
     gen = torch.Generator("cpu").manual_seed(int(seed))
     takes_gen = "generator" in inspect.signature(wm.imagine).parameters
     chunks = []
@@ -156,14 +158,10 @@ def imagine_return(wm, frames: np.ndarray, actions: np.ndarray, n: int, seed: in
         im = wm.imagine(state, acts, generator=gen) if takes_gen else wm.imagine(state, acts)
         lat = im.features[0, 0]  # (k, C, h, w)
         chunks.append(lat)
-        prev = context
         context = torch.cat([context, lat[None]], dim=1)[:, -ctx_n:]
-        if memory and write_generated:
+        if memory and write_generated:  # the chunk and its actions; its context is the frame the memory holds last
             tw = time.perf_counter()
-            if wm.memory.config.loss == "masked":  # the chunk with its context frame and true actions
-                wm.memory.write(torch.cat([prev[0, -1:], lat]), actions=acts[0, 0], num_context=1)  # frame n+s, chunk
-            else:
-                wm.memory.write(lat)
+            wm.memory.write(lat, actions=acts[0, 0])
             write_s += time.perf_counter() - tw
     imagined = wm.decode(torch.cat(chunks)).numpy()  # (n, H, W, 3)
     if wm.device.type == "cuda":

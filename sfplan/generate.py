@@ -87,6 +87,7 @@ def rollout_with_memory(wm, context: np.ndarray, actions: np.ndarray,
     acts = torch.as_tensor(np.asarray(actions, np.float32))  # (K, A)
     K = acts.shape[0]
     state = wm.encode(np.asarray(context)[None])  # context (1, T', C, h, w)
+    mem.prime(state.context[0])  # the real context: in front of the first written chunk
     real = wm.vae.encode(np.asarray(truth)) if mode == "real" else None  # (K, C, h, w)
     gen = torch.Generator("cpu").manual_seed(int(wm.config.noise_seed))
     lats, writes = [], []
@@ -97,16 +98,9 @@ def rollout_with_memory(wm, context: np.ndarray, actions: np.ndarray,
         z = wm.imagine(state, acts[None, None, s: s + k], generator=gen).features[0, 0]  # (k, C, h, w)
         t_imagine += time.perf_counter() - t0
         lats.append(z)
-        if s + k < K:
+        if s + k < K:  # the chunk and its actions; the memory puts the frame it holds last in front
             new = z if mode == "generated" else real[s: s + k].to(z.device)
-            if mem.config.loss == "masked":  # the frame before the chunk, the chunk, the actions between
-                prev = real[s - 1: s] if mode == "real" and s else state.context[0, -1:]
-                writes.append(mem.write(torch.cat([prev.to(z.device), new]), actions=acts[s: s + k], num_context=1))
-            elif not writes:  # the real context in front of the first chunk
-                ctx = state.context[0].to(new.device)
-                writes.append(mem.write(torch.cat([ctx, new]), num_context=ctx.shape[0]))
-            else:
-                writes.append(mem.write(new))
+            writes.append(mem.write(new, actions=acts[s: s + k]))
         nxt = torch.cat([state.context.to(z.device), z[None]], dim=1)[:, -wm.context_frames:]  # (1, T', C, h, w)
         state = WorldState(features=nxt[:, -1], context=nxt)
     frames = wm.decode(torch.cat(lats)).numpy()  # (K, H, W, 3)

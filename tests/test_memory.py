@@ -453,3 +453,28 @@ def test_eval_cli_with_memory(tmp_path, capsys):
     assert main(["eval", "planner=random", "episodes=1", "budget=2", "memory=temp_lora", "memory.write=real",
                  "progress=false", "record=false"]) == 2
     assert "needs a planner that uses a world model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("loss", ["action_free", "masked"])
+def test_primed_writes_of_new_frames_equal_writes_with_their_context(loss):
+    """prime(context) + write(new, one action per frame) trains exactly as writing the
+    context in front explicitly: what lets callers write chunks without branching on the loss."""
+    z = latents(tiny_model(), T=6, seed=3)  # 2 context + 4 new frames
+    acts = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))  # one per new frame
+    states = []
+    for primed in (True, False):
+        wm = tiny_model()
+        mem = wm.attach_memory(TempLoRAConfig(**FAST, loss=loss))
+        if primed:
+            mem.prime(z[:2])
+            mem.write(z[2:], actions=acts)
+        elif loss == "masked":
+            mem.write(z[1:], actions=acts, num_context=1)  # the frame before the chunk, the chunk
+        else:
+            mem.write(z, num_context=2)
+        states.append(mem.lora_state())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    if loss == "masked":  # new frames only, nothing seen before: the error names the fix
+        mem = tiny_model().attach_memory(TempLoRAConfig(**FAST, loss=loss))
+        with pytest.raises(ValueError, match="prime"):
+            mem.write(z[2:], actions=acts)

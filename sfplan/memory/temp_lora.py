@@ -246,6 +246,19 @@ class TempLoRAMemory:
         self.write_time_s = 0.0
         self._set_enabled(True)
 
+    @torch.no_grad()
+    def prime(self, latents: torch.Tensor) -> None:
+        """Show the memory frames it should take as given, without training on them: latents
+        (T, C, h, w), e.g. the context a generation starts from. They become the buffer,
+        i.e. the clean context of the next ``write``, so every write can pass just its new
+        frames (and their actions) whatever the loss."""
+        z = torch.as_tensor(latents)
+        z = z[0] if z.ndim == 5 else z
+        if z.ndim != 4:
+            raise ValueError(f"prime takes latents (T, C, h, w), got {tuple(z.shape)}")
+        cap = self.context_frames
+        self.buffer = z[z.shape[0] - cap:].detach().to(self.device, torch.float32).clone() if cap > 0 else None
+
     def write(self, latents: torch.Tensor, actions=None, num_context: int = 0) -> dict[str, float]:
         """Memorise a chunk: ``steps_per_write`` Adam steps of the LoRA on the action-free loss
         of the clean context ⊕ the new frames.
@@ -258,6 +271,8 @@ class TempLoRAMemory:
             order: ``actions[t]`` takes frame t to t+1); needed by ``loss="masked"``,
             ignored by the action-free loss. A masked write trains on this call's frames only
             (its first frame, or its ``num_context`` frames, is the first window's context).
+            Actions (T, A), one per frame: all T frames are new, and the frame the memory
+            holds last (``prime`` or the previous write) is put in front as the context.
         Returns logs: ``loss`` (mean over steps), ``loss_first``, ``loss_last``, ``steps``,
         ``frames`` (clip frames per step, the last window), ``new_frames``, ``time_s``.
         """
@@ -273,6 +288,14 @@ class TempLoRAMemory:
         if not 0 <= num_context < z.shape[0]:
             raise ValueError(f"num_context={num_context} must be in [0, {z.shape[0] - 1}] for {z.shape[0]} frames")
         masked = self.config.loss == "masked"
+        if masked and num_context == 0 and actions is not None and len(actions) == z.shape[0]:
+            # one action per frame: all frames are new, the context is the frame seen last
+            if self.buffer is None:
+                raise ValueError("a masked write of new frames only (one action per frame) takes its context from "
+                                 "the memory: prime(context latents) first, or pass write(torch.cat([context, "
+                                 "new]), actions, num_context=...)")
+            z = torch.cat([self.buffer[-1:].to(z.device, z.dtype), z])
+            num_context = 1
         if masked:
             if actions is None or z.shape[0] < 2:
                 raise ValueError("Temp-LoRA loss='masked' writes need the actions between the frames and at least "
