@@ -245,25 +245,36 @@ class MemoryMazeEnv(MujocoGoalEnv):
         """The outbound motion of goals and of ``policy=retrace`` (see ``Wanderer``)."""
         return Wanderer(rng)
 
-    def _goal_actions(self, rng: np.random.Generator) -> np.ndarray:
+    def _far_leg(self, rng: np.random.Generator, steps: tuple[int, int], record: bool = False):
+        """A ``Wanderer`` leg of U{steps} steps from the current state, redrawn (up to 10
+        times, the state restored after each) until it ends at least 2x the threshold away;
+        else the farthest. -> (actions [(2,)], states [start, ...], frames [...]); states and
+        frames (after each step) only with ``record``. Leaves the simulator at the start."""
         start = self.get_state()
         p0 = self.agent_xy()
-        lo, hi = self.near_steps if self.goal_protocol == "near" else self.far_steps
+        lo, hi = steps
         best, best_d = None, -1.0
         for _ in range(10):
             wander = self.make_wanderer(rng)
-            actions = []
+            actions, states, frames = [], [start], []
             for _ in range(int(rng.integers(lo, hi + 1))):
                 a = wander.act(self.agent_xy())
                 self.sim_step(a)
                 actions.append(a)
+                if record:
+                    states.append(self.get_state())
+                    frames.append(self.render_pixels())
             d = float(np.linalg.norm(self.agent_xy() - p0))
             self.set_state(start)
             if d > best_d:
-                best, best_d = actions, d
+                best, best_d = (actions, states, frames), d
             if d >= 2 * self.success_threshold:
                 break
-        return np.asarray(best)
+        return best
+
+    def _goal_actions(self, rng: np.random.Generator) -> np.ndarray:
+        steps = self.near_steps if self.goal_protocol == "near" else self.far_steps
+        return np.asarray(self._far_leg(rng, steps)[0])
 
     # ---- retracing ---------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -273,27 +284,16 @@ class MemoryMazeEnv(MujocoGoalEnv):
         gym.Env.reset(self, seed=seed)  # seeding only: this protocol replaces GoalImageEnv's goal drive
         rng = self.np_random
         self._reset_sim(rng)
-        start = self.get_state()
-        self._goal, self._goal_state = self._goal_descriptor(), start
+        self._goal, self._goal_state = self._goal_descriptor(), self.get_state()
         self._goal_pixels = self.render_pixels()
-        lo, hi = self.retrace_steps
-        for _ in range(10):  # the outbound leg
-            wander = self.make_wanderer(rng)
-            states, frames, actions = [start], [self._goal_pixels.copy()], []
-            for _ in range(int(rng.integers(lo, hi + 1))):
-                a = wander.act(self.agent_xy())
-                self.sim_step(a)
-                actions.append(a)
-                states.append(self.get_state())
-                frames.append(self.render_pixels())
-            if self._distance(self._goal) >= 2 * self.success_threshold:
-                break
-            self.set_state(start)
+        actions, states, frames = self._far_leg(rng, self.retrace_steps, record=True)  # the outbound leg
+        self.set_state(states[-1])  # the episode starts where the leg ends
+        frames = [self._goal_pixels.copy(), *frames]
         info = self._info()
         if n_waypoints:
             self._goal_path = states[::-1][1:]  # the way back: leg states reversed, ending at the start
             info["goal_waypoints"] = self._render_waypoints(n_waypoints)
-            self.set_state(states[-1])
+            self.set_state(states[-1])  # _render_waypoints left it on the path
         info["history_frames"] = np.stack(frames)
         info["history_actions"] = np.asarray(actions, np.float32)
         return self._obs(), info

@@ -61,7 +61,7 @@ class SubgoalTracker:
 
     def reset(self) -> None:
         self._goals: torch.Tensor | None = None  # (B, S, C, h, w)
-        self._bounds: torch.Tensor | None = None  # (B, S) MSE below which waypoint s is reached
+        self._bounds: torch.Tensor | None = None  # (B, S) distance below which waypoint s is reached
         self.index: torch.Tensor | None = None  # (B,) current waypoint
 
     def update(self, features: torch.Tensor, waypoints: torch.Tensor) -> torch.Tensor:
