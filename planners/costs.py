@@ -8,6 +8,12 @@ the K imagined frames (``Imagination.steps`` gives their env-step offsets):
 - ``reduce="discounted"``: weights ``gamma ** (step - 1)``, normalised to sum to 1, so
   reaching the goal sooner scores better.
 
+``terminal_weight`` w in [0, 1] mixes in the final frame as a terminal cost:
+``(1 - w) * reduce(frames) + w * last``. A running cost ("mean") alone prefers the plan that
+gets *near* the goal fastest, even when it ends in a look-alike basin it cannot leave
+(Reacher: the elbow folded the mirrored way, 4 px off); "last" alone ignores how the
+plan gets there and overshoots. The mix keeps the shaping and makes the endpoint decide.
+
 All costs are vectorised over B, N and K (no Python loops over candidates).
 """
 from __future__ import annotations
@@ -55,6 +61,8 @@ class _FrameCost:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {self.config.reduce!r}")
         if not 0.0 < float(self.config.gamma) <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {self.config.gamma}")
+        if not 0.0 <= float(self.config.terminal_weight) <= 1.0:
+            raise ValueError(f"terminal_weight must be in [0, 1], got {self.config.terminal_weight}")
 
     def frame_distance(self, diff: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -82,6 +90,9 @@ class _FrameCost:
             return self.per_frame(feats[:, :, -1:], goal)[..., 0]  # skip frames that get weight 0
         d = self.per_frame(feats, goal)  # (B, N, K)
         w = frame_weights(d.shape[-1], self.config.reduce, self.config.gamma, steps, d.device)  # (K,)
+        tw = float(self.config.terminal_weight)
+        if tw > 0.0:
+            w = (1.0 - tw) * w + tw * frame_weights(d.shape[-1], "last", self.config.gamma, steps, d.device)
         return (d * w).sum(-1)
 
     def __repr__(self) -> str:
@@ -92,13 +103,14 @@ class _FrameCost:
 class PixelMSECostConfig:
     reduce: str = "last"  # last | mean | discounted (over the K imagined frames)
     gamma: float = 0.9  # discount for reduce="discounted"
+    terminal_weight: float = 0.0  # w: (1 - w) * reduce + w * last frame
 
 
 class PixelMSECost(_FrameCost):
     """Mean squared error over (C, h, w) between each imagined frame and the goal.
 
-    ``PixelMSECost(reduce="last", gamma=0.9)``. Saturates once the object in view no
-    longer overlaps its goal position; see ``MultiScaleCost`` for far goals.
+    ``PixelMSECost(reduce="last", gamma=0.9, terminal_weight=0.0)``. Saturates once the
+    object in view no longer overlaps its goal position; see ``MultiScaleCost`` for far goals.
     """
 
     config_cls = PixelMSECostConfig
@@ -111,16 +123,17 @@ class PixelMSECost(_FrameCost):
 class LatentL2CostConfig:
     reduce: str = "last"
     gamma: float = 0.9
+    terminal_weight: float = 0.0
     squared: bool = True  # True: mean squared difference; False: Euclidean norm over (C, h, w)
 
 
 class LatentL2Cost(_FrameCost):
     """L2 distance in a learned latent space (features from ``WorldModel.encode``).
 
-    ``LatentL2Cost(reduce="last", gamma=0.9, squared=True)``. With ``squared=True`` it is
-    the same number as ``PixelMSECost``, named for latents so configs say what they compare;
-    ``squared=False`` gives the (unnormalised) Euclidean norm, which grows linearly with the
-    distance instead of quadratically.
+    ``LatentL2Cost(reduce="last", gamma=0.9, terminal_weight=0.0, squared=True)``. With
+    ``squared=True`` it is the same number as ``PixelMSECost``, named for latents so configs
+    say what they compare; ``squared=False`` gives the (unnormalised) Euclidean norm, which
+    grows linearly with the distance instead of quadratically.
     """
 
     config_cls = LatentL2CostConfig
@@ -138,13 +151,14 @@ class MultiScaleCostConfig:
     weights: Sequence[float] | None = None  # one per level; None = 4 ** level
     reduce: str = "last"
     gamma: float = 0.9
+    terminal_weight: float = 0.0
 
 
 class MultiScaleCost(_FrameCost):
     """MSE summed over a Gaussian pyramid, so a far goal still gives a signal.
 
     ``MultiScaleCost(levels=4, sigma=2.0, kernel_size=None, weights=None, reduce="last",
-    gamma=0.9)``.
+    gamma=0.9, terminal_weight=0.0)``.
 
     Plain pixel MSE is flat once a small object no longer overlaps its goal position.
     Level 0 here is that MSE; level l >= 1 is the MSE of level l-1 blurred (Gaussian,

@@ -265,6 +265,23 @@ def test_reduce_modes():
         PixelMSECost(reduce="max")
 
 
+def test_terminal_weight_lets_the_endpoint_decide():
+    # Two candidates, per-frame MSE over 3 frames: A nears the goal fast but stops short
+    # (a look-alike basin); B is slower but ends on the goal. A running cost picks A; a
+    # terminal weight of 0.7 picks B: (1 - w) * mean + w * last.
+    g = torch.zeros(1, 1, 1, 1)
+    per_frame = torch.tensor([[1.0, 0.5, 0.5], [3.0, 2.0, 0.0]])  # (N=2, K=3)
+    im = Imagination(per_frame.sqrt().reshape(1, 2, 3, 1, 1, 1), torch.arange(1, 4))
+    mean = PixelMSECost(reduce="mean")(im, g)[0]
+    mixed = PixelMSECost(reduce="mean", terminal_weight=0.7)(im, g)[0]
+    assert mean.argmin() == 0 and mixed.argmin() == 1
+    assert mixed.tolist() == pytest.approx([0.3 * 2 / 3 + 0.7 * 0.5, 0.3 * 5 / 3])
+    assert torch.equal(PixelMSECost(reduce="mean", terminal_weight=1.0)(im, g), PixelMSECost(reduce="last")(im, g))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="terminal_weight"):
+            PixelMSECost(reduce="mean", terminal_weight=bad)
+
+
 def test_cost_is_vectorised_over_candidates():
     # Each candidate's cost equals what it gets when scored alone.
     cost = MultiScaleCost(levels=3, reduce="discounted")
