@@ -26,6 +26,7 @@ class CEMConfig:
     include_mean: bool = True  # candidate 0 is the current mean (the warm start at iteration 0)
     noise_beta: float = 0.0  # 0 = white noise; > 0 = coloured along H (iCEM uses ~2)
     keep_elites: float = 0.0  # fraction of each iteration's elites re-entered as candidates of the next (iCEM: 0.3)
+    cold_num_samples: int = 0  # candidates per iteration when there is no warm start (an episode's first plan); 0 = num_samples
     seed: int = 0
 
 
@@ -34,7 +35,7 @@ class CEMPlanner(SamplingPlanner):
 
     ``CEMPlanner(world_model, cost, action_low, action_high, config=None, *, horizon=10,
     num_samples=64, iterations=4, num_elites=8, alpha=0.1, init_std=0.5, min_std=0.05,
-    include_mean=True, noise_beta=0.0, keep_elites=0.0, seed=0)``.
+    include_mean=True, noise_beta=0.0, keep_elites=0.0, cold_num_samples=0, seed=0)``.
 
     Each iteration samples N sequences (B, N, H, A), clips them to the bounds, imagines
     them all in one ``world_model.imagine`` call and scores them with ``cost`` (B, N). The
@@ -46,6 +47,10 @@ class CEMPlanner(SamplingPlanner):
     candidates of each iteration back into the next one in place of its last random
     samples (N stays fixed, so every imagine call has the same batch shape): a good
     sequence found early is refined instead of being lost to the next draw.
+    ``cold_num_samples`` > 0 widens the search of a plan with no warm start (an episode's
+    first decision): there is nothing to refine yet, and that plan can commit the episode
+    to one of several look-alike basins (Reacher: which way the elbow folds), so it is
+    worth a larger draw than the re-plans that follow.
     Noise comes from a generator seeded ``seed + call index``: reproducible runs.
     """
 
@@ -60,6 +65,8 @@ class CEMPlanner(SamplingPlanner):
             raise ValueError(f"alpha must be in [0, 1), got {c.alpha}")
         if not 0.0 <= c.keep_elites <= 1.0:
             raise ValueError(f"keep_elites must be a fraction in [0, 1], got {c.keep_elites}")
+        if c.cold_num_samples < 0:
+            raise ValueError(f"cold_num_samples must be >= 0 (0: num_samples), got {c.cold_num_samples}")
 
     @property
     def iterations(self) -> int:
@@ -71,7 +78,8 @@ class CEMPlanner(SamplingPlanner):
         with actions (B, H, A), cost (B,)."""
         c = self.config
         B, goal, warm, gen = self._setup(state, goal, warm_start)
-        H, A, N = self.horizon, self.action_dim, int(c.num_samples)
+        H, A = self.horizon, self.action_dim
+        N = int(c.cold_num_samples) if warm is None and c.cold_num_samples > 0 else int(c.num_samples)
         E = min(int(c.num_elites), N)
         rng = self.action_range  # (A,)
         mid = (self.action_low + self.action_high) / 2
@@ -107,6 +115,7 @@ class CEMPlanner(SamplingPlanner):
                 "best_cost": float(best_cost.mean()),
                 "first_iteration_cost": float(first_best.mean()),
                 "final_std": float((std / rng).mean()),
+                "num_samples": N,
                 "imagined_frames": B * N * H * c.iterations,
             },
         )

@@ -13,7 +13,7 @@ the K imagined frames (``Imagination.steps`` gives their env-step offsets):
 gets *near* the goal fastest, even when it ends in a look-alike basin it cannot leave
 (Reacher: the elbow folded the mirrored way, 4 px off); "last" alone ignores how the
 plan gets there and overshoots. The mix is the usual stage + terminal cost of MPC. On
-Reacher's oracle, w = 0.7 fixed 5 of the 7 mirrored-fold failures but lost 10 other
+Reacher's oracle, w = 0.7 fixed 5 of the 7 mirrored-fold failures but lost 9 other
 episodes (78% against 86%, ``benchmarks/RESULTS.md``), so the shipped configs use 0.
 
 All costs are vectorised over B, N and K (no Python loops over candidates).
