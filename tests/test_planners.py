@@ -330,6 +330,19 @@ def test_cem_keep_elites_carries_the_best_into_the_next_iteration():
         make(CEMPlanner, keep_elites=1.5)
 
 
+def test_cem_cold_num_samples_widens_only_the_first_plan():
+    # No warm start: the wider draw, every iteration; a warm-started re-plan: num_samples.
+    planner, wm = make(CEMPlanner, horizon=5, num_samples=16, cold_num_samples=48, iterations=2, seed=0)
+    state, goal = wm.encode(X0), goal_of(GOAL)
+    first = planner.plan(state, goal)
+    assert [c.shape[1] for c in wm.calls] == [48, 48] and first.info["num_samples"] == 48
+    wm.calls.clear()
+    again = planner.plan(state, goal, warm_start=shift_plan(first.actions, 2))
+    assert [c.shape[1] for c in wm.calls] == [16, 16] and again.info["num_samples"] == 16
+    with pytest.raises(ValueError, match="cold_num_samples"):
+        make(CEMPlanner, cold_num_samples=-1)
+
+
 @pytest.mark.parametrize("name", SEARCH_PLANNERS)
 def test_start_episode_makes_an_episode_independent_of_its_position(name):
     state, goal = PointMass().encode(X0), goal_of(GOAL)
