@@ -12,9 +12,10 @@ the K imagined frames (``Imagination.steps`` gives their env-step offsets):
 ``(1 - w) * reduce(frames) + w * last``. A running cost ("mean") alone prefers the plan that
 gets *near* the goal fastest, even when it ends in a look-alike basin it cannot leave
 (Reacher: the elbow folded the mirrored way, 4 px off); "last" alone ignores how the
-plan gets there and overshoots. The mix is the usual stage + terminal cost of MPC. On
-Reacher's oracle, w = 0.7 fixed 5 of the 7 mirrored-fold failures but lost 9 other
-episodes (78% against 86%, ``benchmarks/RESULTS.md``), so the shipped configs use 0.
+plan gets there and overshoots. The mix is the usual stage + terminal cost of MPC. It
+makes the cost landscape more multi-modal, so pair it with a wider first search (CEM
+``cold_num_samples``): Reacher's oracle, w = 0.7, 86% -> 78% alone, 88% with 512
+first-plan candidates (``benchmarks/RESULTS.md``).
 
 All costs are vectorised over B, N and K (no Python loops over candidates).
 """
