@@ -223,6 +223,20 @@ def test_memory_stays_bounded_and_long_writes_split_into_windows():
     assert torch.equal(mem.buffer, z[-2:])
 
 
+def test_buffer_keeps_every_frame_while_fewer_than_its_capacity():
+    # context_frames=4: 3 frames written (or primed) are all kept, then the last 4 of 3 + 3.
+    wm = tiny_model()
+    mem = wm.attach_memory(TempLoRAConfig(**FAST, context_frames=4))
+    a, b = latents(wm, T=3, seed=1), latents(wm, T=3, seed=2)
+    mem.write(a)
+    assert torch.equal(mem.buffer, a)
+    mem.write(b)
+    assert torch.equal(mem.buffer, torch.cat([a, b])[-4:])
+    mem.reset()
+    mem.prime(a)
+    assert torch.equal(mem.buffer, a)
+
+
 def test_remember_encodes_and_writes_and_is_a_noop_without_memory():
     wm = tiny_model()
     assert wm.remember(frames(3)) is None

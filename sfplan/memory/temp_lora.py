@@ -141,6 +141,12 @@ def base_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k.replace(".base_layer.", "."): v for k, v in module.state_dict().items() if not is_lora_name(k)}
 
 
+def _last_frames(z: torch.Tensor, cap: int) -> torch.Tensor:
+    """The last ``cap`` frames of z (T, ...), all of them when T <= cap. (``z[T - cap:]``
+    would wrap around for T < cap < 2T and keep too few.)"""
+    return z[max(0, z.shape[0] - cap):]
+
+
 class TempLoRAMemory:
     """Temp-LoRA fast weights on ``world_model.diffusion`` (a diffusers ``PeftAdapterMixin``).
 
@@ -257,7 +263,7 @@ class TempLoRAMemory:
         if z.ndim != 4:
             raise ValueError(f"prime takes latents (T, C, h, w), got {tuple(z.shape)}")
         cap = self.context_frames
-        self.buffer = z[z.shape[0] - cap:].detach().to(self.device, torch.float32).clone() if cap > 0 else None
+        self.buffer = _last_frames(z, cap).detach().to(self.device, torch.float32).clone() if cap > 0 else None
 
     def write(self, latents: torch.Tensor, actions=None, num_context: int = 0) -> dict[str, float]:
         """Memorise a chunk: ``steps_per_write`` Adam steps of the LoRA on the action-free loss
@@ -331,7 +337,7 @@ class TempLoRAMemory:
         finally:
             self._set_enabled(was)
         cap = self.context_frames
-        self.buffer = hist[hist.shape[0] - cap:].clone() if cap > 0 else None
+        self.buffer = _last_frames(hist, cap).clone() if cap > 0 else None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
