@@ -18,6 +18,7 @@ Checkpoint layout (``save_pretrained`` / ``from_pretrained``; no pickles)::
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
@@ -35,9 +36,11 @@ COST_SPACES = ("latent", "pixels")
 AUTOCAST = (None, "none", "bfloat16", "float16", "auto")
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 instructions (x86 AVX512-BF16 or AMX-BF16, read from
-    /proc/cpuinfo); without them bf16 autocast is emulated and slower than fp32."""
+    /proc/cpuinfo once: ``autocast=auto`` asks on every ``imagine``); without them bf16
+    autocast is emulated and slower than fp32."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
