@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from sfplan.device import resolve_device
-from sfplan.world_model.base import Imagination, WorldState, features_to_frames, frames_to_features  # noqa: F401
+from sfplan.world_model.base import Imagination, WorldState, features_to_frames, frames_to_features
 
 
 def imagined_steps(horizon: int, frame_stride: int) -> list[int]:
