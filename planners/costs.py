@@ -9,7 +9,9 @@ the K imagined frames (``Imagination.steps`` gives their env-step offsets):
   reaching the goal sooner scores better.
 
 ``terminal_weight`` w in [0, 1] mixes in the final frame as a terminal cost:
-``(1 - w) * reduce(frames) + w * last``. A running cost ("mean") alone prefers the plan that
+``(1 - w) * reduce(frames) + w * last``; ``terminal_frames`` m > 1 makes the terminal term
+the mean of the last m scored frames, so a plan must arrive *and stay* (a plan that
+sweeps through the goal pose on the very last frame does not score as arrived). A running cost ("mean") alone prefers the plan that
 gets *near* the goal fastest, even when it ends in a look-alike basin it cannot leave
 (Reacher: the elbow folded the mirrored way, 4 px off); "last" alone ignores how the
 plan gets there and overshoots. The mix is the usual stage + terminal cost of MPC. It
@@ -66,6 +68,8 @@ class _FrameCost:
             raise ValueError(f"gamma must be in (0, 1], got {self.config.gamma}")
         if not 0.0 <= float(self.config.terminal_weight) <= 1.0:
             raise ValueError(f"terminal_weight must be in [0, 1], got {self.config.terminal_weight}")
+        if int(self.config.terminal_frames) < 1:
+            raise ValueError(f"terminal_frames must be >= 1, got {self.config.terminal_frames}")
 
     def frame_distance(self, diff: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -92,10 +96,14 @@ class _FrameCost:
         if self.config.reduce == "last":
             return self.per_frame(feats[:, :, -1:], goal)[..., 0]  # skip frames that get weight 0
         d = self.per_frame(feats, goal)  # (B, N, K)
-        w = frame_weights(d.shape[-1], self.config.reduce, self.config.gamma, steps, d.device)  # (K,)
+        K = d.shape[-1]
+        w = frame_weights(K, self.config.reduce, self.config.gamma, steps, d.device)  # (K,)
         tw = float(self.config.terminal_weight)
         if tw > 0.0:
-            w = (1.0 - tw) * w + tw * frame_weights(d.shape[-1], "last", self.config.gamma, steps, d.device)
+            m = min(int(self.config.terminal_frames), K)
+            term = torch.zeros(K, device=d.device)
+            term[K - m:] = 1.0 / m  # the last m scored frames
+            w = (1.0 - tw) * w + tw * term
         return (d * w).sum(-1)
 
     def __repr__(self) -> str:
@@ -106,13 +114,14 @@ class _FrameCost:
 class PixelMSECostConfig:
     reduce: str = "last"  # last | mean | discounted (over the K imagined frames)
     gamma: float = 0.9  # discount for reduce="discounted"
-    terminal_weight: float = 0.0  # w: (1 - w) * reduce + w * last frame
+    terminal_weight: float = 0.0  # w: (1 - w) * reduce + w * last frame(s)
+    terminal_frames: int = 1  # m: the terminal term is the mean of the last m scored frames
 
 
 class PixelMSECost(_FrameCost):
     """Mean squared error over (C, h, w) between each imagined frame and the goal.
 
-    ``PixelMSECost(reduce="last", gamma=0.9, terminal_weight=0.0)``. Saturates once the
+    ``PixelMSECost(reduce="last", gamma=0.9, terminal_weight=0.0, terminal_frames=1)``. Saturates once the
     object in view no longer overlaps its goal position; see ``MultiScaleCost`` for far goals.
     """
 
@@ -127,13 +136,14 @@ class LatentL2CostConfig:
     reduce: str = "last"
     gamma: float = 0.9
     terminal_weight: float = 0.0
+    terminal_frames: int = 1
     squared: bool = True  # True: mean squared difference; False: Euclidean norm over (C, h, w)
 
 
 class LatentL2Cost(_FrameCost):
     """L2 distance in a learned latent space (features from ``WorldModel.encode``).
 
-    ``LatentL2Cost(reduce="last", gamma=0.9, terminal_weight=0.0, squared=True)``. With
+    ``LatentL2Cost(reduce="last", gamma=0.9, terminal_weight=0.0, terminal_frames=1, squared=True)``. With
     ``squared=True`` it is the same number as ``PixelMSECost``, named for latents so configs
     say what they compare; ``squared=False`` gives the (unnormalised) Euclidean norm, which
     grows linearly with the distance instead of quadratically.
@@ -155,13 +165,14 @@ class MultiScaleCostConfig:
     reduce: str = "last"
     gamma: float = 0.9
     terminal_weight: float = 0.0
+    terminal_frames: int = 1
 
 
 class MultiScaleCost(_FrameCost):
     """MSE summed over a Gaussian pyramid, so a far goal still gives a signal.
 
     ``MultiScaleCost(levels=4, sigma=2.0, kernel_size=None, weights=None, reduce="last",
-    gamma=0.9, terminal_weight=0.0)``.
+    gamma=0.9, terminal_weight=0.0, terminal_frames=1)``.
 
     Plain pixel MSE is flat once a small object no longer overlaps its goal position.
     Level 0 here is that MSE; level l >= 1 is the MSE of level l-1 blurred (Gaussian,

@@ -151,3 +151,36 @@ def test_memory_maze_retrace_goal_is_the_start():
     with pytest.raises(ValueError, match="retrace"):
         gym.make("sfplan/Reacher-v0", goal="retrace")
     env.close()
+
+
+@pytest.mark.parametrize("fill", ["last", "mid"])
+def test_runner_pads_the_warm_start_as_configured(fill):
+    from sfplan.eval.runner import run_episode
+    from sfplan.planners.base import PlanResult
+    import torch
+
+    class Recorder:  # plans a known ramp and records each warm start it gets
+        needs_world_model = False
+        horizon = 4
+
+        def __init__(self):
+            self.warm = []
+
+        def plan(self, state, goal, warm_start=None):
+            self.warm.append(None if warm_start is None else warm_start.clone())
+            return PlanResult(actions=torch.linspace(-0.9, 0.6, 8).reshape(1, 4, 2), cost=torch.zeros(1))
+
+    env = gym.make("sfplan/Reacher-v0", image_size=32)
+    planner = Recorder()
+    run_episode(env, planner, None, seed=0, budget=6, execute=3, record=False, warm_fill=fill)
+    env.close()
+    plan = torch.linspace(-0.9, 0.6, 8).reshape(1, 4, 2)
+    assert planner.warm[0] is None and len(planner.warm) == 2
+    pad = plan[:, -1:] if fill == "last" else torch.zeros(1, 1, 2)  # Reacher's action range is [-1, 1]
+    torch.testing.assert_close(planner.warm[1], torch.cat([plan[:, 3:], pad.expand(1, 3, 2)], 1))
+
+
+def test_unknown_warm_fill_names_the_choices(capsys):
+    assert main(["eval", "world_model=oracle", "warm_fill=zero", "episodes=1", "progress=false", "record=false"]) == 2
+    err = capsys.readouterr().err
+    assert "warm_fill='zero'" in err and "'last'" in err and "'mid'" in err

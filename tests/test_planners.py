@@ -282,6 +282,28 @@ def test_terminal_weight_lets_the_endpoint_decide():
             PixelMSECost(reduce="mean", terminal_weight=bad)
 
 
+def test_terminal_frames_ask_the_plan_to_arrive_and_stay():
+    # A sweeps through the goal on the last frame; B arrives a frame earlier and stays.
+    # The last frame alone cannot tell them apart; the mean of the last two frames can.
+    g = torch.zeros(1, 1, 1, 1)
+    per_frame = torch.tensor([[1.0, 2.0, 0.0], [2.0, 0.2, 0.0]])  # (N=2, K=3)
+    im = Imagination(per_frame.sqrt().reshape(1, 2, 3, 1, 1, 1), torch.arange(1, 4))
+    last = PixelMSECost(reduce="mean", terminal_weight=1.0)(im, g)[0]
+    two = PixelMSECost(reduce="mean", terminal_weight=1.0, terminal_frames=2)(im, g)[0]
+    assert torch.equal(last, torch.zeros(2)) and two.argmin() == 1
+    assert two.tolist() == pytest.approx([1.0, 0.1])
+    mixed = MultiScaleCost(levels=1, reduce="mean", terminal_weight=0.7, terminal_frames=2)(im, g)[0]
+    assert mixed.tolist() == pytest.approx([0.3 * 1.0 + 0.7 * 1.0, 0.3 * 2.2 / 3 + 0.7 * 0.1])
+    # m = 1 is the final frame; m beyond K takes every frame
+    assert torch.equal(PixelMSECost(reduce="mean", terminal_weight=0.7, terminal_frames=1)(im, g),
+                       PixelMSECost(reduce="mean", terminal_weight=0.7)(im, g))
+    assert PixelMSECost(reduce="last", terminal_weight=1.0, terminal_frames=9)(im, g).tolist() == [[0.0, 0.0]]
+    assert PixelMSECost(reduce="mean", terminal_weight=1.0, terminal_frames=9)(im, g)[0].tolist() == pytest.approx(
+        [1.0, 2.2 / 3])
+    with pytest.raises(ValueError, match="terminal_frames"):
+        PixelMSECost(reduce="mean", terminal_weight=0.5, terminal_frames=0)
+
+
 def test_cost_is_vectorised_over_candidates():
     # Each candidate's cost equals what it gets when scored alone.
     cost = MultiScaleCost(levels=3, reduce="discounted")

@@ -68,7 +68,8 @@ def run_eval(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     results = list(evaluate(env, planner, world_model, seeds, int(cfg.budget), int(cfg.execute),
                             record=bool(cfg.record), progress=bool(cfg.progress),
-                            waypoints=int(cfg.waypoints), subgoal_ratio=float(cfg.subgoal_ratio)))
+                            waypoints=int(cfg.waypoints), subgoal_ratio=float(cfg.subgoal_ratio),
+                            warm_fill=str(cfg.warm_fill)))
     wall = time.perf_counter() - t0
     meta = {
         "task": cfg.env.id,

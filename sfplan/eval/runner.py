@@ -16,6 +16,8 @@ from sfplan.planners.subgoals import SubgoalTracker, cost_distance
 from sfplan.errors import UserError
 from sfplan.world_model.base import WorldModel
 
+WARM_FILLS = ("last", "mid")
+
 
 @dataclass
 class EpisodeResult:
@@ -58,6 +60,7 @@ def run_episode(
     memory=None,
     waypoints: int = 0,
     subgoal_ratio: float = 0.25,
+    warm_fill: str = "last",
 ) -> EpisodeResult:
     """One MPC episode. ``execute`` actions of each plan run before re-planning; the
     episode stops at the first success or when ``budget`` env steps are used.
@@ -70,6 +73,14 @@ def run_episode(
 
     ``memory`` (optional, Temp-LoRA) gets ``reset()`` at the start and ``write(frames,
     actions)`` with each executed chunk's real frames.
+
+    ``warm_fill`` pads the warm start of the next plan (the executed steps dropped, see
+    ``shift_plan``): ``last`` repeats the plan's last action, ``mid`` appends the middle of
+    the action range (zero torque for the MuJoCo arms), as iCEM does. With a terminal-
+    weighted cost the padding decides whether the previous plan survives: on Reacher,
+    repeating a braking torque for ``execute`` steps flings the arm away at the horizon's
+    end, the previous plan loses to a fresh one that arrives at the *new* horizon's end,
+    and the arm never gets there (``benchmarks/RESULTS.md``).
 
     An env whose episode starts with a past (``info["history_frames"]`` and
     ``info["history_actions"]`` on reset, e.g. MemoryMaze ``goal=retrace``) has it used as
@@ -146,7 +157,8 @@ def run_episode(
             write_times.append(time.perf_counter() - t0)
         if terminated or truncated:
             break
-        warm = shift_plan(result.actions, len(chunk))
+        warm = shift_plan(result.actions, len(chunk), fill=warm_fill,
+                          action_low=env.action_space.low, action_high=env.action_space.high)
     return EpisodeResult(
         seed=seed,
         success=success,
@@ -189,17 +201,20 @@ def plan_horizon_check(planner: Planner, execute: int) -> None:
 
 def evaluate(env: gym.Env, planner: Planner, world_model: WorldModel | None, seeds: list[int], budget: int,
              execute: int, record: bool = True, memory=None, progress: bool = True, waypoints: int = 0,
-             subgoal_ratio: float = 0.25):
+             subgoal_ratio: float = 0.25, warm_fill: str = "last"):
     """Run one episode per seed on ``env`` (closed at the end); yields EpisodeResult as each finishes."""
     from tqdm.auto import tqdm
 
     try:
         plan_horizon_check(planner, execute)
+        if warm_fill not in WARM_FILLS:
+            raise UserError(f"warm_fill={warm_fill!r}: use one of {WARM_FILLS} (how the shifted plan that warm-starts "
+                            "the next decision is padded)")
         bar = tqdm(seeds, desc="episodes", disable=not progress, dynamic_ncols=True)
         n_success = 0
         for i, seed in enumerate(bar):
             res = run_episode(env, planner, world_model, seed, budget, execute, record=record, memory=memory,
-                              waypoints=waypoints, subgoal_ratio=subgoal_ratio)
+                              waypoints=waypoints, subgoal_ratio=subgoal_ratio, warm_fill=warm_fill)
             n_success += res.success
             bar.set_postfix(success=f"{n_success}/{i + 1}", steps=res.steps)
             yield res
