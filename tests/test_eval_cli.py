@@ -184,3 +184,18 @@ def test_unknown_warm_fill_names_the_choices(capsys):
     assert main(["eval", "world_model=oracle", "warm_fill=zero", "episodes=1", "progress=false", "record=false"]) == 2
     err = capsys.readouterr().err
     assert "warm_fill='zero'" in err and "'last'" in err and "'mid'" in err
+
+
+def test_eval_jobs_run_the_same_episodes_in_parallel(tmp_path):
+    args = ["eval", "world_model=oracle", "episodes=2", "budget=4", "execute=2", "env.kwargs.image_size=32",
+            "planner.num_samples=8", "planner.iterations=1", "env.search.oracle.cold_num_samples=8",
+            "progress=false", "max_gifs=1"]
+    assert main([*args, f"out_dir={tmp_path / 'serial'}"]) == 0
+    assert main([*args, "jobs=2", f"out_dir={tmp_path / 'parallel'}"]) == 0
+    serial, parallel = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("serial", "parallel"))
+    drop = ("plan_time_mean_s",)
+    assert [{k: v for k, v in e.items() if k not in drop} for e in parallel["episodes"]] == \
+        [{k: v for k, v in e.items() if k not in drop} for e in serial["episodes"]]
+    assert parallel["meta"]["jobs"] == 2 and parallel["meta"]["imagined_frames"] == serial["meta"]["imagined_frames"]
+    assert len(parallel["gifs"]) == 1 and (tmp_path / "parallel" / parallel["gifs"][0]).exists()
+    assert main(["eval", "jobs=0", "episodes=1", "progress=false"]) == 2

@@ -37,18 +37,13 @@ def _attach_memory(world_model, mem_cfg) -> None:
     world_model.attach_memory(mem_cfg)
 
 
-def run_eval(cfg: DictConfig) -> dict:
-    """Runs the evaluation described by a composed ``eval`` config; returns the report dict."""
+def _build(cfg: DictConfig):
+    """env, planner, world model (None for the random baseline) from a composed eval config
+    whose ``device`` is resolved."""
     from sfplan.envs import make_env
 
-    device = resolve_device(cfg.device)
-    cfg = cfg.copy()
-    OmegaConf.update(cfg, "device", str(device))
-    env_kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True)
-
-    env = make_env(cfg.env.id, **env_kwargs)  # closed by evaluate()
+    env = make_env(cfg.env.id, **OmegaConf.to_container(cfg.env.kwargs, resolve=True))
     low, high = env.action_space.low, env.action_space.high
-
     planner_cls = get_class(cfg.planner._target_)
     needs_model = getattr(planner_cls, "needs_world_model", True)
     # `kind` (oracle | learned) only picks the env's search row (configs/env/*.yaml `search`)
@@ -61,15 +56,84 @@ def run_eval(cfg: DictConfig) -> dict:
         action_low=torch.as_tensor(low, dtype=torch.float32),
         action_high=torch.as_tensor(high, dtype=torch.float32),
     )
+    return env, planner, world_model
+
+
+def _loop_kwargs(cfg: DictConfig) -> dict:
+    return dict(budget=int(cfg.budget), execute=int(cfg.execute), record=bool(cfg.record),
+                waypoints=int(cfg.waypoints), subgoal_ratio=float(cfg.subgoal_ratio), warm_fill=str(cfg.warm_fill))
+
+
+_WORKER: dict = {}  # per worker process: the env, planner and world model it built once
+
+
+def _init_worker(cfg_yaml: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    cfg = OmegaConf.create(cfg_yaml)
+    _WORKER["cfg"] = cfg
+    _WORKER["env"], _WORKER["planner"], _WORKER["world_model"] = _build(cfg)
+
+
+def _worker_episode(seed: int):
+    """One episode in a worker -> (EpisodeResult, env steps the world model imagined)."""
+    from sfplan.eval.runner import run_episode
+
+    wm = _WORKER["world_model"]
+    before = getattr(wm, "imagined_frames", 0)
+    res = run_episode(_WORKER["env"], _WORKER["planner"], wm, seed, **_loop_kwargs(_WORKER["cfg"]))
+    return res, getattr(wm, "imagined_frames", 0) - before
+
+
+def _evaluate_parallel(cfg: DictConfig, seeds: list[int], jobs: int):
+    """Episodes spread over ``jobs`` worker processes, each with its own env, planner and
+    world model and ``threads // jobs`` torch threads -> (results in seed order, imagined
+    frames). Per-episode seeding (planner noise from the episode seed) makes every episode
+    the same as in a serial run. Spawned, not forked: MuJoCo's GL contexts and torch's
+    thread pools do not survive a fork."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    by_seed, frames = {}, 0
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(OmegaConf.to_yaml(cfg, resolve=True), threads)) as pool:
+        futures = [pool.submit(_worker_episode, s) for s in seeds]
+        bar = tqdm(as_completed(futures), total=len(seeds), desc=f"episodes ({jobs} jobs)",
+                   disable=not bool(cfg.progress), dynamic_ncols=True)
+        for fut in bar:
+            res, n = fut.result()
+            by_seed[res.seed], frames = res, frames + n
+            bar.set_postfix(success=f"{sum(r.success for r in by_seed.values())}/{len(by_seed)}")
+    return [by_seed[s] for s in seeds], frames
+
+
+def run_eval(cfg: DictConfig) -> dict:
+    """Runs the evaluation described by a composed ``eval`` config; returns the report dict.
+    ``jobs > 1`` runs the episodes in that many worker processes (same per-episode results)."""
+    from sfplan.errors import UserError
+
+    device = resolve_device(cfg.device)
+    cfg = cfg.copy()
+    OmegaConf.update(cfg, "device", str(device))
+    jobs = int(cfg.get("jobs", 1))
+    if jobs < 1:
+        raise UserError(f"jobs={jobs}: use jobs=1 (one process) or more worker processes")
+    env, planner, world_model = _build(cfg)  # env closed by evaluate()
+    planner_cls = type(planner)
     seeds = [int(cfg.seed) + i for i in range(int(cfg.episodes))]
+    jobs = min(jobs, len(seeds))
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("outputs/eval") / (
         f"{time.strftime('%Y%m%d-%H%M%S')}_{cfg.env.id.split('/')[-1]}_{planner_cls.__name__}"
     )
     t0 = time.perf_counter()
-    results = list(evaluate(env, planner, world_model, seeds, int(cfg.budget), int(cfg.execute),
-                            record=bool(cfg.record), progress=bool(cfg.progress),
-                            waypoints=int(cfg.waypoints), subgoal_ratio=float(cfg.subgoal_ratio),
-                            warm_fill=str(cfg.warm_fill)))
+    if jobs > 1:
+        list(evaluate(env, planner, world_model, [], progress=False, **_loop_kwargs(cfg)))  # a serial run's checks
+        results, imagined = _evaluate_parallel(cfg, seeds, jobs)
+    else:
+        results = list(evaluate(env, planner, world_model, seeds, progress=bool(cfg.progress), **_loop_kwargs(cfg)))
+        imagined = getattr(world_model, "imagined_frames", 0)
     wall = time.perf_counter() - t0
     meta = {
         "task": cfg.env.id,
@@ -82,9 +146,10 @@ def run_eval(cfg: DictConfig) -> dict:
         "device": str(device),
         "seeds": seeds,
         "wall_time_s": wall,
-        "imagined_frames": getattr(world_model, "imagined_frames", 0),
+        "imagined_frames": imagined,
+        "jobs": jobs,
         "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads() if jobs == 1 else max(1, torch.get_num_threads() // jobs),
     }
     if world_model is not None and hasattr(world_model, "close"):
         world_model.close()
