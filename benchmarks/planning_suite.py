@@ -1,6 +1,7 @@
 """Planning benchmark suite: tasks x planners x world models -> a success-rate table.
 
     python benchmarks/planning_suite.py --suite oracle_near --episodes 50 --out benchmarks/results/oracle_near
+    python benchmarks/planning_suite.py --suite oracle_near --tasks reacher --jobs 2   # 2 episodes at a time
 
 Each cell is one `sfplan eval` run (same code path as the CLI), with its full report kept
 under --out/<cell>/. The table (markdown + JSON) records the command, hardware and commit.
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world-models", nargs="*", help="restrict to these world model entries (e.g. learned+temp_lora)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--table-only", action="store_true", help="run nothing: tabulate the cells already finished")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes per cell (`sfplan eval jobs=N`; the same episodes, N at a time)")
     p.add_argument("--world-model-path", default=None,
                    help="learned cells use this model instead of the one shipped for the task")
     args = p.parse_args(argv)
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             learned_path = args.world_model_path and wm.startswith("learned")
             path = [f"world_model.path={args.world_model_path}"] if learned_path else []
-            rep = run_cell(task, planner, wm, extra, args.episodes, out, path)
+            rep = run_cell(task, planner, wm, extra, args.episodes, out, [*path, f"jobs={args.jobs}"])
         except ImportError as e:  # optional simulator missing (e.g. robosuite)
             print(f"skip {task}/{planner}: {e}", file=sys.stderr)
             continue
