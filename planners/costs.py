@@ -10,14 +10,17 @@ the K imagined frames (``Imagination.steps`` gives their env-step offsets):
 
 ``terminal_weight`` w in [0, 1] mixes in the final frame as a terminal cost:
 ``(1 - w) * reduce(frames) + w * last``; ``terminal_frames`` m > 1 makes the terminal term
-the mean of the last m scored frames, so a plan must arrive *and stay* (a plan that
-sweeps through the goal pose on the very last frame does not score as arrived). A running cost ("mean") alone prefers the plan that
-gets *near* the goal fastest, even when it ends in a look-alike basin it cannot leave
-(Reacher: the elbow folded the mirrored way, 4 px off); "last" alone ignores how the
-plan gets there and overshoots. The mix is the usual stage + terminal cost of MPC. It
-makes the cost landscape more multi-modal, so pair it with a wider first search (CEM
-``cold_num_samples``): Reacher's oracle, w = 0.7, 86% -> 78% alone, 88% with 512
-first-plan candidates (``benchmarks/RESULTS.md``).
+the mean of the last m scored frames, so a plan must arrive *and stay* (one that sweeps
+through the goal pose on the very last frame does not score as arrived). A running cost
+("mean") alone prefers the plan that gets *near* the goal fastest, even when it ends in
+a look-alike basin it cannot leave (Reacher: the elbow folded the mirrored way, 4 px off);
+"last" alone ignores how the plan gets there and overshoots. The mix is the usual stage +
+terminal cost of MPC. It makes the cost landscape more multi-modal, so pair it with a
+wider first search (CEM ``cold_num_samples``): Reacher's oracle, w = 0.7, 86% -> 78%
+alone, 88% with 512 first-plan candidates. And pad the warm start with a neutral action
+(``sfplan eval warm_fill=mid``): a shifted plan whose tail repeats a braking torque ends
+far off, so the terminal term rejects it for a fresh plan that arrives only at the new
+horizon's end, again and again (90% with it; ``benchmarks/RESULTS.md``).
 
 All costs are vectorised over B, N and K (no Python loops over candidates).
 """
