@@ -15,6 +15,8 @@ from sfplan.world_model.base import WorldState
 
 C = TypeVar("C")
 
+WARM_FILLS = ("last", "mid")  # how shift_plan pads a shifted plan (see there)
+
 
 def make_config(cls: type[C], config: C | Mapping | None, overrides: Mapping[str, Any]) -> C:
     """Build a planner/cost config from an instance or mapping plus keyword overrides.
@@ -88,7 +90,7 @@ def shift_plan(
         low, high = as_bounds(action_low, action_high, actions.device)
         pad = ((low + high) / 2).to(actions.dtype).expand(B, k, A)  # (B, k, A)
     else:
-        raise ValueError(f"shift_plan: fill must be 'last' or 'mid', got {fill!r}")
+        raise ValueError(f"shift_plan: fill must be one of {WARM_FILLS}, got {fill!r}")
     return torch.cat([actions[:, k:], pad], dim=1).clone()  # (B, H, A)
 
 

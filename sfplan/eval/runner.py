@@ -11,12 +11,10 @@ import gymnasium as gym
 import numpy as np
 
 from sfplan.planners.base import Planner
-from sfplan.planners.common import shift_plan
+from sfplan.planners.common import WARM_FILLS, shift_plan
 from sfplan.planners.subgoals import SubgoalTracker, cost_distance
 from sfplan.errors import UserError
 from sfplan.world_model.base import WorldModel
-
-WARM_FILLS = ("last", "mid")
 
 
 @dataclass
