@@ -386,3 +386,26 @@ def test_autocast_auto_follows_the_hardware(monkeypatch):
     assert torch.equal(imagined("auto"), bf16) and not torch.equal(bf16, imagined(None))
     with pytest.raises(ValueError, match="autocast"):
         tiny_model(autocast="fp8")
+
+
+def test_cast_weights_imagines_with_a_low_precision_copy_kept_in_sync():
+    """cast_weights: imagine runs a bf16 copy of the denoiser (fp32 master untouched), close to
+    plain autocast, re-made after the master's weights change; off with memory or autocast off."""
+    frames, acts = tiny_frames(B=1, T=2), torch.rand(1, 3, 2, 2) * 2 - 1
+    base = tiny_model(autocast="bfloat16")
+    ref = base.imagine(base.encode(frames), acts).features
+    wm = tiny_model(autocast="bfloat16", cast_weights=True)
+    f = wm.imagine(wm.encode(frames), acts).features
+    copy_ = wm._imagine_denoiser()
+    assert copy_ is not wm.diffusion and next(copy_.parameters()).dtype == torch.bfloat16
+    assert next(wm.diffusion.parameters()).dtype == torch.float32
+    assert f.dtype == torch.float32 and not torch.equal(f, ref)  # bf16 norms: not bit-equal ...
+    assert (f - ref).abs().max() < 0.1 * ref.abs().max()  # ... but close
+    assert wm._imagine_denoiser() is copy_  # reused while the weights are unchanged
+    with torch.no_grad():
+        next(wm.diffusion.parameters()).mul_(0.0)  # an in-place change of the master
+    assert wm._imagine_denoiser() is not copy_
+    assert not torch.equal(wm.imagine(wm.encode(frames), acts).features, f)
+    assert tiny_model(autocast=None, cast_weights=True)._imagine_denoiser().__class__ is type(wm.diffusion)
+    off = tiny_model(autocast=None, cast_weights=True)
+    assert off._imagine_denoiser() is off.diffusion  # fp32: nothing to cast to

@@ -90,6 +90,13 @@ class SlowFastWorldModelConfig:
         (``resolve_autocast``; what ``sfplan eval`` uses). On the project CPU (AVX512-BF16) the denoiser forward goes
         from 0.35 to 0.22 s for 64 x 6 frames at ~1% relative error; on CPUs without bf16
         instructions it is slower, hence off by default.
+    cast_weights: with autocast on, imagine with a copy of the denoiser whose weights are
+        stored in the autocast dtype, so autocast stops re-casting every weight and every
+        norm's activations on each call (the fp32 weights stay the master: training and
+        Temp-LoRA use them, and the copy is re-made when they change). With a memory
+        attached the fp32 weights run under autocast instead: its fast weights change on
+        every write. Measured on the project CPU (one thread, imagine 64 x 8): 1.06 ->
+        0.85 s; error against fp32 0.0051 mean abs latent, against 0.0038 for autocast.
     """
 
     context_frames: int = 2
@@ -101,6 +108,7 @@ class SlowFastWorldModelConfig:
     noise_seed: int = 0
     resample_noise: bool = False
     autocast: str | None = None  # None | bfloat16 | float16 | auto
+    cast_weights: bool = False  # imagine with the weights stored in the autocast dtype (a copy)
     cost_space: str = "latent"  # latent | pixels
 
 
@@ -137,6 +145,7 @@ class SlowFastWorldModel:
         self.checkpoint_sha256: str | None = None
         self.imagined_frames = 0  # imagined env steps, summed over candidates (throughput reports)
         self.memory = None  # TempLoRAMemory once attach_memory() ran
+        self._cast_copy: tuple[tuple, torch.nn.Module] | None = None  # (fp32 weights' key, copy)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -224,7 +233,7 @@ class SlowFastWorldModel:
             noise = torch.randn((B, 1, k, C, h, w), generator=gen)  # (B, 1, k, C, h, w): one draw per env
             noise = noise.expand(B, N, k, C, h, w).reshape(B * N, k, C, h, w)  # common random numbers
             with amp_ctx, self._memory_for_imagine():
-                x = sample_chunk(self.diffusion, ctx, acts[:, s : s + k], self.config.num_steps, self.scheduler,
+                x = sample_chunk(self._imagine_denoiser(), ctx, acts[:, s : s + k], self.config.num_steps, self.scheduler,
                                  noise=noise.to(self.device), guidance_scale=self.config.guidance_scale)
             x = x.float()  # (B*N, k, C, h, w)
             chunks.append(x)
@@ -246,6 +255,23 @@ class SlowFastWorldModel:
         """``torch.autocast`` for denoiser calls (a disabled one in fp32)."""
         amp = self.autocast
         return torch.autocast(self.device.type, dtype=getattr(torch, amp or "bfloat16"), enabled=amp is not None)
+
+    def _imagine_denoiser(self) -> torch.nn.Module:
+        """The denoiser ``imagine`` calls: ``self.diffusion``, or with ``cast_weights`` (and
+        autocast on, no memory) a copy in the autocast dtype, re-made when the fp32 weights
+        change (tracked by the tensors' in-place version counters and identities)."""
+        amp = self.autocast
+        if not self.config.cast_weights or amp is None or self.memory is not None:
+            return self.diffusion
+        key = tuple((id(t), t._version) for t in self.diffusion.state_dict(keep_vars=True).values())
+        if self._cast_copy is None or self._cast_copy[0] != key:
+            import copy
+
+            dup = copy.deepcopy(self.diffusion)
+            torch.nn.Module.to(dup, getattr(torch, amp))  # not ModelMixin.to: no keep-in-fp32 warning
+            dup.eval().requires_grad_(False)
+            self._cast_copy = (key, dup)
+        return self._cast_copy[1]
 
     def _memory_for_imagine(self):
         """Temp-LoRA folded into the weights for a sampler call (``TempLoRAMemory.merged``)."""
