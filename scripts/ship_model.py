@@ -4,16 +4,26 @@
         --dynamics-run outputs/train/Reacher-v0-dynamics --vae-run outputs/train/Reacher-v0-vae \
         --quality benchmarks/results/wm_quality_Reacher-v0.json [--idm-run outputs/train/Reacher-v0-idm]
 
+    # a new dynamics run on the VAE of the model already shipped (e.g. trained with
+    # vae=sfplan/models/Reacher-v0 init_from=sfplan/models/Reacher-v0): no --vae-run
+    python scripts/ship_model.py --task Reacher-v0 --dynamics-run outputs/train/Reacher-v0-dynamics4 \
+        --quality ...json
+
 Copies ``<dynamics run>/model`` (the full world model: VAE + diffusion + scheduler, and the
 IDM from ``--idm-run`` into ``idm/``) into the package atomically (a temporary folder, then
 a rename), refuses a result over ``--max-mb`` (20 MB: what a git repo should carry), and
 writes ``README.md``: the model cards of both training stages, the wall time summed over
 every invocation (read from TensorBoard event files, so resumed runs count in full) and the
 held-out quality figures of ``benchmarks/world_model_quality.py``.
+
+Without ``--vae-run`` the dynamics run must use the VAE of the model already shipped for the
+task (same weights, checked by hash); that model's IDM (unless ``--idm-run``) and its card's
+lineage, VAE and IDM sections are carried over (edit the lineage table by hand).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -42,11 +52,31 @@ def card_section(run: Path, title: str) -> str:
     return f"## {title}\n\nTraining wall time over all invocations: {train_seconds(run) / 60:.1f} min.\n{body}"
 
 
+VAE_WEIGHTS = "vae/diffusion_pytorch_model.safetensors"
+KEPT_SECTIONS = ("## Lineage", "## Stage 1: frame VAE", "## Inverse dynamics model")
+# the card's top-level sections; each stage's own card brings sub-sections (## Data, ...) at the same level
+TOP_SECTIONS = ("## Held-out quality", "## Stage 2: dynamics", *KEPT_SECTIONS)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def kept_sections(card: str) -> list[str]:
+    """The top-level sections of a shipped card that a dynamics-only re-ship carries over,
+    each up to the next top-level heading."""
+    lines = card.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith(TOP_SECTIONS)] + [len(lines)]
+    sections = ["".join(lines[a:b]).rstrip("\n") + "\n" for a, b in zip(starts, starts[1:])]
+    return [sec for sec in sections if sec.startswith(KEPT_SECTIONS)]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", required=True, help="task name, e.g. Reacher-v0 (for sfplan/Reacher-v0)")
     ap.add_argument("--dynamics-run", required=True, type=Path)
-    ap.add_argument("--vae-run", required=True, type=Path)
+    ap.add_argument("--vae-run", type=Path, default=None,
+                    help="the VAE's training run; omit it to keep the shipped model's VAE (see above)")
     ap.add_argument("--idm-run", type=Path, default=None)
     ap.add_argument("--quality", type=Path, default=None, help="JSON of benchmarks/world_model_quality.py")
     ap.add_argument("--max-mb", type=float, default=20.0)
@@ -56,11 +86,21 @@ def main(argv=None) -> None:
     if not (src / "world_model.json").is_file():
         raise SystemExit(f"{src} holds no world model: finish `sfplan train stage=dynamics` first")
     dst = MODELS / args.task
+    carried: list[str] = []
+    if args.vae_run is None:
+        if not (dst / VAE_WEIGHTS).is_file():
+            raise SystemExit(f"no model is shipped at {dst}: pass --vae-run (the VAE's training run)")
+        if _sha(dst / VAE_WEIGHTS) != _sha(src / VAE_WEIGHTS):
+            raise SystemExit(f"{args.dynamics_run} was trained on another VAE than the one shipped at {dst}: "
+                             f"pass --vae-run, or train with vae={dst}")
+        carried = kept_sections((dst / "README.md").read_text()) if (dst / "README.md").is_file() else []
     tmp = MODELS / f".{args.task}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.md", "*.json.tmp"))
     if args.idm_run is not None:
         shutil.copytree(args.idm_run / "model", tmp / "idm")
+    elif args.vae_run is None and (dst / "idm").is_dir():
+        shutil.copytree(dst / "idm", tmp / "idm")
     size_mb = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) / 2**20
     if size_mb > args.max_mb:
         shutil.rmtree(tmp)
@@ -74,10 +114,17 @@ def main(argv=None) -> None:
         parts.append("## Held-out quality (`benchmarks/world_model_quality.py`)\n\n"
                      f"Held-out dataset `{q['data']}`, seeds {q['seeds'][0]}-{q['seeds'][-1]} (never trained on); "
                      f"device {q['device']}, {q['threads']} thread(s).\n\n" + q["table"] + "\n")
+    lineage = [c for c in carried if c.startswith("## Lineage")]
+    parts.extend(lineage)
     parts.append(card_section(args.dynamics_run, "Stage 2: dynamics (masked latent video diffusion)"))
-    parts.append(card_section(args.vae_run, "Stage 1: frame VAE"))
+    if args.vae_run is not None:
+        parts.append(card_section(args.vae_run, "Stage 1: frame VAE"))
+    else:
+        parts.extend(c for c in carried if c.startswith("## Stage 1"))
     if args.idm_run is not None:
         parts.append(card_section(args.idm_run, "Inverse dynamics model (planner=video_plan)"))
+    else:
+        parts.extend(c for c in carried if c.startswith("## Inverse dynamics"))
     (tmp / "README.md").write_text("\n".join(parts))
     if dst.exists():
         old = MODELS / f".{args.task}.old"

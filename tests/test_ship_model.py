@@ -1,0 +1,96 @@
+"""scripts/ship_model.py: a dynamics-only re-ship keeps the shipped VAE, IDM and card sections."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ship_module(models: Path):
+    spec = importlib.util.spec_from_file_location("ship_model", ROOT / "scripts" / "ship_model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.MODELS = models
+    return mod
+
+
+SHIPPED_CARD = """# sfplan/T-v0: shipped world model
+
+## Held-out quality (`benchmarks/world_model_quality.py`)
+
+old quality
+
+## Lineage (what the dynamics weights went through)
+
+| run | steps |
+| dyn1 | 100 |
+
+## Stage 2: dynamics (masked latent video diffusion)
+
+old dynamics card
+
+## Data
+old dynamics data
+
+## Stage 1: frame VAE
+
+vae card
+
+## Data
+vae data
+
+## Inverse dynamics model (planner=video_plan)
+
+idm card
+"""
+
+
+def _run(root: Path, vae: bytes, card: str = "# Model card\nnew dynamics card\n") -> Path:
+    model = root / "model"
+    (model / "vae").mkdir(parents=True)
+    (model / "diffusion").mkdir()
+    (model / "world_model.json").write_text("{}")
+    (model / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(vae)
+    (model / "diffusion" / "diffusion_pytorch_model.safetensors").write_bytes(b"new weights")
+    (root / "model_card.md").write_text(card)
+    return root
+
+
+def _shipped(models: Path, vae: bytes) -> Path:
+    dst = models / "T-v0"
+    for sub in ("vae", "diffusion", "idm"):
+        (dst / sub).mkdir(parents=True)
+    (dst / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(vae)
+    (dst / "diffusion" / "diffusion_pytorch_model.safetensors").write_bytes(b"old weights")
+    (dst / "idm" / "weights").write_bytes(b"idm")
+    (dst / "README.md").write_text(SHIPPED_CARD)
+    return dst
+
+
+def test_dynamics_only_reship_keeps_vae_idm_and_card_sections(tmp_path):
+    models = tmp_path / "models"
+    dst = _shipped(models, b"vae v1")
+    ship = _ship_module(models)
+    ship.main(["--task", "T-v0", "--dynamics-run", str(_run(tmp_path / "run", b"vae v1"))])
+    assert (dst / "diffusion" / "diffusion_pytorch_model.safetensors").read_bytes() == b"new weights"
+    assert (dst / "idm" / "weights").read_bytes() == b"idm"
+    card = (dst / "README.md").read_text()
+    assert "new dynamics card" in card and "old dynamics card" not in card and "old quality" not in card
+    for kept in ("| dyn1 | 100 |", "vae card\n\n## Data\nvae data", "idm card"):
+        assert kept in card
+    assert card.index("## Lineage") < card.index("## Stage 2") < card.index("## Stage 1") < card.index("idm card")
+    assert not list(models.glob(".*"))  # no temporary folders left
+
+
+def test_reship_refuses_another_vae_or_no_shipped_model(tmp_path):
+    models = tmp_path / "models"
+    ship = _ship_module(models)
+    with pytest.raises(SystemExit, match="--vae-run"):
+        ship.main(["--task", "T-v0", "--dynamics-run", str(_run(tmp_path / "a", b"vae v1"))])
+    dst = _shipped(models, b"vae v1")
+    with pytest.raises(SystemExit, match="another VAE"):
+        ship.main(["--task", "T-v0", "--dynamics-run", str(_run(tmp_path / "b", b"vae v2"))])
+    assert (dst / "diffusion" / "diffusion_pytorch_model.safetensors").read_bytes() == b"old weights"
