@@ -23,10 +23,11 @@ lineage, VAE and IDM sections are carried over (edit the lineage table by hand).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 from pathlib import Path
+
+from sfplan.training.checkpoint import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "sfplan" / "models"
@@ -58,10 +59,6 @@ KEPT_SECTIONS = ("## Lineage", "## Stage 1: frame VAE", "## Inverse dynamics mod
 TOP_SECTIONS = ("## Held-out quality", "## Stage 2: dynamics", *KEPT_SECTIONS)
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def kept_sections(card: str) -> list[str]:
     """The top-level sections of a shipped card that a dynamics-only re-ship carries over,
     each up to the next top-level heading."""
@@ -90,7 +87,7 @@ def main(argv=None) -> None:
     if args.vae_run is None:
         if not (dst / VAE_WEIGHTS).is_file():
             raise SystemExit(f"no model is shipped at {dst}: pass --vae-run (the VAE's training run)")
-        if _sha(dst / VAE_WEIGHTS) != _sha(src / VAE_WEIGHTS):
+        if sha256_file(dst / VAE_WEIGHTS) != sha256_file(src / VAE_WEIGHTS):
             raise SystemExit(f"{args.dynamics_run} was trained on another VAE than the one shipped at {dst}: "
                              f"pass --vae-run, or train with vae={dst}")
         carried = kept_sections((dst / "README.md").read_text()) if (dst / "README.md").is_file() else []
