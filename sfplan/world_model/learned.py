@@ -228,12 +228,13 @@ class SlowFastWorldModel:
                 gen.manual_seed(int(self.config.noise_seed))
         chunks = []
         amp_ctx = self.autocast_context()
+        denoiser = self._imagine_denoiser()  # once per call: the weights do not change within it
         for s in range(0, H, self.chunk_size):
             k = min(self.chunk_size, H - s)
             noise = torch.randn((B, 1, k, C, h, w), generator=gen)  # (B, 1, k, C, h, w): one draw per env
             noise = noise.expand(B, N, k, C, h, w).reshape(B * N, k, C, h, w)  # common random numbers
             with amp_ctx, self._memory_for_imagine():
-                x = sample_chunk(self._imagine_denoiser(), ctx, acts[:, s : s + k], self.config.num_steps, self.scheduler,
+                x = sample_chunk(denoiser, ctx, acts[:, s : s + k], self.config.num_steps, self.scheduler,
                                  noise=noise.to(self.device), guidance_scale=self.config.guidance_scale)
             x = x.float()  # (B*N, k, C, h, w)
             chunks.append(x)
