@@ -12,6 +12,7 @@ from gymnasium_robotics.envs.maze import maps
 
 from sfplan.envs.base import MujocoGoalEnv
 from sfplan.envs.rendering import free_camera
+from sfplan.errors import UserError
 
 POINT_XML = os.path.join(os.path.dirname(gymnasium_robotics.__file__), "envs", "assets", "point", "point.xml")
 MAZES = {"UMaze": maps.U_MAZE, "Medium": maps.MEDIUM_MAZE}
@@ -45,10 +46,15 @@ class PointMazeGoalEnv(MujocoGoalEnv):
 
     Args:
         maze: ``"UMaze"`` (5x5 cells) or ``"Medium"`` (8x8 cells), gymnasium-robotics' maps.
+        frame_skip: simulator steps (0.01 s each) per env step, the action held over them
+            (an action repeat). gymnasium-robotics uses 1; at 64x64 a full push then moves
+            the ball ~1 px per 8-step model chunk, below what a learned model can resolve,
+            so sfplan's PointMaze configs use 4 (``configs/env/pointmaze_*.yaml``). Goals do
+            not depend on it: they are driven at the simulator rate (below).
 
     - Model and physics: gymnasium-robotics' ``point.xml`` plus the maze's wall boxes, as
-      ``PointMaze_*-v3`` builds them (1 m cells, walls 0.4 m high); dt 0.01 s
-      (``frame_skip=1``); action Box(-1, 1, (2,)) forces (gear 100); each step clips the
+      ``PointMaze_*-v3`` builds them (1 m cells, walls 0.4 m high); dt 0.01 s x
+      ``frame_skip``; action Box(-1, 1, (2,)) forces (gear 100); each env step clips the
       ball's velocity to [-5, 5] first, as ``PointEnv.step`` does.
     - Start (seeded): a uniformly random free cell plus ``U(-0.25, 0.25)`` m noise per
       axis (gymnasium-robotics' ``position_noise_range``), at rest.
@@ -61,6 +67,9 @@ class PointMazeGoalEnv(MujocoGoalEnv):
       controller for 25-50 steps (wherever the ball is then is the goal); cells 2 steps
       away are preferred, and the draw is repeated until the ball moved at least
       ``near_min_moved = 0.6`` m (0.25-0.5 s of motion rarely covers 2x the threshold).
+      The controller acts every simulator step (100 Hz) whatever ``frame_skip`` is, so a
+      seed gives the same start and goal at any ``frame_skip``; ``near_steps`` and
+      ``far_max_steps`` count simulator steps.
       ``far``: a cell among the farthest (BFS distance >= 60% of the largest from the
       start cell), reached by following the BFS path with the same controller until the
       ball rests within 0.1 m of its centre (at most 1000 steps).
@@ -73,9 +82,12 @@ class PointMazeGoalEnv(MujocoGoalEnv):
     near_min_moved = 0.6  # > the threshold, with a margin (25-50 steps rarely make 2x)
     far_max_steps = 1000
 
-    def __init__(self, maze: str = "UMaze", image_size: int = 64, goal: str = "near", render_mode: str | None = "rgb_array"):
+    def __init__(self, maze: str = "UMaze", image_size: int = 64, goal: str = "near", render_mode: str | None = "rgb_array",
+                 frame_skip: int = 1):
         if maze not in MAZES:
             raise ValueError(f"unknown maze {maze!r}: use one of {sorted(MAZES)}")
+        if int(frame_skip) < 1:
+            raise UserError(f"frame_skip must be >= 1 (simulator steps per env step), got {frame_skip}")
         super().__init__(image_size=image_size, goal=goal, render_mode=render_mode)
         self.maze_name = maze
         self.maze_map = [[1 if c == 1 else 0 for c in row] for row in MAZES[maze]]
@@ -84,7 +96,7 @@ class PointMazeGoalEnv(MujocoGoalEnv):
         model = mujoco.MjModel.from_xml_string(build_maze_xml(self.maze_map))
         extent = max(self.rows, self.cols) * _SCALING
         camera = free_camera(lookat=(0.0, 0.0, 0.0), distance=extent + 2.0, azimuth=90.0, elevation=-90.0)
-        self._init_mujoco(model, frame_skip=1, camera=camera, ortho_extent=extent)
+        self._init_mujoco(model, frame_skip=int(frame_skip), camera=camera, ortho_extent=extent)
 
     # ---- maze geometry -------------------------------------------------------------
     def cell_to_xy(self, cell: tuple[int, int]) -> np.ndarray:
@@ -129,12 +141,21 @@ class PointMazeGoalEnv(MujocoGoalEnv):
         mujoco.mj_forward(self.model, self.data)
         self._stale = False
 
-    def sim_step(self, action: np.ndarray) -> None:
+    def sim_step(self, action: np.ndarray, nstep: int | None = None) -> None:
         # PointEnv.step: clip the action, clip the velocity to [-5, 5], then step.
         np.clip(self.data.qvel, -5.0, 5.0, out=self.data.qvel)
         self.data.ctrl[:] = np.clip(action, -1.0, 1.0)
-        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
+        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip if nstep is None else nstep)
         self._stale = True
+
+    def _drive_to_goal(self, rng: np.random.Generator) -> None:
+        # _goal_actions are simulator-rate (one per 0.01 s): replay them one simulator step
+        # each, recording the path once per env step (the waypoint images' time base).
+        actions = self._goal_actions(rng)
+        for t, a in enumerate(actions, start=1):
+            self.sim_step(np.asarray(a, dtype=np.float64), nstep=1)
+            if t % self.frame_skip == 0 or t == len(actions):  # the goal state always ends the path
+                self._goal_path.append(self.get_state())
 
     def ball_xy(self) -> np.ndarray:
         """Ball (x, y) in metres (its slide joints are the world position)."""
@@ -162,7 +183,7 @@ class PointMazeGoalEnv(MujocoGoalEnv):
         actions = []
         for _ in range(steps):
             a = self._controller(waypoints)
-            self.sim_step(a)
+            self.sim_step(a, nstep=1)
             actions.append(a)
             if stop_at_rest and len(waypoints) == 1 and np.linalg.norm(waypoints[0] - self.ball_xy()) < 0.1 \
                     and np.linalg.norm(self.data.qvel[:2]) < 0.2:

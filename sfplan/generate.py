@@ -223,14 +223,15 @@ def _load_actions(path: str, action_dim: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- command
-def simulate_episode(task: str, seed: int, frames: int, size: int, action_dim: int):
+def simulate_episode(task: str, seed: int, frames: int, size: int, action_dim: int, env_kwargs: dict | None = None):
     """Reset ``task`` at ``seed`` and drive it with correlated random actions (the
     collection policy) -> (frames (T, S, S, 3) uint8, actions (T - 1, A)), T <= ``frames``:
-    the truth a model's rollout from ``frames[:ctx]`` is scored against."""
+    the truth a model's rollout from ``frames[:ctx]`` is scored against. ``env_kwargs``:
+    the env settings the model was trained with (e.g. PointMaze's ``frame_skip``)."""
     from sfplan.data.policies import CorrelatedPolicy
     from sfplan.envs import make_env
 
-    env = make_env(task, image_size=size)
+    env = make_env(task, **{**dict(env_kwargs or {}), "image_size": size})
     try:
         if env.action_space.shape != (action_dim,):
             raise UserError(f"task {task} has actions of shape {env.action_space.shape}, the model {action_dim}-d: "
@@ -320,7 +321,9 @@ def run_generate(cfg: DictConfig) -> dict:
         ds.close()
     else:  # a fresh episode of the task in the simulator: ground truth under correlated random actions
         H = int(cfg.get("horizon") or 48)
-        frames, actions = simulate_episode(str(cfg.task), int(cfg.episode_seed), ctx_n + H, size, A)
+        trained = getattr(wm, "trained_env", None) or {}
+        env_kwargs = trained.get("kwargs") if trained.get("id") == str(cfg.task) else None
+        frames, actions = simulate_episode(str(cfg.task), int(cfg.episode_seed), ctx_n + H, size, A, env_kwargs)
         context, truth, actions = frames[:ctx_n], frames[ctx_n:], actions[ctx_n - 1:]
         source = {"task": str(cfg.task), "seed": int(cfg.episode_seed), "policy": "correlated"}
         name = f"{str(cfg.task).split('/')[-1]}_seed{int(cfg.episode_seed)}"

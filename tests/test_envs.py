@@ -233,3 +233,29 @@ def test_waypoints_of_a_goal_placed_without_a_path():
     assert info["goal_waypoints"].shape == (1, 32, 32, 3)  # Reacher's far goal is placed directly
     np.testing.assert_array_equal(info["goal_waypoints"][0], obs["desired_goal"])
     env.close()
+
+
+def test_pointmaze_frame_skip_is_an_action_repeat_with_the_same_goals():
+    """frame_skip=k: one env step is k simulator steps under the same action (exactly k
+    frame_skip=1 steps), and a seed gives the same start and goal at any k."""
+    envs = {k: gym.make("sfplan/PointMazeUMaze-v0", image_size=32, frame_skip=k) for k in (1, 4)}
+    (o1, i1), (o4, i4) = envs[1].reset(seed=5), envs[4].reset(seed=5)
+    np.testing.assert_array_equal(o1["pixels"], o4["pixels"])
+    np.testing.assert_array_equal(o1["desired_goal"], o4["desired_goal"])
+    assert envs[4].unwrapped.dt == pytest.approx(4 * envs[1].unwrapped.dt)
+    a = np.array([0.7, -0.4], dtype=np.float32)
+    for _ in range(4):
+        envs[1].step(a)
+    _, _, _, _, info4 = envs[4].step(a)
+    np.testing.assert_allclose(envs[4].unwrapped.ball_xy(), envs[1].unwrapped.ball_xy(), atol=1e-12)
+    assert info4["distance"] == pytest.approx(envs[1].unwrapped._info()["distance"])
+    # The far goal's waypoint path is recorded once per env step and ends at the goal.
+    far = gym.make("sfplan/PointMazeUMaze-v0", image_size=32, goal="far", frame_skip=4)
+    _, info = far.reset(seed=0, options={"waypoints": 3})
+    u = far.unwrapped
+    np.testing.assert_array_equal(u._goal_path[-1], u.goal_state)
+    assert info["goal_waypoints"].shape[0] == 4
+    with pytest.raises(ValueError, match="frame_skip"):
+        gym.make("sfplan/PointMazeUMaze-v0", frame_skip=0)
+    for env in (*envs.values(), far):
+        env.close()

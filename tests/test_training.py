@@ -101,6 +101,15 @@ def test_collect_train_vae_dynamics_generate(data, tmp_path):
     wm = load_world_model(str(dyn_out / "model"), device="cpu")
     assert wm.chunk_size == 2 and wm.diffusion.config.action_dim == 2
     assert wm.checkpoint_sha256 == summary["checkpoint_sha256"]
+    # The model records the task and env settings of its data; eval refuses other ones.
+    from sfplan.world_model.learned import check_env_matches
+
+    assert wm.trained_env == {"id": "sfplan/Reacher-v0", "kwargs": {"image_size": 32}}
+    check_env_matches(wm, "sfplan/Reacher-v0", {"image_size": 32, "goal": "far"})  # the goal protocol is free
+    with pytest.raises(UserError, match=r"image_size=32 \(this env: 64\).*env.kwargs.image_size=32"):
+        check_env_matches(wm, "sfplan/Reacher-v0", {"image_size": 64, "goal": "near"})
+    with pytest.raises(UserError, match="trained on sfplan/Reacher-v0, not sfplan/PointMazeUMaze-v0"):
+        check_env_matches(wm, "sfplan/PointMazeUMaze-v0", {"image_size": 32})
 
     assert main(["generate", f"model={dyn_out}/model", f"data={data}", "episode=1", "horizon=5", "num_threads=1",
                  f"out_dir={gen_out}", "scale=1"]) == 0

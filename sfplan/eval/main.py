@@ -48,6 +48,10 @@ def _build(cfg: DictConfig):
     needs_model = getattr(planner_cls, "needs_world_model", True)
     # `kind` (oracle | learned) only picks the env's search row (configs/env/*.yaml `search`)
     world_model = instantiate(_without(cfg.world_model, "kind")) if needs_model else None
+    if world_model is not None and hasattr(world_model, "trained_env"):
+        from sfplan.world_model.learned import check_env_matches
+
+        check_env_matches(world_model, cfg.env.id, OmegaConf.to_container(cfg.env.kwargs, resolve=True))
     _attach_memory(world_model, cfg.get("memory"))
     cost = instantiate(cfg.cost) if needs_model else None
     planner = instantiate(cfg.planner)(

@@ -336,7 +336,10 @@ class DynamicsStage(_Stage):
         return logs, {"samples/real_vs_imagined": strip}, {"real_vs_imagined": video}
 
     def save_final(self, ema_model, directory: Path) -> dict:
+        from sfplan.world_model.learned import trained_env_of
+
         wm = self.world_model(ema_model)
+        wm.trained_env = trained_env_of(self.ds.meta["env_id"], self.ds.meta.get("env_kwargs") or {})
         sha = wm.save_pretrained(directory)
         return {"checkpoint_sha256": sha}
 

@@ -145,6 +145,10 @@ class SlowFastWorldModel:
         self.checkpoint_sha256: str | None = None
         self.imagined_frames = 0  # imagined env steps, summed over candidates (throughput reports)
         self.memory = None  # TempLoRAMemory once attach_memory() ran
+        # The task the model was trained on, {"id": env id, "kwargs": env kwargs that shape
+        # the frames and dynamics (goal excluded)}; saved as "env" in world_model.json and
+        # checked by `sfplan eval` (check_env_matches). None: unknown (older checkpoints).
+        self.trained_env: dict | None = None
         self._cast_copy: tuple[tuple, torch.nn.Module] | None = None  # (fp32 weights' key, copy)
 
     # ------------------------------------------------------------------ construction
@@ -351,7 +355,10 @@ class SlowFastWorldModel:
         else:
             self.diffusion.save_pretrained(str(d / "diffusion"), safe_serialization=True)
         self.train_scheduler.save_pretrained(str(d / "scheduler"))
-        (d / "world_model.json").write_text(json.dumps({"format": FORMAT, **asdict(self.config)}, indent=2) + "\n")
+        meta = {"format": FORMAT, **asdict(self.config)}
+        if self.trained_env is not None:
+            meta["env"] = self.trained_env
+        (d / "world_model.json").write_text(json.dumps(meta, indent=2) + "\n")
         self.checkpoint_sha256 = checkpoint_sha256(d)
         return self.checkpoint_sha256
 
@@ -390,6 +397,7 @@ class SlowFastWorldModel:
                 f"re-save it, {TRAIN_HINT}"
             ) from None
         model = cls(vae, diffusion, sched, cfg, device)
+        model.trained_env = meta.get("env")
         model.checkpoint_sha256 = checkpoint_sha256(d)
         if (d / "idm").is_dir():  # inverse dynamics model for planner=video_plan -> model.idm
             from sfplan.world_model.idm import attach_idm_if_present
@@ -408,6 +416,32 @@ def checkpoint_sha256(directory: str | Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def trained_env_of(env_id: str, env_kwargs: dict) -> dict:
+    """``SlowFastWorldModel.trained_env`` for a dataset of ``env_id`` made with ``env_kwargs``
+    (the goal protocol is dropped: only the stored goal images depend on it)."""
+    return {"id": str(env_id), "kwargs": {k: v for k, v in sorted(dict(env_kwargs).items()) if k != "goal"}}
+
+
+def check_env_matches(model: "SlowFastWorldModel", env_id: str, env_kwargs: dict) -> None:
+    """Raise UserError when ``model`` was trained on another task or other env settings
+    (e.g. PointMaze's ``frame_skip``) than ``env_id(**env_kwargs)``: its imagined futures
+    would silently be those of another simulator. Models that do not record it pass."""
+    trained = getattr(model, "trained_env", None)
+    if not trained:
+        return
+    here = trained_env_of(env_id, env_kwargs)
+    if trained.get("id") != here["id"]:
+        raise UserError(f"the world model was trained on {trained.get('id')}, not {env_id}: pick the env it was "
+                        f"trained on (env=...) or a model trained on {env_id} (world_model.path=...)")
+    diff = {k: (v, here["kwargs"].get(k)) for k, v in trained.get("kwargs", {}).items()
+            if here["kwargs"].get(k) != v}
+    if diff:
+        fix = " ".join(f"env.kwargs.{k}={v[0]}" for k, v in diff.items())
+        shown = ", ".join(f"{k}={v[0]} (this env: {v[1]})" for k, v in diff.items())
+        raise UserError(f"the world model was trained on {env_id} with {shown}: set {fix}, or use a model trained "
+                        f"with these env settings (world_model.path=...)")
 
 
 def load_world_model(path: str | None = None, device: str = "auto", task: str | None = None,
