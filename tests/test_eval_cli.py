@@ -59,7 +59,7 @@ def test_unknown_task_id_lists_known_ids(capsys):
 def test_cfg_prints_resolved_config(capsys):
     assert main(["eval", "env=pointmaze_umaze", "--cfg"]) == 0
     out = capsys.readouterr().out
-    assert "sfplan/PointMazeUMaze-v0" in out and "budget: 100" in out
+    assert "sfplan/PointMazeUMaze-v0" in out and "budget: 25" in out and "frame_skip: 4" in out
 
 
 def test_info_lists_tasks_and_planners(capsys):
@@ -76,8 +76,10 @@ def test_execute_longer_than_horizon_names_the_fix(capsys):
 
 def test_eval_with_waypoints_follows_subgoals(tmp_path):
     out = tmp_path / "wp"
-    assert main(["eval", "env=pointmaze_umaze", "goal=far", "waypoints=8", "world_model=oracle", "episodes=1",
-                 "budget=50", "execute=5", "planner.num_samples=32",
+    # At gymnasium-robotics' frame_skip=1: the protocol this test was sized on (the config's 4
+    # makes each of the ~200 simulator steps of the path 4x coarser; not yet tuned for waypoints).
+    assert main(["eval", "env=pointmaze_umaze", "env.kwargs.frame_skip=1", "goal=far", "waypoints=8",
+                 "world_model=oracle", "episodes=1", "budget=50", "execute=5", "planner.num_samples=32",
                  "planner.iterations=3", f"out_dir={out}", "progress=false", "record=false"]) == 0
     rep = json.loads((out / "report.json").read_text())
     e = rep["episodes"][0]

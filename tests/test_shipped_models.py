@@ -60,3 +60,13 @@ def test_no_shipped_model_names_the_fix():
 
     with pytest.raises(UserError, match="world_model=oracle"):
         shipped_model_path("sfplan/Pusher-v0")
+
+
+def test_shipped_pointmaze_model_is_refused_on_other_env_settings(capsys):
+    """The PointMaze model was trained with an action repeat of 4 (world_model.json "env");
+    eval at gymnasium-robotics' frame_skip=1 would imagine another simulator, so it stops."""
+    wm = load_world_model(None, device="cpu", task="sfplan/PointMazeUMaze-v0")
+    assert wm.trained_env == {"id": "sfplan/PointMazeUMaze-v0", "kwargs": {"frame_skip": 4, "image_size": 64}}
+    assert main(["eval", "env=pointmaze_umaze", "world_model=learned", "env.kwargs.frame_skip=1", "episodes=1",
+                 "progress=false", "record=false"]) == 2
+    assert "env.kwargs.frame_skip=4" in capsys.readouterr().err
