@@ -201,3 +201,63 @@ def test_eval_jobs_run_the_same_episodes_in_parallel(tmp_path):
     assert parallel["meta"]["jobs"] == 2 and parallel["meta"]["imagined_frames"] == serial["meta"]["imagined_frames"]
     assert len(parallel["gifs"]) == 1 and (tmp_path / "parallel" / parallel["gifs"][0]).exists()
     assert main(["eval", "jobs=0", "episodes=1", "progress=false"]) == 2
+
+
+def test_a_waypoint_reached_mid_chunk_ends_the_chunk():
+    """A 1-D corridor whose frame shows the position: the first waypoint is 3 steps away, the
+    chunk is 5 long. The tracker sees every executed frame, so the second plan starts at step 3
+    and aims at the second waypoint (checked at decision time only, it would start at step 5)."""
+    import torch
+    from sfplan.eval.runner import run_episode
+    from sfplan.planners.base import PlanResult
+    from sfplan.world_model.base import WorldState
+
+    def img(x):
+        f = np.zeros((4, 16, 3), np.uint8)
+        f[:, x] = 255
+        return f
+
+    class Corridor(gym.Env):
+        observation_space = gym.spaces.Dict({"pixels": gym.spaces.Box(0, 255, (4, 16, 3), np.uint8),
+                                             "desired_goal": gym.spaces.Box(0, 255, (4, 16, 3), np.uint8)})
+        action_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+
+        def _out(self):
+            return ({"pixels": img(self.x), "desired_goal": img(12)},
+                    {"distance": float(12 - self.x), "is_success": self.x == 12, "state": np.zeros(1)})
+
+        def reset(self, seed=None, options=None):
+            super().reset(seed=seed)
+            self.x = 0
+            obs, info = self._out()
+            info["goal_waypoints"] = np.stack([img(3), img(8), img(12)])
+            return obs, info
+
+        def step(self, a):
+            self.x = min(15, self.x + 1)
+            obs, info = self._out()
+            return obs, 0.0, False, False, info
+
+    class Frames:
+        context_frames = 1
+
+        def encode(self, frames, sim_state=None):
+            f = torch.as_tensor(np.asarray(frames)[:, -1]).permute(0, 3, 1, 2).float() / 255  # (B, 3, 4, 16)
+            return WorldState(features=f, context=None)
+
+    class Planner:
+        needs_world_model = True
+        horizon = 5
+
+        def __init__(self):
+            self.calls = []  # (position of the frame planned from, waypoint column aimed at)
+
+        def plan(self, state, goal, warm_start=None):
+            col = lambda f: int(f[0, 0, 0].argmax())
+            self.calls.append((col(state.features), col(goal)))
+            return PlanResult(actions=torch.ones(1, 5, 1), cost=torch.zeros(1))
+
+    env, planner = Corridor(), Planner()
+    res = run_episode(env, planner, Frames(), seed=0, budget=20, execute=5, waypoints=2, record=False)
+    assert planner.calls[:3] == [(0, 3), (3, 8), (8, 12)]
+    assert res.success and res.steps == 12 and res.waypoints_passed == 2

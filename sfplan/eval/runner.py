@@ -67,7 +67,10 @@ def run_episode(
     returns subgoal images (``info["goal_waypoints"]``, the goal last); each decision
     plans toward the current one, moving on once the planner's cost from the observation
     to it is below ``subgoal_ratio`` x the cost between it and the previous waypoint
-    (``sfplan.planners.SubgoalTracker``, ``cost_distance``). Success is the final goal's.
+    (``sfplan.planners.SubgoalTracker``, ``cost_distance``). The tracker sees every executed
+    frame: a waypoint reached mid-chunk ends the chunk and the next plan aims past it (with
+    an action repeat, a chunk can carry the robot through a waypoint and beyond between two
+    decisions). Success is the final goal's.
 
     ``memory`` (optional, Temp-LoRA) gets ``reset()`` at the start and ``write(frames,
     actions)`` with each executed chunk's real frames.
@@ -140,6 +143,8 @@ def run_episode(
                 break
             if terminated or truncated:
                 break
+            if tracker is not None and _passes_waypoint(tracker, world_model, obs["pixels"], goal):
+                break  # re-plan for the next waypoint now: a fast robot would overshoot it otherwise
         if record:
             frames.extend(chunk_frames)
             if tracker is not None:
@@ -155,7 +160,7 @@ def run_episode(
             write_times.append(time.perf_counter() - t0)
         if terminated or truncated:
             break
-        warm = shift_plan(result.actions, len(chunk), fill=warm_fill,
+        warm = shift_plan(result.actions, len(chunk_frames), fill=warm_fill,
                           action_low=env.action_space.low, action_high=env.action_space.high)
     return EpisodeResult(
         seed=seed,
@@ -172,6 +177,13 @@ def run_episode(
         waypoint_images=wp if tracker is not None and record else None,
         frame_subgoals=subgoals,
     )
+
+
+def _passes_waypoint(tracker: SubgoalTracker, world_model, frame: np.ndarray, waypoints) -> bool:
+    """Show the tracker one executed frame (H, W, 3); True when it moved on to a later waypoint."""
+    before = int(tracker.index[0])
+    tracker.update(world_model.encode(frame[None, None]).features, waypoints)
+    return int(tracker.index[0]) > before
 
 
 def _remember_past(info: dict, memory, world_model, write_times: list[float]) -> list[np.ndarray]:
