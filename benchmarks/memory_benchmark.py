@@ -64,6 +64,21 @@ ARM_ORDER = ("none", "templora", "slowfast_none", "slowfast")
 MEMORY_ARMS = ("templora", "slowfast")
 
 
+def parse_memory_settings(pairs) -> dict:
+    """KEY=VALUE strings (Temp-LoRA settings) -> {key: value}; values read as JSON (numbers,
+    lists, null), else kept as strings."""
+    cfg: dict = {}
+    for kv in pairs:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            raise UserError(f"--memory takes KEY=VALUE pairs (Temp-LoRA settings), got {kv!r}")
+        try:
+            cfg[k] = json.loads(v)
+        except json.JSONDecodeError:
+            cfg[k] = v
+    return cfg
+
+
 # ----------------------------------------------------------------------------- memory use
 def _rss_bytes() -> int:
     try:
@@ -265,15 +280,7 @@ def run(args: argparse.Namespace) -> dict:
     overrides = {}
     if args.num_steps:
         overrides["num_steps"] = int(args.num_steps)
-    mem_cfg: dict = {}
-    for kv in args.memory or []:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            raise UserError(f"--memory takes KEY=VALUE pairs (Temp-LoRA settings), got {kv!r}")
-        try:
-            mem_cfg[k] = json.loads(v)
-        except json.JSONDecodeError:
-            mem_cfg[k] = v
+    mem_cfg = parse_memory_settings(args.memory or [])
     out = Path(args.out or f"outputs/memory_benchmark/{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
 

@@ -36,10 +36,8 @@ from sfplan.data import EpisodeDataset
 from sfplan.eval.video_metrics import psnr
 from sfplan.world_model.learned import load_world_model
 
-try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.temp_lora_recall
-    from world_model_quality import object_psnr
-except ImportError:  # pragma: no cover
-    from benchmarks.world_model_quality import object_psnr
+from memory_benchmark import parse_memory_settings  # benchmarks/ is on sys.path when run as a script
+from world_model_quality import object_psnr
 
 DEFAULT_SETTINGS = [
     "paper:lr=1e-4,steps_per_write=1",
@@ -50,16 +48,9 @@ DEFAULT_SETTINGS = [
 
 
 def parse_setting(text: str) -> tuple[str, dict]:
-    """'name:k=v,k=v' -> (name, {k: v}) with numbers parsed."""
+    """'name:k=v,k=v' -> (name, {k: v}), values read as ``memory_benchmark`` reads ``--memory``."""
     name, _, body = text.partition(":")
-    out = {}
-    for item in filter(None, body.split(",")):
-        k, _, v = item.partition("=")
-        try:
-            out[k] = int(v) if v.lstrip("-").isdigit() else float(v)
-        except ValueError:
-            out[k] = v
-    return name, out
+    return name, parse_memory_settings(filter(None, body.split(",")))
 
 
 @torch.no_grad()
@@ -85,8 +76,10 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = [parse_setting(s) for s in (args.setting or DEFAULT_SETTINGS)]
-    # fp32 weights: a memory disables the bf16 weight copy anyway; same for the no-memory arm
-    wm = load_world_model(args.model, device=args.device, return_frames="all", cast_weights=False)
+    def load():  # fp32 weights: a memory disables the bf16 weight copy anyway; same for the no-memory arm
+        return load_world_model(args.model, device=args.device, return_frames="all", cast_weights=False)
+
+    wm = load()
     ctx, C = wm.context_frames, wm.chunk_size
     ds = EpisodeDataset(Path(args.data))
     eps = [e for e in (ds[i] for i in range(min(args.episodes, len(ds)))) if e.length >= ctx - 1 + 2 * C]
@@ -118,7 +111,7 @@ def main(argv=None) -> dict:
     rows = {"no memory": {**base, "write_s": 0.0}}
     for name, kw in settings:
         if wm.memory is not None:  # a fresh adapter per setting (rank or targets may differ)
-            wm = load_world_model(args.model, device=args.device, return_frames="all", cast_weights=False)
+            wm = load()
         wm.attach_memory(kw)
         p1, p2, times = run(True)
         rows[name] = {**scores(p1, p2), "write_s": float(np.mean(times)), "config": kw}
