@@ -27,6 +27,7 @@ class CEMConfig:
     noise_beta: float = 0.0  # 0 = white noise; > 0 = coloured along H (iCEM uses ~2)
     keep_elites: float = 0.0  # fraction of each iteration's elites re-entered as candidates of the next (iCEM: 0.3)
     cold_num_samples: int = 0  # candidates per iteration when there is no warm start (an episode's first plan); 0 = num_samples
+    video_proposals: int = 0  # K > 0: the first iteration's last K candidates are the paper's video plans (IDM actions)
     seed: int = 0
 
 
@@ -35,7 +36,7 @@ class CEMPlanner(SamplingPlanner):
 
     ``CEMPlanner(world_model, cost, action_low, action_high, config=None, *, horizon=10,
     num_samples=64, iterations=4, num_elites=8, alpha=0.1, init_std=0.5, min_std=0.05,
-    include_mean=True, noise_beta=0.0, keep_elites=0.0, cold_num_samples=0, seed=0)``.
+    include_mean=True, noise_beta=0.0, keep_elites=0.0, cold_num_samples=0, video_proposals=0, seed=0)``.
 
     Each iteration samples N sequences (B, N, H, A), clips them to the bounds, imagines
     them all in one ``world_model.imagine`` call and scores them with ``cost`` (B, N). The
@@ -51,6 +52,12 @@ class CEMPlanner(SamplingPlanner):
     first decision): there is nothing to refine yet, and that plan can commit the episode
     to one of several look-alike basins (Reacher: which way the elbow folds), so it is
     worth a larger draw than the re-plans that follow.
+    ``video_proposals`` = K > 0 seeds every plan with the paper's planner: K action-free
+    videos steered to the goal, their actions read off by the inverse dynamics model
+    (``VideoPlanPlanner.propose``, its default settings, the same horizon) replace the last
+    K random candidates of the first iteration, so CEM keeps them if they score best and
+    refines around them. Needs the learned world model with an IDM; costs one batched video
+    generation per decision.
     Noise comes from a generator seeded ``seed + call index``: reproducible runs.
     """
 
@@ -67,6 +74,21 @@ class CEMPlanner(SamplingPlanner):
             raise ValueError(f"keep_elites must be a fraction in [0, 1], got {c.keep_elites}")
         if c.cold_num_samples < 0:
             raise ValueError(f"cold_num_samples must be >= 0 (0: num_samples), got {c.cold_num_samples}")
+        smallest = min(c.num_samples, c.cold_num_samples or c.num_samples)
+        if not 0 <= c.video_proposals < smallest:
+            raise ValueError(f"video_proposals must be in [0, num_samples) (and below cold_num_samples), got "
+                             f"{c.video_proposals} with {smallest} candidates")
+        self.proposer = None
+        if c.video_proposals > 0:
+            from .video_plan import VideoPlanPlanner
+
+            self.proposer = VideoPlanPlanner(world_model, cost, action_low, action_high, horizon=c.horizon,
+                                             num_videos=c.video_proposals, seed=c.seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        super().reset(seed)
+        if self.proposer is not None:
+            self.proposer.reset(seed)
 
     @property
     def iterations(self) -> int:
@@ -90,13 +112,15 @@ class CEMPlanner(SamplingPlanner):
         first_best = None
         keep = min(int(round(c.keep_elites * E)), N - int(c.include_mean))
         kept = None  # (B, keep, H, A) best candidates of the previous iteration
+        if self.proposer is not None:
+            kept = self.proposer.propose(state, goal)[0]  # (B, K, H, A): video plans enter the first iteration
         for _ in range(c.iterations):
             noise = sample_noise((B, N, H, A), c.noise_beta, gen, self.device)  # (B, N, H, A)
             cand = self.clip(mean[:, None] + std[:, None] * noise)  # (B, N, H, A)
             if c.include_mean:
                 cand[:, 0] = self.clip(mean)
             if kept is not None:
-                cand[:, N - keep:] = kept
+                cand[:, N - kept.shape[1]:] = kept
             costs = imagine_and_score(self.world_model, self.cost, state, goal, cand)  # (B, N)
             best_actions, best_cost = update_best(best_actions, best_cost, cand, costs)
             if first_best is None:
@@ -116,6 +140,7 @@ class CEMPlanner(SamplingPlanner):
                 "first_iteration_cost": float(first_best.mean()),
                 "final_std": float((std / rng).mean()),
                 "num_samples": N,
+                "video_proposals": int(c.video_proposals),
                 "imagined_frames": B * N * H * c.iterations,
             },
         )

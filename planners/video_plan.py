@@ -169,15 +169,18 @@ class VideoPlanPlanner:
 
     # ------------------------------------------------------------------ plan
     @torch.no_grad()
-    def plan(self, state: WorldState, goal: torch.Tensor, warm_start: torch.Tensor | None = None) -> PlanResult:
-        """state: from ``SlowFastWorldModel.encode`` (context (B, T', C, h, w)); goal: (B or 1,
-        C, h, w) or waypoints (B or 1, S, C, h, w); warm_start: ignored (each decision plans a
-        fresh video) -> PlanResult(actions (B, H, A), cost (B,), info)."""
+    def propose(self, state: WorldState, goal: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Steps 1-3 of a decision: state from ``SlowFastWorldModel.encode`` (context (B, T',
+        C, h, w)); goal (B or 1, C, h, w) or waypoints (B or 1, S, C, h, w) -> (actions
+        (B, K, H, A) read off the K videos by the IDM and clipped to the box, videos (B, K,
+        H, C, h, w), the subgoal latent planned for (B, C, h, w), subgoal index (B,)).
+        Also what ``CEMPlanner(video_proposals=K)`` seeds its search with."""
         from sfplan.world_model.sampler import sample_chunk_to_goal
 
         c, wm = self.config, self.world_model
         if state is None or state.context is None:
-            raise ValueError("VideoPlanPlanner.plan needs a WorldState from SlowFastWorldModel.encode")
+            raise ValueError("VideoPlanPlanner needs a WorldState from SlowFastWorldModel.encode")
         ctx = state.context[:, -wm.context_frames:].to(self.device, torch.float32)  # (B, T', C, h, w)
         B, Tc, C, h, w = ctx.shape
         goals = torch.as_tensor(goal).to(self.device, torch.float32)
@@ -205,7 +208,18 @@ class VideoPlanPlanner:
         # actions: IDM on [context, video]; action t leads to video frame t
         seq = torch.cat([ctx[:, None].expand(B, K, Tc, C, h, w), video], dim=2)  # (B, K, T'+H, C, h, w)
         acts = self.idm.infer_sequence(seq)[:, :, Tc - 1:]  # (B, K, H, A)
-        acts = torch.clamp(acts.float(), self.action_low, self.action_high)
+        return torch.clamp(acts.float(), self.action_low, self.action_high), video, target, sub
+
+    @torch.no_grad()
+    def plan(self, state: WorldState, goal: torch.Tensor, warm_start: torch.Tensor | None = None) -> PlanResult:
+        """state: from ``SlowFastWorldModel.encode`` (context (B, T', C, h, w)); goal: (B or 1,
+        C, h, w) or waypoints (B or 1, S, C, h, w); warm_start: ignored (each decision plans a
+        fresh video) -> PlanResult(actions (B, H, A), cost (B,), info)."""
+        c, wm = self.config, self.world_model
+        acts, video, target, sub = self.propose(state, goal)  # (B, K, H, A), (B, K, H, C, h, w), (B, C, h, w)
+        B, K, H = acts.shape[:3]
+        g = torch.as_tensor(goal)
+        num_subgoals = int(g.shape[1]) if g.dim() == 5 else 1  # waypoints (B, S, C, h, w) or one goal
 
         if c.score == "rollout":
             imagined = wm.imagine(state, acts)
@@ -226,7 +240,7 @@ class VideoPlanPlanner:
                 "mean_cost": float(costs[torch.isfinite(costs)].mean()) if bool(torch.isfinite(costs).any())
                 else float("inf"),
                 "subgoal": float(sub.float().mean()),
-                "num_subgoals": int(goals.shape[1]),
+                "num_subgoals": num_subgoals,
                 "last_frame_goal_mse": float(last_gap.mean()),
                 "imagined_frames": B * K * H * (2 if c.score == "rollout" else 1),
                 "memory": getattr(wm, "memory", None) is not None,

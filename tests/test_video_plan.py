@@ -442,3 +442,37 @@ def test_video_plan_needs_latent_features():
     wm.config.cost_space = "pixels"
     with pytest.raises(UserError, match="cost_space=latent"):
         make_planner(wm)
+
+
+def test_cem_seeded_with_video_plans_scores_them_in_its_first_iteration():
+    """CEMPlanner(video_proposals=K): the first imagine call of a plan carries the K video
+    plans (what VideoPlanPlanner.propose reads off with the same seed) as its last K
+    candidates; later iterations are CEM's own draws; the proposals follow the episode seed."""
+    from sfplan.planners import CEMPlanner
+
+    wm = tiny_wm()
+    wm.idm = tiny_idm(num_frames=3)
+    cost = LatentL2Cost(reduce="mean")
+    seen = []
+    orig = wm.imagine
+    wm.imagine = lambda s, a: seen.append(a.clone()) or orig(s, a)
+    cem = CEMPlanner(wm, cost, LOW, HIGH, horizon=4, num_samples=8, iterations=2, video_proposals=3, seed=7)
+    ref = VideoPlanPlanner(wm, cost, LOW, HIGH, horizon=4, num_videos=3, seed=7)
+    state = wm.encode(frames(2, 2))
+    goal = wm.encode(frames(1, 1, seed=5)).features
+    cem.start_episode(11)
+    ref.start_episode(11)
+    res = cem.plan(state, goal)
+    want = ref.propose(state, goal)[0]  # (B, K, H, A)
+    assert len(seen) == 2 and seen[0].shape == (2, 8, 4, 2)
+    assert torch.allclose(seen[0][:, 5:], want, atol=1e-6)
+    assert not torch.allclose(seen[1][:, 5:], want, atol=1e-3)  # only the first iteration is seeded
+    assert res.info["video_proposals"] == 3 and res.actions.shape == (2, 4, 2)
+    cem.start_episode(12)  # another episode: other videos
+    cem.plan(state, goal)
+    assert not torch.allclose(seen[2][:, 5:], want, atol=1e-3)
+    with pytest.raises(ValueError, match="video_proposals"):
+        CEMPlanner(wm, cost, LOW, HIGH, horizon=4, num_samples=8, video_proposals=8)
+    wm.idm = None
+    with pytest.raises(UserError, match="inverse dynamics"):
+        CEMPlanner(wm, cost, LOW, HIGH, horizon=4, num_samples=8, video_proposals=2)
