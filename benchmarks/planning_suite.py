@@ -45,9 +45,9 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
     ],
     # issue 5: the planners on the shipped learned Reacher model (CEM is learned_near's cell): MPPI, and the
     # paper's planner (action-free video steered to the goal, actions read off by the shipped IDM)
-    # (and with its video plans scored by imagining their IDM actions)
-    "planners_learned": [("reacher", p, "learned", []) for p in ("mppi", "video_plan")]
-    + [("reacher", "video_plan", "learned", ["planner.score=rollout"])],
+    # scoring its video plans as generated (the paper) and by imagining their IDM actions (the default)
+    "planners_learned": [("reacher", "mppi", "learned", [])]
+    + [("reacher", "video_plan", "learned", [f"planner.score={s}"]) for s in ("video", "rollout")],
     # issue 5, long horizon: far goals across PointMaze Medium, the goal image alone vs. 10 waypoint images
     "far_waypoints": [
         ("pointmaze_medium", "cem", "oracle", ["goal=far", "waypoints=10"]),

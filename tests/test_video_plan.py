@@ -283,7 +283,7 @@ def make_planner(wm=None, idm=None, cost=None, **kw):
     if idm is not False:
         wm.idm = idm or tiny_idm(num_frames=3)
     return VideoPlanPlanner(world_model=wm, cost=cost or LatentL2Cost(reduce="mean"), action_low=LOW,
-                            action_high=HIGH, **{"num_videos": 4, "num_steps": 3, **kw}), wm
+                            action_high=HIGH, **{"num_videos": 4, "num_steps": 3, "score": "video", **kw}), wm
 
 
 def test_planner_returns_bounded_actions_of_the_best_video():
