@@ -111,7 +111,7 @@ class CEMPlanner(SamplingPlanner):
         best_actions = best_cost = None
         first_best = None
         keep = min(int(round(c.keep_elites * E)), N - int(c.include_mean))
-        kept = None  # (B, keep, H, A) best candidates of the previous iteration
+        kept = None  # (B, k, H, A) candidates replacing the last k draws: the video plans, then the kept elites
         if self.proposer is not None:
             kept = self.proposer.propose(state, goal)[0]  # (B, K, H, A): video plans enter the first iteration
         for _ in range(c.iterations):
