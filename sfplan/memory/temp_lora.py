@@ -37,6 +37,7 @@ import torch
 ADAPTER_NAME = "temp_lora"
 WRITE_MODES = ("generated", "real")
 LOSSES = ("action_free", "masked")
+NOISE_LEVELS = ("uniform", "sampler")
 
 
 @dataclass
@@ -63,6 +64,13 @@ class TempLoRAConfig:
         then need the actions between the clip's frames). ``masked`` trains the LoRA on
         the input the model sees when it imagines; on MemoryMaze the action-free update
         made imagination worse (benchmarks/RESULTS.md, memory benchmark).
+    noise_levels: where each step's noise levels are drawn: ``uniform`` over the training
+        schedule (the paper), or ``sampler``: among the few timesteps the world model's
+        sampler evaluates the denoiser at (e.g. 999 and 499 for 2 DPM-Solver++ steps), the
+        only ones imagination ever queries.
+    reverse: each written clip is also trained on played backwards (time reversed; with
+        ``loss="masked"`` under the null action condition, as its actions are unknown):
+        for scenes revisited in reverse order, e.g. retracing a path.
     merge_for_imagine: ``SlowFastWorldModel.imagine`` runs with W + (alpha/r) B A swapped
         in for each adapted W (``merged()``): one matmul per projection instead of three.
         At rank 32 on the default CPU-sized model the unmerged LoRA path costs about as
@@ -81,6 +89,8 @@ class TempLoRAConfig:
     max_write_frames: int | None = None
     seed: int = 0
     loss: str = "action_free"
+    noise_levels: str = "uniform"
+    reverse: bool = False
     merge_for_imagine: bool = True
 
     @classmethod
@@ -113,6 +123,8 @@ class TempLoRAConfig:
             raise ValueError(f"Temp-LoRA lr must be > 0, got {self.lr}")
         if self.loss not in LOSSES:
             raise ValueError(f"Temp-LoRA loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.noise_levels not in NOISE_LEVELS:
+            raise ValueError(f"Temp-LoRA noise_levels must be one of {NOISE_LEVELS}, got {self.noise_levels!r}")
         if self.write not in WRITE_MODES:
             raise ValueError(f"Temp-LoRA write must be one of {WRITE_MODES}, got {self.write!r}")
         if self.context_frames is not None and self.context_frames < 0:
@@ -332,6 +344,10 @@ class TempLoRAMemory:
                 a = max(0, s - ctx)
                 clip = hist[a: e]  # (ctx + new, C, h, w): clean context ⊕ new frames
                 losses += self._train_on(clip, actions[a: e - 1] if masked else None, s - a)
+                if self.config.reverse:
+                    rev = clip.flip(0)
+                    null = torch.zeros_like(actions[a: e - 1]) if masked else None
+                    losses += self._train_on(rev, null, s - a, null_condition=True)
                 frames = clip.shape[0]
                 s = e
         finally:
@@ -348,19 +364,25 @@ class TempLoRAMemory:
                 "loss_last": losses[-1] if losses else nan, "steps": float(len(losses)), "frames": float(frames),
                 "new_frames": float(n_new), "time_s": dt}
 
-    def _train_on(self, clip: torch.Tensor, actions: torch.Tensor | None = None, num_context: int = 0) -> list[float]:
+    def _train_on(self, clip: torch.Tensor, actions: torch.Tensor | None = None, num_context: int = 0,
+                  null_condition: bool = False) -> list[float]:
         """``steps_per_write`` Adam steps on one clip (T, C, h, w) (with ``actions`` (T-1, A):
-        the masked loss, ``num_context`` clean frames); returns the losses."""
+        the masked loss, ``num_context`` clean frames, under the null condition with
+        ``null_condition``); returns the losses."""
         R = int(self.config.timesteps_per_step)
         x = clip[None].expand(R, *clip.shape)  # (R, T, C, h, w): R noise levels of the same clip
+        # (S,) the sampler's timesteps, read per clip: its settings may change between episodes
+        levels = self.world_model.sampler_timesteps() if self.config.noise_levels == "sampler" else None
         out = []
         for _ in range(int(self.config.steps_per_write)):
+            t = None if levels is None else levels[torch.randint(len(levels), (R,), generator=self._gen)]
             with torch.enable_grad():
                 if actions is None:
-                    loss, _ = self.world_model.action_free_loss(x, generator=self._gen)
+                    loss, _ = self.world_model.action_free_loss(x, timesteps=t, generator=self._gen)
                 else:
                     loss, _ = self.world_model.masked_loss(x, actions[None].expand(R, *actions.shape), num_context,
-                                                           generator=self._gen, p_uncond=0.0)
+                                                           generator=self._gen, p_uncond=1.0 if null_condition else 0.0,
+                                                           timesteps=t)
                 # gradients w.r.t. the LoRA tensors only: base weights get no .grad even when
                 # they require grad (the slow-fast loop trains them in the same graph later)
                 grads = torch.autograd.grad(loss, self._params)

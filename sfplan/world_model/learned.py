@@ -331,9 +331,16 @@ class SlowFastWorldModel:
 
     # ------------------------------------------------------------------ training helpers
     def masked_loss(self, latents: torch.Tensor, actions: torch.Tensor, num_context=None, generator=None,
-                    p_uncond: float | None = None):
+                    p_uncond: float | None = None, timesteps=None):
         """Slow-learning loss on a clip: latents (B, T, C, h, w), actions (B, T, A) -> (loss, logs)."""
-        return self.diffusion.masked_loss(latents, actions, self.train_scheduler, num_context, generator, p_uncond)
+        return self.diffusion.masked_loss(latents, actions, self.train_scheduler, num_context, generator, p_uncond,
+                                          timesteps=timesteps)
+
+    def sampler_timesteps(self) -> torch.Tensor:
+        """The training-schedule timesteps the few-step sampler evaluates the denoiser at
+        (``num_steps`` of them, e.g. [999, 499] for DPM-Solver++ x 2, trailing spacing)."""
+        self.scheduler.set_timesteps(int(self.config.num_steps), device="cpu")
+        return self.scheduler.timesteps.clone().long()
 
     def action_free_loss(self, latents: torch.Tensor, timesteps=None, noise=None, generator=None):
         """Temp-LoRA's loss: latents (B, T, C, h, w), whole clip noised, null condition -> (loss, logs)."""

@@ -473,6 +473,7 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         p_uncond: float | None = None,
         motion_weight: float = 0.0,
         motion_threshold: float = 0.01,
+        timesteps: torch.Tensor | None = None,
     ):
         """Slow learning: masked conditional diffusion loss -> (loss, logs).
 
@@ -486,7 +487,8 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         ``motion_weight`` > 0 weighs the error at latent positions that change between
         consecutive clean frames (see ``motion_mask``) by 1 + motion_weight (a weighted mean):
         where the moving object is small (a ball in a whole-maze view) the plain MSE is
-        almost all static background, and a model that ignores the actions loses little."""
+        almost all static background, and a model that ignores the actions loses little.
+        ``timesteps`` (B,): the noise level of each row; default uniform random draws."""
         B, T = latents.shape[:2]
         dev = latents.device
         if T < 2:
@@ -499,7 +501,10 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if bool((f_p < 1).any()) or bool((f_p >= T).any()):
             raise ValueError(f"num_context must be in [1, T-1] = [1, {T - 1}]")
         ctx = torch.arange(T, device=dev)[None] < f_p[:, None]  # (B, T) True = context
-        t = _randint(0, scheduler.config.num_train_timesteps, (B,), generator, dev)
+        if timesteps is None:
+            t = _randint(0, scheduler.config.num_train_timesteps, (B,), generator, dev)
+        else:
+            t = torch.as_tensor(timesteps, device=dev).long().expand(B)
         noise = _randn(latents.shape, generator, dev)
         noisy = scheduler.add_noise(latents, noise, t)  # (B, T, C, h, w)
         x_in = torch.where(ctx[:, :, None, None, None], latents, noisy)
