@@ -83,6 +83,8 @@ def true_rollouts(env, state: np.ndarray, cand: np.ndarray, steps: list[int]):
 
 
 def run(args, overrides: list[str]) -> dict:
+    from omegaconf import OmegaConf
+
     from sfplan.config import load_config
     from sfplan.eval.main import _build
     from sfplan.world_model.base import Imagination
@@ -104,6 +106,7 @@ def run(args, overrides: list[str]) -> dict:
         goal = wm.encode(obs["desired_goal"][None, None]).features  # (1, C, h, w)
         for frac in args.fractions:
             sim, ctx = path_state(env, frac)
+            start_distance = float(env.unwrapped._distance(env.unwrapped._goal))  # before any rollout moves the sim
             state = wm.encode(ctx[None], sim_state=sim[None])
             cand = np.clip(mid + init_std * rng_a * g.standard_normal((N, H, len(low))), low, high).astype(np.float32)
             with torch.no_grad():
@@ -117,7 +120,7 @@ def run(args, overrides: list[str]) -> dict:
                 true = cost(Imagination(features=z, steps=im.steps), goal)[0].float().cpu()
             d = torch.from_numpy(dist)
             rows.append({
-                "seed": seed, "fraction": frac, "start_distance": float(env.unwrapped._distance(env.unwrapped._goal)),
+                "seed": seed, "fraction": frac, "start_distance": start_distance,
                 "spearman_learned_true": spearman(learned, true), "spearman_true_task": spearman(true, d),
                 "spearman_learned_task": spearman(learned, d),
                 "regret_learned": regret(int(learned.argmin()), dist), "regret_true": regret(int(true.argmin()), dist),
@@ -135,7 +138,7 @@ def run(args, overrides: list[str]) -> dict:
     env.close()
     return {"benchmark": "cost_agreement", "model": args.model, "overrides": overrides,
             "env": cfg.env.id, "horizon": H, "candidates": N, "init_std": init_std,
-            "cost": {k: v for k, v in dict(cfg.cost).items()}, "seeds": [args.seed, args.seed + args.states - 1],
+            "cost": OmegaConf.to_container(cfg.cost, resolve=True), "seeds": [args.seed, args.seed + args.states - 1],
             "fractions": args.fractions, "threads": args.threads, "wall_s": time.perf_counter() - t0,
             "mean": means, "by_fraction": by_frac, "states": rows}
 
