@@ -141,15 +141,18 @@ def make_episodes(env_id: str, env_kwargs: dict, seeds: list[int], out_steps: in
 
 
 def imagine_return(wm, frames: np.ndarray, actions: np.ndarray, n: int, seed: int, memory: bool,
-                   write_generated: bool, write_return: bool = False) -> tuple[np.ndarray, dict]:
+                   write_generated: bool, write_return: bool = False,
+                   written: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, dict]:
     """Imagine return frames n+1..2n of a retrace episode.
 
     wm: SlowFastWorldModel with ``return_frames="all"`` (and an attached memory when
     ``memory``). frames: (2n+1, H, W, 3) uint8; actions: (2n, A). With ``memory`` the
     memory is reset, then writes the outbound frames 0..n, and (``write_generated``) each
     imagined chunk after it is made; ``write_return`` (a diagnostic) writes the true return
-    leg too, so the memory has seen every frame it is asked for. Returns (imagined (n, H, W,
-    3) uint8, timings)."""
+    leg too, so the memory has seen every frame it is asked for. ``written`` (a control):
+    (frames, actions) of another episode, whose outbound leg is written instead of this
+    one's: what a write teaches beyond this episode's scene. Returns (imagined (n, H, W, 3)
+    uint8, timings)."""
     from sfplan.world_model.base import WorldState
 
     t0 = time.perf_counter()
@@ -157,7 +160,8 @@ def imagine_return(wm, frames: np.ndarray, actions: np.ndarray, n: int, seed: in
     if memory:
         wm.reset_memory(seed)
         upto = 2 * n if write_return else n
-        wm.remember(frames[: upto + 1], actions=np.asarray(actions[:upto], np.float32))
+        wf, wa = written if written is not None else (frames, actions)
+        wm.remember(wf[: upto + 1], actions=np.asarray(wa[:upto], np.float32))
         write_s += time.perf_counter() - t0
     ctx_n = wm.context_frames
     context = wm.encode(frames[None, max(0, n + 1 - ctx_n): n + 1]).context  # (1, T', C, h, w)
@@ -338,8 +342,10 @@ def run(args: argparse.Namespace) -> dict:
         with PeakMemory(wm.device) as pm:
             for i, ep in enumerate(episodes):
                 if use_mem:
+                    other = episodes[(i + 1) % len(episodes)] if args.write_other_episode else None
                     imagined, timing = imagine_return(wm, ep.pixels, ep.actions, n, ep.seed, True,
-                                                      not args.no_write_generated, args.write_return)
+                                                      not args.no_write_generated, args.write_return,
+                                                      None if other is None else (other.pixels, other.actions))
                 elif getattr(wm, "memory", None) is not None:
                     with wm.memory.disabled():
                         imagined, timing = imagine_return(wm, ep.pixels, ep.actions, n, ep.seed, False, False)
@@ -363,7 +369,7 @@ def run(args: argparse.Namespace) -> dict:
     config = {"env_id": args.env, "env_kwargs": env_kwargs, "seeds": seeds, "out_steps": n, "mode": args.mode,
               "arms": arms, "model": str(args.model), "slowfast_model": args.slowfast_model,
               "world_model_overrides": overrides, "memory": mem_cfg, "write_generated": not args.no_write_generated,
-              "write_return": args.write_return,
+              "write_return": args.write_return, "write_other_episode": args.write_other_episode,
               "features": args.features, "cut_quantile": args.cut_quantile, "cut_factor": args.cut_factor,
               "device": args.device, "threads": args.threads}
     res = {
@@ -407,6 +413,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-write-generated", action="store_true", help="write only the outbound real frames")
     p.add_argument("--write-return", action="store_true",
                    help="diagnostic: also write the true return leg (can the memory recall frames it was shown?)")
+    p.add_argument("--write-other-episode", action="store_true",
+                   help="control: write the next episode's outbound leg instead (a gain that survives is not memory)")
     p.add_argument("--num-steps", type=int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--features", default="random_conv", choices=("random_conv", "vae"))
     p.add_argument("--cut-quantile", type=float, default=0.99)

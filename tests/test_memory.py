@@ -176,6 +176,34 @@ def test_sampler_noise_levels_and_reversed_clips(loss, monkeypatch):
         TempLoRAConfig(noise_levels="low").validate()
 
 
+def test_negated_reverse_actions_condition_the_backward_clip(monkeypatch):
+    """reverse_actions=negate trains the backward clip under the masked loss with the
+    actions negated in reverse order (backward frame k -> k+1 is undone by -a[T-2-k]), not
+    the null condition; it needs the masked loss."""
+    wm = tiny_model()
+    mem = wm.attach_memory(TempLoRAConfig(rank=4, steps_per_write=2, timesteps_per_step=2, loss="masked",
+                                          reverse=True, reverse_actions="negate", max_write_frames=8))
+    calls = []
+    orig = wm.masked_loss
+
+    def spy(x, actions, *a, **kw):
+        calls.append((x.detach().clone(), actions.detach().clone(), kw.get("p_uncond")))
+        return orig(x, actions, *a, **kw)
+    monkeypatch.setattr(wm, "masked_loss", spy)
+    z, acts = latents(wm, T=5), torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+    mem.write(z, actions=acts, num_context=1)
+    assert len(calls) == 4
+    for i, (x, a, p_uncond) in enumerate(calls):
+        assert p_uncond == 0.0  # both directions conditioned on actions
+        assert torch.equal(x[0], z if i < 2 else z.flip(0))
+        assert torch.equal(a[0], acts if i < 2 else -acts.flip(0))
+    assert torch.equal(calls[2][1][0][0], -acts[3])  # the first backward step undoes the last forward one
+    with pytest.raises(ValueError, match="loss=masked"):
+        TempLoRAConfig(reverse=True, reverse_actions="negate").validate()
+    with pytest.raises(ValueError, match="reverse_actions"):
+        TempLoRAConfig(loss="masked", reverse_actions="flip").validate()
+
+
 def test_snapshot_load_round_trips_bit_exact():
     wm = tiny_model()
     mem = wm.attach_memory(TempLoRAConfig(**FAST))

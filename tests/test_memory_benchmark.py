@@ -252,3 +252,33 @@ def test_memory_benchmark_end_to_end(tiny_model_dir, tmp_path):
 def test_memory_benchmark_rejects_collection_seeds(tiny_model_dir, tmp_path):
     r = _bench(["--model", str(tiny_model_dir), "--seed", "5", "--out", str(tmp_path / "x")], tmp_path)
     assert r.returncode == 2 and "100000" in r.stderr
+
+
+def test_write_other_episode_control_writes_the_other_leg(tiny_model_dir):
+    """``--write-other-episode``: the memory is written with another episode's outbound leg
+    (and actions) in place of this one's; the imagined return then differs, and writing
+    the episode's own leg through the same argument reproduces the normal arm exactly."""
+    import importlib.util
+
+    from sfplan.memory import TempLoRAConfig
+    from sfplan.world_model.learned import load_world_model
+
+    spec = importlib.util.spec_from_file_location("memory_benchmark", ROOT / "benchmarks" / "memory_benchmark.py")
+    mb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mb)
+    env16 = gym.make(ENV_ID, image_size=16)
+    a, b = (retrace_rollout(env16, s, out_steps=4, mode="track") for s in (100000, 100001))
+    env16.close()
+    wm = load_world_model(tiny_model_dir, device="cpu", return_frames="all")
+    wm.attach_memory(TempLoRAConfig(rank=4, lr=0.01, steps_per_write=2, loss="masked"))
+    seen = []
+    remember = wm.remember
+    wm.remember = lambda frames, **kw: (seen.append((frames.copy(), kw["actions"].copy())), remember(frames, **kw))[1]
+    own, _ = mb.imagine_return(wm, a.pixels, a.actions, 4, a.seed, True, False)
+    other, _ = mb.imagine_return(wm, a.pixels, a.actions, 4, a.seed, True, False, written=(b.pixels, b.actions))
+    again, _ = mb.imagine_return(wm, a.pixels, a.actions, 4, a.seed, True, False, written=(a.pixels, a.actions))
+    np.testing.assert_array_equal(seen[0][0], a.pixels[:5])
+    np.testing.assert_array_equal(seen[1][0], b.pixels[:5])
+    np.testing.assert_array_equal(seen[1][1], b.actions[:4])
+    assert not np.array_equal(own, other)
+    np.testing.assert_array_equal(again, own)

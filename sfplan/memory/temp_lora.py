@@ -38,6 +38,7 @@ ADAPTER_NAME = "temp_lora"
 WRITE_MODES = ("generated", "real")
 LOSSES = ("action_free", "masked")
 NOISE_LEVELS = ("uniform", "sampler")
+REVERSE_ACTIONS = ("unconditional", "negate")
 
 
 @dataclass
@@ -68,9 +69,13 @@ class TempLoRAConfig:
         schedule (the paper), or ``sampler``: among the few timesteps the world model's
         sampler evaluates the denoiser at (e.g. 999 and 499 for 2 DPM-Solver++ steps), the
         only ones imagination ever queries.
-    reverse: each written clip is also trained on played backwards (time reversed; with
-        ``loss="masked"`` under the null action condition, as its actions are unknown):
-        for scenes revisited in reverse order, e.g. retracing a path.
+    reverse: each written clip is also trained on played backwards (time reversed), for
+        scenes revisited in reverse order, e.g. retracing a path.
+    reverse_actions: the actions of a backward clip under ``loss="masked"``:
+        ``unconditional`` (the null condition: they are unknown in general) or ``negate``
+        (the clip's actions negated, in reverse order: the exact inverse where an action
+        commands a velocity and nothing is hit, e.g. sfplan/MemoryMaze-v0; wrong for
+        torque- or contact-driven tasks).
     merge_for_imagine: ``SlowFastWorldModel.imagine`` runs with W + (alpha/r) B A swapped
         in for each adapted W (``merged()``): one matmul per projection instead of three.
         At rank 32 on the default CPU-sized model the unmerged LoRA path costs about as
@@ -91,6 +96,7 @@ class TempLoRAConfig:
     loss: str = "action_free"
     noise_levels: str = "uniform"
     reverse: bool = False
+    reverse_actions: str = "unconditional"
     merge_for_imagine: bool = True
 
     @classmethod
@@ -125,6 +131,12 @@ class TempLoRAConfig:
             raise ValueError(f"Temp-LoRA loss must be one of {LOSSES}, got {self.loss!r}")
         if self.noise_levels not in NOISE_LEVELS:
             raise ValueError(f"Temp-LoRA noise_levels must be one of {NOISE_LEVELS}, got {self.noise_levels!r}")
+        if self.reverse_actions not in REVERSE_ACTIONS:
+            raise ValueError(f"Temp-LoRA reverse_actions must be one of {REVERSE_ACTIONS}, "
+                             f"got {self.reverse_actions!r}")
+        if self.reverse_actions == "negate" and self.loss != "masked":
+            raise ValueError("Temp-LoRA reverse_actions='negate' conditions the backward clips on actions, which only "
+                             "loss='masked' uses: set loss=masked (or reverse_actions=unconditional)")
         if self.write not in WRITE_MODES:
             raise ValueError(f"Temp-LoRA write must be one of {WRITE_MODES}, got {self.write!r}")
         if self.context_frames is not None and self.context_frames < 0:
@@ -345,9 +357,7 @@ class TempLoRAMemory:
                 clip = hist[a: e]  # (ctx + new, C, h, w): clean context ⊕ new frames
                 losses += self._train_on(clip, actions[a: e - 1] if masked else None, s - a)
                 if self.config.reverse:
-                    rev = clip.flip(0)
-                    null = torch.zeros_like(actions[a: e - 1]) if masked else None
-                    losses += self._train_on(rev, null, s - a, null_condition=True)
+                    losses += self._train_backward(clip, actions[a: e - 1] if masked else None, s - a)
                 frames = clip.shape[0]
                 s = e
         finally:
@@ -363,6 +373,16 @@ class TempLoRAMemory:
         return {"loss": sum(losses) / len(losses) if losses else nan, "loss_first": losses[0] if losses else nan,
                 "loss_last": losses[-1] if losses else nan, "steps": float(len(losses)), "frames": float(frames),
                 "new_frames": float(n_new), "time_s": dt}
+
+    def _train_backward(self, clip: torch.Tensor, actions: torch.Tensor | None, num_context: int) -> list[float]:
+        """``_train_on`` the clip (T, C, h, w) played backwards; with the masked loss under
+        ``reverse_actions``: the null condition (``unconditional``), or ``actions`` (T-1, A) negated in reverse
+        order (``-actions[T-2-k]`` takes backward frame k to k+1)."""
+        if actions is None:
+            return self._train_on(clip.flip(0), None, num_context, null_condition=True)
+        if self.config.reverse_actions == "negate":
+            return self._train_on(clip.flip(0), -actions.flip(0), num_context)
+        return self._train_on(clip.flip(0), torch.zeros_like(actions), num_context, null_condition=True)
 
     def _train_on(self, clip: torch.Tensor, actions: torch.Tensor | None = None, num_context: int = 0,
                   null_condition: bool = False) -> list[float]:
