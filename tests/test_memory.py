@@ -198,6 +198,12 @@ def test_negated_reverse_actions_condition_the_backward_clip(monkeypatch):
         assert torch.equal(x[0], z if i < 2 else z.flip(0))
         assert torch.equal(a[0], acts if i < 2 else -acts.flip(0))
     assert torch.equal(calls[2][1][0][0], -acts[3])  # the first backward step undoes the last forward one
+    calls.clear()
+    mem.config.forward = False  # backward only: one pass per window
+    mem.write(z, actions=acts, num_context=1)
+    assert len(calls) == 2 and all(torch.equal(x[0], z.flip(0)) for x, _, _ in calls)
+    with pytest.raises(ValueError, match="forward=false"):
+        TempLoRAConfig(forward=False).validate()
     with pytest.raises(ValueError, match="loss=masked"):
         TempLoRAConfig(reverse=True, reverse_actions="negate").validate()
     with pytest.raises(ValueError, match="reverse_actions"):

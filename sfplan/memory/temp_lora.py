@@ -69,6 +69,8 @@ class TempLoRAConfig:
         schedule (the paper), or ``sampler``: among the few timesteps the world model's
         sampler evaluates the denoiser at (e.g. 999 and 499 for 2 DPM-Solver++ steps), the
         only ones imagination ever queries.
+    forward: each written clip is trained on in time order (the paper). False, with
+        ``reverse``: backward clips only.
     reverse: each written clip is also trained on played backwards (time reversed), for
         scenes revisited in reverse order, e.g. retracing a path.
     reverse_actions: the actions of a backward clip under ``loss="masked"``:
@@ -95,6 +97,7 @@ class TempLoRAConfig:
     seed: int = 0
     loss: str = "action_free"
     noise_levels: str = "uniform"
+    forward: bool = True
     reverse: bool = False
     reverse_actions: str = "unconditional"
     merge_for_imagine: bool = True
@@ -131,6 +134,9 @@ class TempLoRAConfig:
             raise ValueError(f"Temp-LoRA loss must be one of {LOSSES}, got {self.loss!r}")
         if self.noise_levels not in NOISE_LEVELS:
             raise ValueError(f"Temp-LoRA noise_levels must be one of {NOISE_LEVELS}, got {self.noise_levels!r}")
+        if not (self.forward or self.reverse):
+            raise ValueError("Temp-LoRA forward=false needs reverse=true: a write must train on the clip in some "
+                             "direction")
         if self.reverse_actions not in REVERSE_ACTIONS:
             raise ValueError(f"Temp-LoRA reverse_actions must be one of {REVERSE_ACTIONS}, "
                              f"got {self.reverse_actions!r}")
@@ -355,7 +361,8 @@ class TempLoRAMemory:
                 e = min(hist.shape[0], s + per_window)
                 a = max(0, s - ctx)
                 clip = hist[a: e]  # (ctx + new, C, h, w): clean context ⊕ new frames
-                losses += self._train_on(clip, actions[a: e - 1] if masked else None, s - a)
+                if self.config.forward:
+                    losses += self._train_on(clip, actions[a: e - 1] if masked else None, s - a)
                 if self.config.reverse:
                     losses += self._train_backward(clip, actions[a: e - 1] if masked else None, s - a)
                 frames = clip.shape[0]
