@@ -98,6 +98,7 @@ def run(args, overrides: list[str]) -> dict:
     mid, rng_a = (low + high) / 2, high - low
     init_std = float(cfg.planner.get("init_std", 0.5))
     g = np.random.default_rng(args.seed)
+    base_noise_seed = int(wm.config.noise_seed)
     rows = []
     t0 = time.perf_counter()
     for s in range(args.states):
@@ -110,8 +111,12 @@ def run(args, overrides: list[str]) -> dict:
             state = wm.encode(ctx[None], sim_state=sim[None])
             cand = np.clip(mid + init_std * rng_a * g.standard_normal((N, H, len(low))), low, high).astype(np.float32)
             with torch.no_grad():
-                im = wm.imagine(state, torch.from_numpy(cand)[None])  # features (1, N, K, C, h, w)
-                learned = cost(im, goal)[0].float().cpu()  # (N,)
+                # the learned cost, averaged over --noise-draws diffusion noise draws (common to the candidates)
+                learned = 0.0
+                for d in range(args.noise_draws):
+                    wm.config.noise_seed = base_noise_seed + d
+                    im = wm.imagine(state, torch.from_numpy(cand)[None])  # features (1, N, K, C, h, w)
+                    learned = learned + cost(im, goal)[0].float().cpu() / args.noise_draws  # (N,)
                 steps = [int(k) for k in im.steps.tolist()]
                 frames, dist = true_rollouts(env, sim, cand, steps)
                 # the true frames in the cost's space (latents, or pixels with cost_space=pixels)
@@ -137,7 +142,7 @@ def run(args, overrides: list[str]) -> dict:
     means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     env.close()
     return {"benchmark": "cost_agreement", "model": args.model, "overrides": overrides,
-            "env": cfg.env.id, "horizon": H, "candidates": N, "init_std": init_std,
+            "env": cfg.env.id, "horizon": H, "candidates": N, "noise_draws": args.noise_draws, "init_std": init_std,
             "cost": OmegaConf.to_container(cfg.cost, resolve=True), "seeds": [args.seed, args.seed + args.states - 1],
             "fractions": args.fractions, "threads": args.threads, "wall_s": time.perf_counter() - t0,
             "mean": means, "by_fraction": by_frac, "states": rows}
@@ -159,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.5, 0.9],
                    help="where along the goal path the states are taken (0: the start)")
     p.add_argument("--candidates", type=int, default=64)
+    p.add_argument("--noise-draws", type=int, default=1,
+                   help="average the learned cost over this many diffusion noise draws")
     p.add_argument("--seed", type=int, default=TUNING_SEED, help="first episode seed (tuning range: below 100000)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON path (and a .md beside it)")
