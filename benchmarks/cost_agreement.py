@@ -18,7 +18,9 @@ Candidates are CEM's first iteration (``sfplan eval``'s planner config: horizon,
 around the mid action, clipped to the box). Per state: Spearman rank correlations, and the
 **regret** of picking the candidate with the lowest learned (or true) cost: its task distance
 minus the best candidate's, normalised by the median candidate's (0: the best candidate was
-picked, 1: no better than a typical random one). Writes a JSON with the config, the
+picked, 1: no better than a typical random one), and the regret of the **elite mean**: the
+mean action sequence of the ``planner.num_elites`` lowest-cost candidates (what CEM refits
+to, and executes with ``planner.returns=mean``), played in the simulator. Writes a JSON with the config, the
 per-state figures and the means, and prints a markdown table.
 """
 from __future__ import annotations
@@ -46,10 +48,16 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
 
 
-def regret(picked: int, dist: np.ndarray) -> float:
-    """(d[picked] - min d) / (median d - min d): 0 = the best candidate, 1 = a median one."""
+def regret_of(distance: float, dist: np.ndarray) -> float:
+    """(distance - min d) / (median d - min d) over the candidates' task distances ``dist``:
+    0 = as good as the best candidate, 1 = a median one (below 0: better than every candidate)."""
     lo, med = float(dist.min()), float(np.median(dist))
-    return float((dist[picked] - lo) / max(med - lo, 1e-9))
+    return float((distance - lo) / max(med - lo, 1e-9))
+
+
+def regret(picked: int, dist: np.ndarray) -> float:
+    """Regret of picking candidate ``picked``."""
+    return regret_of(float(dist[picked]), dist)
 
 
 def path_state(env, frac: float) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +87,8 @@ def true_rollouts(env, state: np.ndarray, cand: np.ndarray, steps: list[int]):
                 frames.append(u.render_pixels())
         dist.append(u._distance(u._goal))
     N = len(cand)
+    if not frames:  # no steps asked for: the distances only
+        return None, np.asarray(dist)
     return np.stack(frames).reshape(N, len(steps), *frames[0].shape), np.asarray(dist)
 
 
@@ -97,6 +107,7 @@ def run(args, overrides: list[str]) -> dict:
     low, high = env.action_space.low, env.action_space.high
     mid, rng_a = (low + high) / 2, high - low
     init_std = float(cfg.planner.get("init_std", 0.5))
+    E = min(int(cfg.planner.get("num_elites", 8)), N)  # CEM's elites
     g = np.random.default_rng(args.seed)
     base_noise_seed = int(wm.config.noise_seed)
     rows = []
@@ -123,6 +134,10 @@ def run(args, overrides: list[str]) -> dict:
                 z = wm.encode(frames.reshape(-1, 1, *frames.shape[2:])).features  # (N*K, C, h, w)
                 z = z.reshape(N, len(steps), *z.shape[1:])[None].to(im.features.dtype)  # (1, N, K, C, h, w)
                 true = cost(Imagination(features=z, steps=im.steps), goal)[0].float().cpu()
+                # CEM refits its Gaussian to the E lowest-cost candidates: the elites' mean action sequence,
+                # played in the simulator, is what a planner executing that mean would get
+                means = [cand[c.argsort()[:E].numpy()].mean(0) for c in (learned, true)]  # 2 x (H, A)
+                _, dist_mean = true_rollouts(env, sim, np.stack(means), [])
             d = torch.from_numpy(dist)
             rows.append({
                 "seed": seed, "fraction": frac, "start_distance": start_distance,
@@ -131,6 +146,10 @@ def run(args, overrides: list[str]) -> dict:
                 "regret_learned": regret(int(learned.argmin()), dist), "regret_true": regret(int(true.argmin()), dist),
                 "best_distance": float(dist.min()), "picked_learned_distance": float(dist[int(learned.argmin())]),
                 "picked_true_distance": float(dist[int(true.argmin())]), "median_distance": float(np.median(dist)),
+                "regret_learned_elite_mean": regret_of(float(dist_mean[0]), dist),
+                "regret_true_elite_mean": regret_of(float(dist_mean[1]), dist),
+                "picked_learned_elite_mean_distance": float(dist_mean[0]),
+                "picked_true_elite_mean_distance": float(dist_mean[1]),
             })
         if args.progress:
             print(f"state {s + 1}/{args.states} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
@@ -150,6 +169,7 @@ def run(args, overrides: list[str]) -> dict:
 
 def render_markdown(res: dict) -> str:
     cols = ["spearman_learned_true", "spearman_true_task", "spearman_learned_task", "regret_learned", "regret_true",
+            "regret_learned_elite_mean", "regret_true_elite_mean",
             "best_distance", "picked_learned_distance", "picked_true_distance", "median_distance"]
     lines = ["| goal-path fraction | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for frac, m in [*res["by_fraction"].items(), ("all", res["mean"])]:

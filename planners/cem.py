@@ -28,7 +28,11 @@ class CEMConfig:
     keep_elites: float = 0.0  # fraction of each iteration's elites re-entered as candidates of the next (iCEM: 0.3)
     cold_num_samples: int = 0  # candidates per iteration when there is no warm start (an episode's first plan); 0 = num_samples
     video_proposals: int = 0  # K > 0: the first iteration's last K candidates are the paper's video plans (IDM actions)
+    returns: str = "best"  # the plan returned: best (lowest-cost candidate ever imagined) | mean (the final refit mean)
     seed: int = 0
+
+
+RETURNS = ("best", "mean")
 
 
 class CEMPlanner(SamplingPlanner):
@@ -36,14 +40,19 @@ class CEMPlanner(SamplingPlanner):
 
     ``CEMPlanner(world_model, cost, action_low, action_high, config=None, *, horizon=10,
     num_samples=64, iterations=4, num_elites=8, alpha=0.1, init_std=0.5, min_std=0.05,
-    include_mean=True, noise_beta=0.0, keep_elites=0.0, cold_num_samples=0, video_proposals=0, seed=0)``.
+    include_mean=True, noise_beta=0.0, keep_elites=0.0, cold_num_samples=0, video_proposals=0, returns="best",
+    seed=0)``.
 
     Each iteration samples N sequences (B, N, H, A), clips them to the bounds, imagines
     them all in one ``world_model.imagine`` call and scores them with ``cost`` (B, N). The
     mean starts at ``warm_start`` (the runner's previous plan, already shifted with
     ``sfplan.planners.common.shift_plan``: first k executed steps dropped, last action
     repeated) or at the middle of the action range. The returned plan is the best
-    candidate ever evaluated, so its cost is a real imagined cost.
+    candidate ever evaluated, so its cost is a real imagined cost; with ``returns="mean"``
+    it is the Gaussian's mean after the last refit (the elites' average rather than one
+    candidate whose rank may be luck; the classic CEM/PETS choice), and its cost is the mean
+    cost of the last iteration's elites (the mean itself is not imagined). With few
+    iterations the mean lags behind the best candidate (RESULTS.md has Reacher's figures).
     ``keep_elites`` (iCEM, Pinneri et al. 2020) puts the best ``round(keep_elites * E)``
     candidates of each iteration back into the next one in place of its last random
     samples (N stays fixed, so every imagine call has the same batch shape): a good
@@ -72,6 +81,8 @@ class CEMPlanner(SamplingPlanner):
             raise ValueError(f"alpha must be in [0, 1), got {c.alpha}")
         if not 0.0 <= c.keep_elites <= 1.0:
             raise ValueError(f"keep_elites must be a fraction in [0, 1], got {c.keep_elites}")
+        if c.returns not in RETURNS:
+            raise ValueError(f"returns must be one of {RETURNS}, got {c.returns!r}")
         if c.cold_num_samples < 0:
             raise ValueError(f"cold_num_samples must be >= 0 (0: num_samples), got {c.cold_num_samples}")
         smallest = min(c.num_samples, c.cold_num_samples or c.num_samples)
@@ -125,15 +136,19 @@ class CEMPlanner(SamplingPlanner):
             best_actions, best_cost = update_best(best_actions, best_cost, cand, costs)
             if first_best is None:
                 first_best = best_cost.clone()
-            idx = torch.topk(costs, E, dim=1, largest=False).indices  # (B, E)
+            elite_costs, idx = torch.topk(costs, E, dim=1, largest=False)  # (B, E) each
             elites = torch.gather(cand, 1, idx[:, :, None, None].expand(B, E, H, A))  # (B, E, H, A), best first
             kept = elites[:, :keep].clone() if keep > 0 else None
             mean = c.alpha * mean + (1 - c.alpha) * elites.mean(1)
             std = c.alpha * std + (1 - c.alpha) * elites.std(1, unbiased=False)
             std = torch.maximum(std, min_std)
+        if c.returns == "mean":
+            actions, cost = self.clip(mean), elite_costs.mean(1)
+        else:
+            actions, cost = best_actions, best_cost
         return PlanResult(
-            actions=best_actions,
-            cost=best_cost,
+            actions=actions,
+            cost=cost,
             info={
                 "iterations": c.iterations,
                 "best_cost": float(best_cost.mean()),

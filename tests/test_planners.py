@@ -365,6 +365,25 @@ def test_cem_cold_num_samples_widens_only_the_first_plan():
         make(CEMPlanner, cold_num_samples=-1)
 
 
+
+
+def test_cem_returns_mean_is_the_refit_mean_with_its_elites_cost():
+    planner, wm = make(CEMPlanner, horizon=10, num_samples=32, iterations=3, num_elites=8, alpha=0.1,
+                       returns="mean", seed=0)
+    res = planner.plan(wm.encode(X0), goal_of(GOAL))
+    last = wm.calls[-1][0]  # (N, H, A): row 0 is the mean the last iteration sampled around
+    costs = true_cost(X0, last, GOAL)
+    order = torch.argsort(costs)[:8]
+    assert torch.allclose(res.actions[0], 0.1 * last[0] + 0.9 * last[order].mean(0), atol=1e-6)
+    assert torch.allclose(res.cost, costs[order].mean()[None], atol=1e-6)
+    # The default returns the best candidate ever imagined, a different plan from the same draws.
+    best, wm2 = make(CEMPlanner, horizon=10, num_samples=32, iterations=3, num_elites=8, alpha=0.1, seed=0)
+    b = best.plan(wm2.encode(X0), goal_of(GOAL))
+    assert torch.allclose(b.cost, true_cost(X0, b.actions, GOAL)) and not torch.allclose(b.actions, res.actions)
+    with pytest.raises(ValueError, match="returns"):
+        make(CEMPlanner, returns="median")
+
+
 @pytest.mark.parametrize("name", SEARCH_PLANNERS)
 def test_start_episode_makes_an_episode_independent_of_its_position(name):
     state, goal = PointMass().encode(X0), goal_of(GOAL)
