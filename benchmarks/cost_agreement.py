@@ -124,9 +124,9 @@ def run(args, overrides: list[str]) -> dict:
             with torch.no_grad():
                 # the learned cost, averaged over --noise-draws diffusion noise draws (common to the candidates)
                 learned = 0.0
-                for d in range(args.noise_draws):
-                    wm.config.noise_seed = base_noise_seed + d
-                    im = wm.imagine(state, torch.from_numpy(cand)[None])  # features (1, N, K, C, h, w)
+                for d in range(args.noise_draws):  # draw 0 is imagine's own noise (seeded noise_seed)
+                    gen = torch.Generator("cpu").manual_seed(base_noise_seed + d)
+                    im = wm.imagine(state, torch.from_numpy(cand)[None], generator=gen)  # features (1, N, K, C, h, w)
                     learned = learned + cost(im, goal)[0].float().cpu() / args.noise_draws  # (N,)
                 steps = [int(k) for k in im.steps.tolist()]
                 frames, dist = true_rollouts(env, sim, cand, steps)

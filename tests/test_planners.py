@@ -365,8 +365,6 @@ def test_cem_cold_num_samples_widens_only_the_first_plan():
         make(CEMPlanner, cold_num_samples=-1)
 
 
-
-
 def test_cem_returns_mean_is_the_refit_mean_with_its_elites_cost():
     planner, wm = make(CEMPlanner, horizon=10, num_samples=32, iterations=3, num_elites=8, alpha=0.1,
                        returns="mean", seed=0)
