@@ -185,6 +185,14 @@ class GoalImageEnv(gym.Env):
     def render(self):
         return self.render_pixels()
 
+    def goal_descriptor_of(self, state: np.ndarray) -> np.ndarray:
+        """The goal descriptor (what success is measured on, e.g. Reacher's fingertip (x, y))
+        at a recorded simulator state, as a flat float64 vector: the label a state probe
+        (``sfplan train stage=probe``) learns to read off the frame. Moves the simulator
+        to ``state``."""
+        self.set_state(state)
+        return np.asarray(self._goal_descriptor(), dtype=np.float64).ravel()
+
     @property
     def goal_state(self) -> np.ndarray:
         """Simulator state at which the goal image was rendered (success holds there)."""

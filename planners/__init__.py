@@ -15,6 +15,8 @@ from .costs import (
     MultiScaleCostConfig,
     PixelMSECost,
     PixelMSECostConfig,
+    ProbeCost,
+    ProbeCostConfig,
 )
 from .mppi import MPPIConfig, MPPIPlanner
 from .random_policy import RandomPolicy, RandomPolicyConfig
@@ -34,6 +36,7 @@ COSTS = {
     "pixel_mse": PixelMSECost,
     "multiscale": MultiScaleCost,
     "latent_l2": LatentL2Cost,
+    "probe": ProbeCost,  # a learned reading of the task's descriptor (needs <world model>/probe/)
 }
 
 __all__ = [
@@ -53,6 +56,8 @@ __all__ = [
     "PixelMSECost",
     "PixelMSECostConfig",
     "PlanResult",
+    "ProbeCost",
+    "ProbeCostConfig",
     "Planner",
     "RandomPolicy",
     "RandomPolicyConfig",

@@ -244,3 +244,73 @@ class MultiScaleCost(_FrameCost):
             total = total + self.level_weights[level] * x.pow(2).reshape(M, -1).mean(1)
             x = x[..., ::2, ::2]  # (M*C, ceil(h_l/2), ceil(w_l/2))
         return total
+
+
+@dataclass
+class ProbeCostConfig:
+    reduce: str = "mean"
+    gamma: float = 0.9
+    terminal_weight: float = 0.0
+    terminal_frames: int = 1
+    scale: float = 1.0  # distances are divided by this (e.g. the task's success radius): any unit, same ranking
+    batch_size: int = 8192  # latents per probe call (bounds memory at large B x N x K)
+
+
+class ProbeCost(_FrameCost):
+    """Distance between the task descriptors a ``StateProbe`` reads off each imagined latent
+    and off the goal's: (B, N, K) in the task's units / ``scale``.
+
+    ``ProbeCost(reduce="mean", gamma=0.9, terminal_weight=0.0, terminal_frames=1, scale=1.0)``,
+    then ``bind(world_model)`` (``sfplan eval`` does it) takes the world model's probe
+    (``<world model>/probe/``, trained by ``sfplan train stage=probe``). It works on latents
+    (``world_model.cost_space=latent``): the oracle's pixel frames have no probe.
+    Why a probe: see ``sfplan.world_model.probe``.
+    """
+
+    config_cls = ProbeCostConfig
+
+    def __init__(self, config=None, probe=None, **overrides):
+        super().__init__(config, **overrides)
+        if float(self.config.scale) <= 0:
+            raise ValueError(f"scale must be > 0, got {self.config.scale}")
+        self.probe = probe
+
+    def bind(self, world_model) -> "ProbeCost":
+        """Take ``world_model.probe``; a clear error where the world model has none."""
+        from sfplan.errors import UserError
+
+        probe = getattr(world_model, "probe", None)
+        if probe is None:
+            from sfplan.world_model.probe import PROBE_HINT
+
+            kind = type(world_model).__name__
+            raise UserError(f"cost=probe needs a world model with a state probe (<world model>/probe/); {kind} has "
+                            f"none: {PROBE_HINT}, or pick another cost (cost=multiscale)")
+        if getattr(getattr(world_model, "config", None), "cost_space", "latent") != "latent":
+            raise UserError("cost=probe reads latents: set world_model.cost_space=latent")
+        self.probe = probe
+        return self
+
+    @torch.no_grad()
+    def _read(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (M, C, h, w) -> descriptors (M, D), in batches of ``batch_size``."""
+        bs = int(self.config.batch_size)
+        return torch.cat([self.probe(latents[i: i + bs]) for i in range(0, len(latents), bs)]).float()
+
+    def per_frame(self, features: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """features: (B, N, K, C, h, w); goal: (B or 1, C, h, w) -> distances (B, N, K)."""
+        if self.probe is None:
+            raise RuntimeError("ProbeCost has no probe: call cost.bind(world_model) or pass probe=")
+        if features.dim() != 6:
+            raise ValueError(f"imagined features must be (B, N, K, C, h, w), got {tuple(features.shape)}")
+        B, N, K = features.shape[:3]
+        goal = torch.as_tensor(goal).to(features.device)
+        if goal.dim() == 5 and goal.shape[1] == 1:
+            goal = goal[:, 0]
+        if goal.shape[1:] != features.shape[3:] or goal.shape[0] not in (1, B):
+            raise ValueError(f"goal must be (B, C, h, w) = {(B, *features.shape[3:])} (or batch 1), "
+                             f"got {tuple(goal.shape)}")
+        dev = next(self.probe.parameters()).device
+        g = self._read(goal.to(dev))  # (B or 1, D)
+        y = self._read(features.reshape(B * N * K, *features.shape[3:]).to(dev)).reshape(B, N, K, -1)
+        return ((y - g[:, None, None]).norm(dim=-1) / float(self.config.scale)).to(features.device)

@@ -158,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--append", action="store_true", help="add to an existing dataset directory")
     d.set_defaults(func=_cmd_data)
     t = sub.add_parser("train", help="train the learned world model: stage=vae, then stage=dynamics "
-                         "(and stage=idm for planner=video_plan)")
+                         "(and stage=idm for planner=video_plan, stage=probe for cost=probe)")
     t.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. stage=vae data.path=data/Reacher-v0 steps=5000 "
-                   "(stage=dynamics and stage=idm also need vae=<vae run>/model)")
+                   "(stage=dynamics, idm and probe also need vae=<vae run>/model)")
     t.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     t.set_defaults(func=_cmd_train)
     g = sub.add_parser("generate", help="roll out a long video with a learned world model; PSNR/SSIM per step")

@@ -29,3 +29,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_path(path.parent)
+
+
+def save_pretrained_into(model, world_model_dir: str | os.PathLike, subdir: str) -> Path:
+    """Write a diffusers ``ModelMixin`` to ``<world_model_dir>/<subdir>/`` atomically (temp
+    folder, then rename), replacing one that is there: the IDM and the state probe live in
+    a world model directory this way. Returns the directory."""
+    import shutil
+
+    from sfplan.errors import UserError
+
+    wm = Path(world_model_dir).expanduser()
+    if not (wm / "world_model.json").is_file():
+        raise UserError(f"{wm} is not a world model directory (no world_model.json): attach_to must be the model/ "
+                        f"folder of a `sfplan train stage=dynamics` run")
+    final = wm / subdir
+    tmp = wm / f".{subdir}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if final.exists():
+            old = wm / f".{subdir}.old-{os.getpid()}"
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -54,6 +54,8 @@ def _build(cfg: DictConfig):
         check_env_matches(world_model, cfg.env.id, OmegaConf.to_container(cfg.env.kwargs, resolve=True))
     _attach_memory(world_model, cfg.get("memory"))
     cost = instantiate(cfg.cost) if needs_model else None
+    if cost is not None and callable(getattr(cost, "bind", None)):
+        cost.bind(world_model)  # costs that read the world model (cost=probe: its state probe)
     planner = instantiate(cfg.planner)(
         world_model=world_model,
         cost=cost,

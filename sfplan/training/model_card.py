@@ -37,6 +37,12 @@ def write_model_card(out_dir: Path, cfg, result: dict, data: dict, hardware: str
         use = (f"sfplan eval world_model=learned world_model.path={Path(wm).parent} planner=video_plan" if wm else
                f"sfplan eval world_model=learned world_model.path=<world model dir> planner=video_plan "
                f"planner.idm_path={model_dir}")
+    elif stage == "probe":
+        what = "StateProbe: one VAE latent -> the task's goal descriptor (cost=probe)"
+        wm = result.get("attached_to")
+        use = (f"sfplan eval world_model=learned world_model.path={Path(wm).parent} cost=probe" if wm else
+               "copy model/ to <world model dir>/probe/, then: sfplan eval world_model=learned "
+               "world_model.path=<world model dir> cost=probe")
     else:
         what = "SlowFastWorldModel: frame VAE + action-conditioned masked latent video diffusion (slow learner)"
         use = (f"sfplan generate model={model_dir} data={cfg.data.path} episode=0\n"
@@ -60,6 +66,10 @@ def write_model_card(out_dir: Path, cfg, result: dict, data: dict, hardware: str
     if stage == "idm":
         lines += [f"- VAE: `{data.get('vae')}`; latent {data.get('latent_shape')}; windows of {data.get('num_frames')} "
                   f"frames, gaps 1..{data.get('max_gap')} ({data.get('train_windows')} training windows)"]
+    if stage == "probe":
+        lines += [f"- VAE: `{data.get('vae')}`; descriptor dim {data.get('descriptor_dim')}; frames: "
+                  f"{data.get('train_frames')} train, {data.get('val_frames')} held out; imagined frames "
+                  f"{data.get('imagined_frames')}"]
     lines += [
         "",
         "## Training",
@@ -82,8 +92,9 @@ def write_model_card(out_dir: Path, cfg, result: dict, data: dict, hardware: str
         f"- val (EMA weights, held-out episodes): {_kv(result.get('last_val', {}))}",
         f"- samples: {_kv(result.get('last_sample', {}))}",
     ]
-    if stage == "idm":
-        lines.append(f"- held-out actions (EMA weights): {_kv(result.get('idm_val', {}))}")
+    if stage in ("idm", "probe"):
+        key, what_val = ("idm_val", "held-out actions") if stage == "idm" else ("probe_val", "held-out descriptors")
+        lines.append(f"- {what_val} (EMA weights): {_kv(result.get(key, {}))}")
         if result.get("attached_to"):
             lines.append(f"- written into the world model: `{result['attached_to']}`")
     if "latent_scale" in result:

@@ -82,6 +82,26 @@ def load_vae(path, stage: str = "dynamics") -> "FrameAutoencoder":  # noqa: F821
     raise UserError(f"no trained VAE at {p} (expected config.json + diffusion_pytorch_model.safetensors): {VAE_HINT}")
 
 
+def _check_world_model_vae(attach, vae_sha: str, vae_arg, stage: str) -> None:
+    """``attach_to`` must be a world model dir whose VAE is the one trained on (``vae_sha``):
+    a model attached to it reads that world model's latents."""
+    from sfplan.training.latent_cache import vae_fingerprint
+
+    wm_dir = Path(str(attach)).expanduser()
+    if not (wm_dir / "world_model.json").is_file():
+        raise UserError(f"attach_to={attach} is not a world model directory (no world_model.json): pass the "
+                        f"model/ folder of a `sfplan train stage=dynamics` run")
+    if vae_fingerprint(load_vae(wm_dir, stage)) != vae_sha:
+        raise UserError(f"attach_to={attach}: that world model's VAE differs from vae={vae_arg}; stage={stage} "
+                        f"must be trained on the latents of the world model it plans with: pass vae={attach}")
+
+
+def vae_fp(world_model) -> str:
+    from sfplan.training.latent_cache import vae_fingerprint
+
+    return vae_fingerprint(world_model.vae)
+
+
 def _frames_of(ds, stride: int = 1, limit: int | None = None) -> torch.Tensor:
     """All frames (every ``stride``-th per episode) of ``ds`` -> (N, H, W, 3) uint8 tensor."""
     out, n = [], 0
@@ -376,15 +396,7 @@ class IdmStage(_Stage):
         self._load_vae(device)
         attach = cfg.get("attach_to")
         if attach:  # fail now, not after training: the IDM must read the latents of that world model's VAE
-            from sfplan.training.latent_cache import vae_fingerprint
-
-            wm_dir = Path(str(attach)).expanduser()
-            if not (wm_dir / "world_model.json").is_file():
-                raise UserError(f"attach_to={attach} is not a world model directory (no world_model.json): pass the "
-                                f"model/ folder of a `sfplan train stage=dynamics` run")
-            if vae_fingerprint(load_vae(wm_dir, self.name)) != self.vae_sha:
-                raise UserError(f"attach_to={attach}: that world model's VAE differs from vae={cfg.vae}; the IDM "
-                                f"must be trained on the latents of the world model it plans with: pass vae={attach}")
+            _check_world_model_vae(attach, self.vae_sha, cfg.vae, self.name)
         m = _container(cfg.model)
         for k in ("latent_channels", "latent_size", "action_dim"):
             if m.get(k) is not None:
@@ -485,4 +497,181 @@ class IdmStage(_Stage):
         return d
 
 
-STAGES = {"vae": VaeStage, "dynamics": DynamicsStage, "idm": IdmStage}
+# ----------------------------------------------------------------------------- state probe
+class ProbeStage(_Stage):
+    """StateProbe on cached latents -> the task's goal descriptor of each frame, labelled
+    from the recorded simulator states (``env.goal_descriptor_of``). With ``imagined``, the
+    world model also imagines one chunk from every ``imagined_stride``-th step of each
+    training episode (2 context frames, the recorded actions) and those latents, labelled
+    with the descriptor of the step they imagine, make up ``imagined_fraction`` of each
+    batch: the probe learns to read the model's predictions, which is what it scores.
+    batch: {"latents": (B, C, h, w), "targets": (B, D)}."""
+
+    name = "probe"
+
+    def setup(self, device: torch.device, is_main: bool = True, wait=None) -> None:
+        from sfplan.world_model.probe import ProbeConfig
+
+        self.device = device
+        cfg = self.cfg
+        self.ds, self.train_ds, self.val_ds = open_dataset(cfg)
+        self._load_vae(device)
+        attach = cfg.get("attach_to")
+        if attach:  # fail now, not after training (save_pretrained_into checks it again)
+            _check_world_model_vae(attach, self.vae_sha, cfg.vae, self.name)
+        self._load_latents(is_main, wait)
+        self.lat_all = self.cache.latents  # (N_frames, C, h, w) on the CPU
+        self.targets = self._descriptors()  # (N_frames, D)
+        m = _container(cfg.model)
+        for k in ("latent_channels", "latent_size", "out_dim"):
+            if m.get(k) is not None:
+                raise UserError(f"model.{k} is taken from the VAE and the task: leave it out")
+            m.pop(k, None)
+        C, h, _ = self.vae.latent_shape
+        pcfg = ProbeConfig(latent_channels=C, latent_size=h, out_dim=int(self.targets.shape[1]),
+                           **_dataclass_kwargs(ProbeConfig, m, "model (stage=probe)"))
+        self.model = pcfg.build().to(device)
+        self.rows = {split: self._frames_of_rows(self.cache.rows_of(sub.seeds))
+                     for split, sub in (("train", self.train_ds), ("val", self.val_ds))}
+        if len(self.rows["val"]) == 0:
+            self.rows["val"] = self.rows["train"]
+        self.model.set_target_normalizer(self.targets[self.rows["train"]])
+        self.imagined = {}
+        if cfg.get("imagined"):
+            wm_path = cfg.get("world_model") or attach
+            if not wm_path:
+                raise UserError("stage=probe imagined=true needs the world model to imagine with: pass attach_to=<world "
+                                "model dir> (or world_model=<dir>), or set imagined=false")
+            self.imagined = self._imagine(wm_path, progress=bool(cfg.progress) and is_main)
+
+    def _descriptors(self) -> torch.Tensor:
+        """Goal descriptor of every cached frame, from the dataset's recorded states -> (N_frames, D)."""
+        import json
+
+        from sfplan.envs import make_env
+
+        if list(self.cache.seeds.tolist()) != [int(x) for x in self.ds.seeds]:
+            raise UserError(f"the latent cache {self.cache.path} does not match the dataset's episodes: delete it")
+        kwargs = self.ds.meta.get("env_kwargs") or {}
+        env = make_env(self.ds.meta["env_id"], **(json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs)))
+        out = []
+        try:
+            for i in range(len(self.ds)):
+                st = self.ds.read(i, 0, int(self.ds.lengths[i]) + 1, states=True)["states"]
+                if st is None:
+                    raise UserError(f"episode {self.ds.seeds[i]} of {self.ds.path} has no recorded states (imported "
+                                    f"data?): stage=probe labels frames from them; collect with `sfplan collect`")
+                out.extend(env.unwrapped.goal_descriptor_of(x) for x in st)
+        finally:
+            env.close()
+        y = torch.as_tensor(np.stack(out), dtype=torch.float32)
+        if len(y) != len(self.lat_all):
+            raise UserError(f"{len(y)} recorded states but {len(self.lat_all)} cached frames: delete the latent cache "
+                            f"{self.cache.path}")
+        return y
+
+    def _frames_of_rows(self, rows: list[int]) -> torch.Tensor:
+        fo = self.cache.frame_offsets
+        parts = [torch.arange(int(fo[r]), int(fo[r + 1])) for r in rows]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+
+    @torch.no_grad()
+    def _imagine(self, wm_path, progress: bool) -> dict:
+        """One imagined chunk per start of each split's episodes -> {split: (latents (M, C, h, w),
+        targets (M, D))}. The planner's imagination settings (bf16 where native)."""
+        from sfplan.world_model.base import WorldState
+        from sfplan.world_model.learned import load_world_model
+
+        wm = load_world_model(str(wm_path), device=str(self.device), autocast="auto", cast_weights=True,
+                              return_frames="all")
+        if vae_fp(wm) != self.vae_sha:
+            raise UserError(f"world model {wm_path} has another VAE than vae={self.cfg.vae}: pass vae={wm_path}")
+        P, H = wm.context_frames, wm.chunk_size
+        stride = int(self.cfg.imagined_stride)
+        fo, ao, acts = self.cache.frame_offsets, self.cache.action_offsets, self.cache.actions
+        out = {}
+        for split, sub in (("train", self.train_ds), ("val", self.val_ds)):
+            starts = []  # (first context frame index, first action index)
+            for r in self.cache.rows_of(sub.seeds):
+                L = int(ao[r + 1] - ao[r])
+                starts += [(int(fo[r]) + t - P + 1, int(ao[r]) + t) for t in range(P - 1, L - H + 1, stride)]
+            lat, tgt = [], []
+            for i in range(0, len(starts), 64):
+                f0 = torch.tensor([s[0] for s in starts[i: i + 64]])
+                a0 = torch.tensor([s[1] for s in starts[i: i + 64]])
+                ctx = self.lat_all[f0[:, None] + torch.arange(P)].to(wm.device)  # (b, P, C, h, w)
+                a = acts[a0[:, None] + torch.arange(H)][:, None].to(wm.device)  # (b, 1, H, A)
+                im = wm.imagine(WorldState(features=ctx[:, -1], context=ctx), a)  # (b, 1, H, C, h, w)
+                lat.append(im.features[:, 0].flatten(0, 1).float().cpu())
+                tgt.append(self.targets[f0[:, None] + P + torch.arange(H)].flatten(0, 1))  # the imagined steps
+                if progress and (i // 64) % 20 == 0:
+                    print(f"probe: imagined {split} {i + len(f0)}/{len(starts)} chunks", file=sys.stderr)
+            if lat:
+                out[split] = (torch.cat(lat), torch.cat(tgt))
+        if "val" not in out and "train" in out:
+            out["val"] = out["train"]
+        return out
+
+    def batch(self, g: torch.Generator, split: str = "train") -> dict:
+        B = int(self.cfg.batch_size)
+        n_im = int(round(B * float(self.cfg.imagined_fraction))) if split in self.imagined else 0
+        rows = self.rows[split]
+        k = rows[torch.randint(0, len(rows), (B - n_im,), generator=g)]
+        lat, tgt = self.lat_all[k], self.targets[k]
+        if n_im:
+            il, it = self.imagined[split]
+            j = torch.randint(0, len(il), (n_im,), generator=g)
+            lat, tgt = torch.cat([lat, il[j]]), torch.cat([tgt, it[j]])
+        return {"latents": lat.to(self.device, non_blocking=True), "targets": tgt.to(self.device, non_blocking=True)}
+
+    @staticmethod
+    def loss(model, batch, g):
+        return model.loss(batch["latents"], batch["targets"])
+
+    @torch.no_grad()
+    def evaluate(self, model, split: str = "val") -> dict[str, float]:
+        """Descriptor error (task units) on up to ``val_frames`` real (and imagined) frames of ``split``."""
+        from sfplan.world_model.probe import descriptor_errors
+
+        was_training = model.training
+        model.eval()
+        n = int(self.cfg.get("val_frames") or 8192)
+        sets = {"real_": (self.lat_all, self.targets, self.rows[split])}
+        if split in self.imagined:
+            il, it = self.imagined[split]
+            sets["imagined_"] = (il, it, torch.arange(len(il)))
+        out = {}
+        for prefix, (lat, tgt, idx) in sets.items():
+            sel = idx[torch.linspace(0, len(idx) - 1, min(n, len(idx))).round().long()]
+            pred = torch.cat([model(lat[sel[i: i + 1024]].to(self.device)).float().cpu()
+                              for i in range(0, len(sel), 1024)])
+            out.update(descriptor_errors(pred, tgt[sel], prefix))
+        model.train(was_training)
+        return out
+
+    def sample(self, ema_model, step: int, out_dir: Path):
+        """Held-out descriptor errors (logged as sample/...)."""
+        return self.evaluate(ema_model), {}, {}
+
+    def save_final(self, ema_model, directory: Path) -> dict:
+        from sfplan.world_model.probe import save_probe_into
+
+        ema_model.save_pretrained(str(directory), safe_serialization=True)
+        out = {"probe_val": self.evaluate(ema_model)}
+        if self.cfg.get("attach_to"):
+            out["attached_to"] = str(save_probe_into(ema_model, self.cfg.attach_to))
+        return out
+
+    def identity(self) -> dict:
+        return {"stage": self.name, "model": _container(self.cfg.model), "imagined": bool(self.cfg.get("imagined")),
+                "data": str(Path(str(self.cfg.data.path)).expanduser().resolve()), "vae_sha256": self.vae_sha}
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(vae=str(self.cfg.vae), latent_cache=str(self.cache.path), descriptor_dim=int(self.targets.shape[1]),
+                 train_frames=int(len(self.rows["train"])), val_frames=int(len(self.rows["val"])),
+                 imagined_frames={k: int(len(v[0])) for k, v in self.imagined.items()})
+        return d
+
+
+STAGES = {"vae": VaeStage, "dynamics": DynamicsStage, "idm": IdmStage, "probe": ProbeStage}

@@ -26,8 +26,6 @@ the action normaliser inside the weights). A world model directory may hold one 
 """
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -250,22 +248,6 @@ def attach_idm_if_present(world_model, directory: str | Path) -> InverseDynamics
 def save_idm_into(idm: InverseDynamicsModel, world_model_dir: str | Path) -> Path:
     """Write ``idm`` to ``<world_model_dir>/idm/`` atomically (temp dir, then rename),
     replacing one that is there. Returns the directory."""
-    wm = Path(world_model_dir).expanduser()
-    if not (wm / "world_model.json").is_file():
-        raise UserError(f"{wm} is not a world model directory (no world_model.json): attach_to must be the model/ "
-                        f"folder of a `sfplan train stage=dynamics` run")
-    final = wm / IDM_SUBDIR
-    tmp = wm / f".{IDM_SUBDIR}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        idm.save_pretrained(str(tmp), safe_serialization=True)
-        if final.exists():
-            old = wm / f".{IDM_SUBDIR}.old-{os.getpid()}"
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    from sfplan.io import save_pretrained_into
+
+    return save_pretrained_into(idm, world_model_dir, IDM_SUBDIR)

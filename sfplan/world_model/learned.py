@@ -145,6 +145,7 @@ class SlowFastWorldModel:
         self.checkpoint_sha256: str | None = None
         self.imagined_frames = 0  # imagined env steps, summed over candidates (throughput reports)
         self.memory = None  # TempLoRAMemory once attach_memory() ran
+        self.probe = None  # StateProbe (sfplan.world_model.probe) for cost=probe, from <dir>/probe/
         # The task the model was trained on, {"id": env id, "kwargs": env kwargs that shape
         # the frames and dynamics (goal excluded)}; saved as "env" in world_model.json and
         # checked by `sfplan eval` (check_env_matches). None: unknown (older checkpoints).
@@ -410,6 +411,10 @@ class SlowFastWorldModel:
             from sfplan.world_model.idm import attach_idm_if_present
 
             attach_idm_if_present(model, d)
+        if (d / "probe").is_dir():  # state probe for cost=probe -> model.probe
+            from sfplan.world_model.probe import attach_probe_if_present
+
+            attach_probe_if_present(model, d)
         return model
 
 
