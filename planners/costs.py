@@ -57,9 +57,25 @@ def frame_weights(K: int, reduce: str, gamma: float, steps: torch.Tensor | None,
     raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
 
 
+def _check_shapes(features: torch.Tensor, goal) -> torch.Tensor:
+    """Validate imagined features (B, N, K, C, h, w) against a goal (B or 1, C, h, w) (also
+    (B, 1, C, h, w), as ``encode`` of one frame gives) -> the goal (B or 1, C, h, w) on the
+    features' device."""
+    if features.dim() != 6:
+        raise ValueError(f"imagined features must be (B, N, K, C, h, w), got {tuple(features.shape)}")
+    B = features.shape[0]
+    goal = torch.as_tensor(goal).to(features.device)
+    if goal.dim() == 5 and goal.shape[1] == 1:
+        goal = goal[:, 0]
+    if goal.shape[1:] != features.shape[3:] or goal.shape[0] not in (1, B):
+        raise ValueError(f"goal must be (B, C, h, w) = {(B, *features.shape[3:])} (or batch 1), got {tuple(goal.shape)}")
+    return goal
+
+
 class _FrameCost:
     """Shared machinery: broadcast the goal, diff, per-frame distance, reduce over K.
-    Subclasses implement ``frame_distance(diff (M, C, h, w)) -> (M,)``."""
+    Subclasses implement ``frame_distance(diff (M, C, h, w)) -> (M,)`` (or ``per_frame``
+    itself, as ``ProbeCost`` does)."""
 
     config_cls: type
 
@@ -79,14 +95,8 @@ class _FrameCost:
 
     def per_frame(self, features: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         """features: (B, N, K, C, h, w); goal: (B or 1, C, h, w) -> distances (B, N, K)."""
-        if features.dim() != 6:
-            raise ValueError(f"imagined features must be (B, N, K, C, h, w), got {tuple(features.shape)}")
         B, N, K, C, h, w = features.shape
-        goal = torch.as_tensor(goal).to(device=features.device, dtype=torch.float32)
-        if goal.dim() == 5 and goal.shape[1] == 1:  # tolerate (B, 1, C, h, w) from encode of one frame
-            goal = goal[:, 0]
-        if goal.shape[1:] != (C, h, w) or goal.shape[0] not in (1, B):
-            raise ValueError(f"goal must be (B, C, h, w) = {(B, C, h, w)} (or batch 1), got {tuple(goal.shape)}")
+        goal = _check_shapes(features, goal).to(torch.float32)
         diff = features.to(torch.float32) - goal[:, None, None]  # (B, N, K, C, h, w)
         d = self.frame_distance(diff.reshape(B * N * K, C, h, w))  # (B*N*K,)
         return d.reshape(B, N, K)
@@ -301,15 +311,8 @@ class ProbeCost(_FrameCost):
         """features: (B, N, K, C, h, w); goal: (B or 1, C, h, w) -> distances (B, N, K)."""
         if self.probe is None:
             raise RuntimeError("ProbeCost has no probe: call cost.bind(world_model) or pass probe=")
-        if features.dim() != 6:
-            raise ValueError(f"imagined features must be (B, N, K, C, h, w), got {tuple(features.shape)}")
         B, N, K = features.shape[:3]
-        goal = torch.as_tensor(goal).to(features.device)
-        if goal.dim() == 5 and goal.shape[1] == 1:
-            goal = goal[:, 0]
-        if goal.shape[1:] != features.shape[3:] or goal.shape[0] not in (1, B):
-            raise ValueError(f"goal must be (B, C, h, w) = {(B, *features.shape[3:])} (or batch 1), "
-                             f"got {tuple(goal.shape)}")
+        goal = _check_shapes(features, goal)
         dev = next(self.probe.parameters()).device
         g = self._read(goal.to(dev))  # (B or 1, D)
         y = self._read(features.reshape(B * N * K, *features.shape[3:]).to(dev)).reshape(B, N, K, -1)

@@ -31,30 +31,39 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     fsync_path(path.parent)
 
 
-def save_pretrained_into(model, world_model_dir: str | os.PathLike, subdir: str) -> Path:
-    """Write a diffusers ``ModelMixin`` to ``<world_model_dir>/<subdir>/`` atomically (temp
-    folder, then rename), replacing one that is there: the IDM and the state probe live in
-    a world model directory this way. Returns the directory."""
+def atomic_dir(final: str | os.PathLike, write):
+    """Run ``write(tmp_dir)`` on a fresh temp folder beside ``final``, then move it to
+    ``final`` (replacing what is there): a reader sees the old folder or the whole new one.
+    Returns what ``write`` returned."""
     import shutil
 
-    from sfplan.errors import UserError
-
-    wm = Path(world_model_dir).expanduser()
-    if not (wm / "world_model.json").is_file():
-        raise UserError(f"{wm} is not a world model directory (no world_model.json): attach_to must be the model/ "
-                        f"folder of a `sfplan train stage=dynamics` run")
-    final = wm / subdir
-    tmp = wm / f".{subdir}.tmp-{os.getpid()}"
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        out = write(tmp)
         if final.exists():
-            old = wm / f".{subdir}.old-{os.getpid()}"
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
             shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return out
+
+
+def save_pretrained_into(model, world_model_dir: str | os.PathLike, subdir: str) -> Path:
+    """Write a diffusers ``ModelMixin`` to ``<world_model_dir>/<subdir>/`` atomically
+    (``atomic_dir``): the IDM and the state probe live in a world model directory this
+    way. Returns the directory."""
+    from sfplan.errors import UserError
+
+    wm = Path(world_model_dir).expanduser()
+    if not (wm / "world_model.json").is_file():
+        raise UserError(f"{wm} is not a world model directory (no world_model.json): attach_to must be the model/ "
+                        f"folder of a `sfplan train stage=dynamics` run")
+    atomic_dir(wm / subdir, lambda d: model.save_pretrained(str(d), safe_serialization=True))
+    return wm / subdir

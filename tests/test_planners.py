@@ -229,7 +229,12 @@ def blob(shift: int, size: int = 64, side: int = 4) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", list(COSTS))
 def test_cost_zero_for_identical_and_shapes(name):
-    cost = COSTS[name]()
+    if name == "probe":  # a learned cost: give it an (untrained) state probe on these 3x8x8 features
+        from sfplan.world_model.probe import StateProbe
+
+        cost = COSTS[name](probe=StateProbe(latent_channels=3, latent_size=8, width=8, hidden_dim=16).eval())
+    else:
+        cost = COSTS[name]()
     g = torch.rand(2, 3, 8, 8)
     feats = g[:, None, None].expand(2, 5, 4, 3, 8, 8).clone()  # (B, N, K, C, h, w)
     feats[:, 1:, -1] += 0.5

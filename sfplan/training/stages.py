@@ -376,7 +376,34 @@ class DynamicsStage(_Stage):
 
 
 # ----------------------------------------------------------------------------- inverse dynamics
-class IdmStage(_Stage):
+class _AttachedStage(_Stage):
+    """A stage whose model also goes into a world model directory (``attach_to``): the IDM
+    and the state probe. Subclasses set ``name``, ``subdir``, ``val_key`` and ``evaluate``."""
+
+    subdir = val_key = "?"
+
+    def evaluate(self, model, split: str = "val") -> dict[str, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sample(self, ema_model, step: int, out_dir: Path):
+        """Held-out metrics of ``evaluate`` (logged as sample/...)."""
+        return self.evaluate(ema_model), {}, {}
+
+    def save_final(self, ema_model, directory: Path) -> dict:
+        from sfplan.io import save_pretrained_into
+
+        ema_model.save_pretrained(str(directory), safe_serialization=True)
+        out = {self.val_key: self.evaluate(ema_model)}
+        if self.cfg.get("attach_to"):
+            out["attached_to"] = str(save_pretrained_into(ema_model, self.cfg.attach_to, self.subdir))
+        return out
+
+    def identity(self) -> dict:
+        return {"stage": self.name, "model": _container(self.cfg.model),
+                "data": str(Path(str(self.cfg.data.path)).expanduser().resolve()), "vae_sha256": self.vae_sha}
+
+
+class IdmStage(_AttachedStage):
     """InverseDynamicsModel on windows of cached latents (the frozen VAE's, as the world
     model imagines them) -> the action between the last two frames.
 
@@ -385,7 +412,7 @@ class IdmStage(_Stage):
     target is the mean of actions e-k .. e-1, for every gap k in [1, max_gap].
     batch: {"latents": (B, n, C, h, w), "actions": (B, A), "gap": (B,)}."""
 
-    name = "idm"
+    name, subdir, val_key = "idm", "idm", "idm_val"
 
     def setup(self, device: torch.device, is_main: bool = True, wait=None) -> None:
         from sfplan.world_model.idm import IDMConfig
@@ -472,23 +499,6 @@ class IdmStage(_Stage):
                                              model.normalize(target.to(self.device))).pow(2).mean())
         return out
 
-    def sample(self, ema_model, step: int, out_dir: Path):
-        """Held-out action metrics (logged as sample/...): MSE and R^2 per action dim."""
-        return self.evaluate(ema_model), {}, {}
-
-    def save_final(self, ema_model, directory: Path) -> dict:
-        from sfplan.world_model.idm import save_idm_into
-
-        ema_model.save_pretrained(str(directory), safe_serialization=True)
-        out = {"idm_val": self.evaluate(ema_model)}
-        if self.cfg.get("attach_to"):
-            out["attached_to"] = str(save_idm_into(ema_model, self.cfg.attach_to))
-        return out
-
-    def identity(self) -> dict:
-        return {"stage": self.name, "model": _container(self.cfg.model),
-                "data": str(Path(str(self.cfg.data.path)).expanduser().resolve()), "vae_sha256": self.vae_sha}
-
     def describe(self) -> dict:
         d = super().describe()
         d.update(vae=str(self.cfg.vae), latent_cache=str(self.cache.path), latent_shape=list(self.vae.latent_shape),
@@ -498,7 +508,7 @@ class IdmStage(_Stage):
 
 
 # ----------------------------------------------------------------------------- state probe
-class ProbeStage(_Stage):
+class ProbeStage(_AttachedStage):
     """StateProbe on cached latents -> the task's goal descriptor of each frame, labelled
     from the recorded simulator states (``env.goal_descriptor_of``). With ``imagined``, the
     world model also imagines one chunk from every ``imagined_stride``-th step of each
@@ -507,7 +517,7 @@ class ProbeStage(_Stage):
     batch: the probe learns to read the model's predictions, which is what it scores.
     batch: {"latents": (B, C, h, w), "targets": (B, D)}."""
 
-    name = "probe"
+    name, subdir, val_key = "probe", "probe", "probe_val"
 
     def setup(self, device: torch.device, is_main: bool = True, wait=None) -> None:
         from sfplan.world_model.probe import ProbeConfig
@@ -649,22 +659,8 @@ class ProbeStage(_Stage):
         model.train(was_training)
         return out
 
-    def sample(self, ema_model, step: int, out_dir: Path):
-        """Held-out descriptor errors (logged as sample/...)."""
-        return self.evaluate(ema_model), {}, {}
-
-    def save_final(self, ema_model, directory: Path) -> dict:
-        from sfplan.world_model.probe import save_probe_into
-
-        ema_model.save_pretrained(str(directory), safe_serialization=True)
-        out = {"probe_val": self.evaluate(ema_model)}
-        if self.cfg.get("attach_to"):
-            out["attached_to"] = str(save_probe_into(ema_model, self.cfg.attach_to))
-        return out
-
     def identity(self) -> dict:
-        return {"stage": self.name, "model": _container(self.cfg.model), "imagined": bool(self.cfg.get("imagined")),
-                "data": str(Path(str(self.cfg.data.path)).expanduser().resolve()), "vae_sha256": self.vae_sha}
+        return {**super().identity(), "imagined": bool(self.cfg.get("imagined"))}
 
     def describe(self) -> dict:
         d = super().describe()

@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sfplan.errors import UserError
+from sfplan.io import atomic_dir
 from sfplan.training.checkpoint import (
     clean_stale,
     list_checkpoints,
@@ -377,7 +378,7 @@ class Trainer:
         model_dir = self.out_dir / "model"
         result["model"] = str(model_dir)
         if is_main:
-            info = _atomic_dir(model_dir, lambda d: stage.save_final(ema.model, d))
+            info = atomic_dir(model_dir, lambda d: stage.save_final(ema.model, d)) or {}
             result.update(info)
             result["wall_time_s"] = time.time() - t_start
             from sfplan.training.model_card import write_model_card
@@ -437,27 +438,6 @@ def _any(acc, flag: bool) -> bool:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=acc.device)
     return bool(acc.reduce(t, reduction="sum").item() > 0)
-
-
-def _atomic_dir(final: Path, write) -> dict:
-    """Run ``write(tmp_dir)`` then move tmp_dir to ``final`` (replacing it)."""
-    import shutil
-
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        info = write(tmp) or {}
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return info
 
 
 def _summary_writer(path: Path):
