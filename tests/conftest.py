@@ -2,3 +2,18 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Toy tensors gain nothing from intra-op threads, and on a shared 2-core machine a
+    2-thread OpenMP pool can be 30x slower for small kernels (measured: 2.3 s vs 68 s).
+    Used as ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

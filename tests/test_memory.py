@@ -25,12 +25,7 @@ TINY_DIFF = dict(action_dim=2, max_frames=8, block_out_channels=(16, 32), head_d
 FAST = dict(rank=4, alpha=4.0, lr=1e-2, steps_per_write=2)  # a memory that visibly learns in a few steps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def tiny_model(image_size: int = 16, **cfg) -> SlowFastWorldModel:

@@ -4,7 +4,6 @@ dataset's recorded states (and the world model's imagined chunks) and attaches t
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,12 +21,7 @@ from sfplan.world_model.probe import ProbeConfig, StateProbe, load_probe, save_p
 TINY = dict(latent_channels=4, latent_size=8, out_dim=2, width=8, hidden_dim=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def blob_latents(pos: torch.Tensor, size: int = 8) -> torch.Tensor:

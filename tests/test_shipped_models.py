@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from sfplan.cli import main
 from sfplan.models import shipped_model_path, shipped_models
@@ -14,12 +13,7 @@ from sfplan.world_model.learned import checkpoint_sha256, load_world_model
 SHIPPED = ["sfplan/Reacher-v0", "sfplan/PointMazeUMaze-v0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.mark.parametrize("task", SHIPPED)

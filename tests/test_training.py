@@ -30,12 +30,7 @@ DYN_TINY = ["stage=dynamics", "model.world_model.chunk_size=2", "model.diffusion
             "model.diffusion.max_frames=8", "batch_size=2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -36,12 +36,7 @@ TINY_IDM = dict(latent_channels=4, latent_size=8, action_dim=2, block_out_channe
 LOW, HIGH = torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 1.0])  # an asymmetric action box
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _randomize(module: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> None:

@@ -20,14 +20,7 @@ TINY_DIFF = dict(action_dim=2, max_frames=8, block_out_channels=(16, 32), head_d
                  norm_num_groups=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Toy tensors gain nothing from intra-op threads, and on a shared 2-core machine a
-    2-thread OpenMP pool can be 30x slower for small kernels (measured: 2.3 s vs 68 s)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _randomize(module: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> None:

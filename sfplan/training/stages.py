@@ -382,6 +382,15 @@ class _AttachedStage(_Stage):
 
     subdir = val_key = "?"
 
+    def _open(self, device: torch.device) -> None:
+        """Dataset, frozen VAE; ``attach_to`` checked now, not after training: the model
+        must read the latents of that world model's VAE."""
+        self.device = device
+        self.ds, self.train_ds, self.val_ds = open_dataset(self.cfg)
+        self._load_vae(device)
+        if self.cfg.get("attach_to"):
+            _check_world_model_vae(self.cfg.attach_to, self.vae_sha, self.cfg.vae, self.name)
+
     def evaluate(self, model, split: str = "val") -> dict[str, float]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -417,13 +426,8 @@ class IdmStage(_AttachedStage):
     def setup(self, device: torch.device, is_main: bool = True, wait=None) -> None:
         from sfplan.world_model.idm import IDMConfig
 
-        self.device = device
         cfg = self.cfg
-        self.ds, self.train_ds, self.val_ds = open_dataset(cfg)
-        self._load_vae(device)
-        attach = cfg.get("attach_to")
-        if attach:  # fail now, not after training: the IDM must read the latents of that world model's VAE
-            _check_world_model_vae(attach, self.vae_sha, cfg.vae, self.name)
+        self._open(device)
         m = _container(cfg.model)
         for k in ("latent_channels", "latent_size", "action_dim"):
             if m.get(k) is not None:
@@ -522,13 +526,9 @@ class ProbeStage(_AttachedStage):
     def setup(self, device: torch.device, is_main: bool = True, wait=None) -> None:
         from sfplan.world_model.probe import ProbeConfig
 
-        self.device = device
         cfg = self.cfg
-        self.ds, self.train_ds, self.val_ds = open_dataset(cfg)
-        self._load_vae(device)
+        self._open(device)
         attach = cfg.get("attach_to")
-        if attach:  # fail now, not after training (save_pretrained_into checks it again)
-            _check_world_model_vae(attach, self.vae_sha, cfg.vae, self.name)
         self._load_latents(is_main, wait)
         self.lat_all = self.cache.latents  # (N_frames, C, h, w) on the CPU
         self.targets = self._descriptors()  # (N_frames, D)
