@@ -9,6 +9,10 @@
     python scripts/ship_model.py --task Reacher-v0 --dynamics-run outputs/train/Reacher-v0-dynamics4 \
         --quality ...json
 
+    # add (or replace) the state probe of cost=probe on the model already shipped
+    # (trained with vae=sfplan/models/Reacher-v0): no --dynamics-run
+    python scripts/ship_model.py --task Reacher-v0 --probe-run outputs/train/Reacher-v0-probe
+
 Copies ``<dynamics run>/model`` (the full world model: VAE + diffusion + scheduler, and the
 IDM from ``--idm-run`` into ``idm/``) into the package atomically (a temporary folder, then
 a rename), refuses a result over ``--max-mb`` (20 MB: what a git repo should carry), and
@@ -17,8 +21,10 @@ every invocation (read from TensorBoard event files, so resumed runs count in fu
 held-out quality figures of ``benchmarks/world_model_quality.py``.
 
 Without ``--vae-run`` the dynamics run must use the VAE of the model already shipped for the
-task (same weights, checked by hash); that model's IDM (unless ``--idm-run``) and its card's
-lineage, VAE and IDM sections are carried over (edit the lineage table by hand).
+task (same weights, checked by hash); that model's IDM and state probe (unless ``--idm-run``,
+``--probe-run``) and its card's lineage, VAE, IDM and probe sections are carried over (edit
+the lineage table by hand). A probe is trained on the shipped VAE's latents: the script
+checks that its run used that VAE (``vae_sha256`` of its training summary).
 """
 from __future__ import annotations
 
@@ -54,7 +60,8 @@ def card_section(run: Path, title: str) -> str:
 
 
 VAE_WEIGHTS = "vae/diffusion_pytorch_model.safetensors"
-KEPT_SECTIONS = ("## Lineage", "## Stage 1: frame VAE", "## Inverse dynamics model")
+PROBE_TITLE = "State probe (cost=probe)"
+KEPT_SECTIONS = ("## Lineage", "## Stage 1: frame VAE", "## Inverse dynamics model", f"## {PROBE_TITLE}")
 # the card's top-level sections; each stage's own card brings sub-sections (## Data, ...) at the same level
 TOP_SECTIONS = ("## Held-out quality", "## Stage 2: dynamics", *KEPT_SECTIONS)
 
@@ -68,17 +75,50 @@ def kept_sections(card: str) -> list[str]:
     return [sec for sec in sections if sec.startswith(KEPT_SECTIONS)]
 
 
+def ship_probe_only(task: str, probe_run: Path) -> None:
+    """Put ``<probe_run>/model`` into ``sfplan/models/<task>/probe/`` (atomically) and its card
+    section into the model card, replacing a probe shipped before."""
+    from sfplan.io import atomic_dir, atomic_write_text
+    from sfplan.training.latent_cache import vae_fingerprint
+    from sfplan.world_model.vae import FrameAutoencoder
+
+    dst = MODELS / task
+    if not (dst / "world_model.json").is_file():
+        raise SystemExit(f"no model is shipped at {dst}: ship one with --dynamics-run first")
+    summary = json.loads((probe_run / "training_summary.json").read_text())
+    if summary.get("stage") != "probe":
+        raise SystemExit(f"{probe_run} is not a finished `sfplan train stage=probe` run")
+    if vae_fingerprint(FrameAutoencoder.from_pretrained(dst / "vae")) != summary.get("data", {}).get("vae_sha256"):
+        raise SystemExit(f"{probe_run} was trained on another VAE than the one shipped at {dst}: train it with "
+                         f"vae={dst}")
+    atomic_dir(dst / "probe", lambda d: shutil.copytree(probe_run / "model", d, dirs_exist_ok=True))
+    card = (dst / "README.md").read_text()
+    lines = card.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith(TOP_SECTIONS)] + [len(lines)]
+    cut = [(a, b) for a, b in zip(starts, starts[1:]) if lines[a].startswith(f"## {PROBE_TITLE}")]
+    if cut:
+        del lines[cut[0][0]: cut[0][1]]
+    atomic_write_text(dst / "README.md", "".join(lines).rstrip("\n") + "\n\n" + card_section(probe_run, PROBE_TITLE))
+    print(f"shipped {dst / 'probe'}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", required=True, help="task name, e.g. Reacher-v0 (for sfplan/Reacher-v0)")
-    ap.add_argument("--dynamics-run", required=True, type=Path)
+    ap.add_argument("--dynamics-run", type=Path, default=None,
+                    help="omit it to add only --probe-run to the model already shipped")
     ap.add_argument("--vae-run", type=Path, default=None,
                     help="the VAE's training run; omit it to keep the shipped model's VAE (see above)")
     ap.add_argument("--idm-run", type=Path, default=None)
+    ap.add_argument("--probe-run", type=Path, default=None, help="a `sfplan train stage=probe` run")
     ap.add_argument("--quality", type=Path, default=None, help="JSON of benchmarks/world_model_quality.py")
     ap.add_argument("--max-mb", type=float, default=20.0)
     args = ap.parse_args(argv)
 
+    if args.dynamics_run is None:
+        if args.probe_run is None:
+            raise SystemExit("pass --dynamics-run (a new world model) or --probe-run (a probe for the shipped one)")
+        return ship_probe_only(args.task, args.probe_run)
     src = args.dynamics_run / "model"
     if not (src / "world_model.json").is_file():
         raise SystemExit(f"{src} holds no world model: finish `sfplan train stage=dynamics` first")
@@ -98,6 +138,10 @@ def main(argv=None) -> None:
         shutil.copytree(args.idm_run / "model", tmp / "idm")
     elif args.vae_run is None and (dst / "idm").is_dir():
         shutil.copytree(dst / "idm", tmp / "idm")
+    if args.probe_run is not None:
+        shutil.copytree(args.probe_run / "model", tmp / "probe")
+    elif args.vae_run is None and (dst / "probe").is_dir():
+        shutil.copytree(dst / "probe", tmp / "probe")
     size_mb = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) / 2**20
     if size_mb > args.max_mb:
         shutil.rmtree(tmp)
@@ -122,6 +166,10 @@ def main(argv=None) -> None:
         parts.append(card_section(args.idm_run, "Inverse dynamics model (planner=video_plan)"))
     else:
         parts.extend(c for c in carried if c.startswith("## Inverse dynamics"))
+    if args.probe_run is not None:
+        parts.append(card_section(args.probe_run, PROBE_TITLE))
+    else:
+        parts.extend(c for c in carried if c.startswith(f"## {PROBE_TITLE}"))
     (tmp / "README.md").write_text("\n".join(parts))
     if dst.exists():
         old = MODELS / f".{args.task}.old"

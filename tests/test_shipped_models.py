@@ -64,3 +64,23 @@ def test_shipped_pointmaze_model_is_refused_on_other_env_settings(capsys):
     assert main(["eval", "env=pointmaze_umaze", "world_model=learned", "env.kwargs.frame_skip=1", "episodes=1",
                  "progress=false", "record=false"]) == 2
     assert "env.kwargs.frame_skip=4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task,tol", [("sfplan/Reacher-v0", 0.02), ("sfplan/PointMazeUMaze-v0", 0.1)])
+def test_shipped_state_probe_reads_the_goal_descriptor(task, tol):
+    """The shipped probe (cost=probe) reads what success is measured on off real goal images:
+    Reacher's fingertip within its 2 cm success radius, PointMaze's ball well within 0.45 m."""
+    import gymnasium as gym
+    import numpy as np
+
+    import sfplan.envs  # noqa: F401
+
+    wm = load_world_model(None, device="cpu", task=task)
+    env = gym.make(task, **(wm.trained_env or {}).get("kwargs", {}))  # Reacher's older card has no "env"
+    errs = []
+    for seed in range(100000, 100004):
+        obs, _ = env.reset(seed=seed)
+        z = wm.encode(obs["desired_goal"][None, None]).features  # (1, C, h, w)
+        errs.append(float(np.linalg.norm(wm.probe(z)[0].detach().numpy() - env.unwrapped._goal)))
+    env.close()
+    assert np.mean(errs) < tol, errs

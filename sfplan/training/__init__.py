@@ -5,12 +5,14 @@
         vae=outputs/train/Reacher-v0-vae/model                          # 2. video diffusion
     sfplan train stage=idm data.path=data/Reacher-v0 vae=<world model dir> \
         attach_to=<world model dir>                                     # 3. IDM for planner=video_plan
+    sfplan train stage=probe data.path=data/Reacher-v0 vae=<world model dir> \
+        attach_to=<world model dir>                                     # 4. state probe for cost=probe
     accelerate launch -m sfplan.cli train stage=dynamics ...            # DDP on several GPUs
 
 Built on HF Accelerate (CPU, one GPU, or DDP), with EMA weights, atomic checkpoints and
 exact resume (re-run the same command), a NaN guard, tqdm and TensorBoard
 (``tensorboard --logdir OUT/tb``). The config is ``configs/train.yaml`` with the stage
-groups ``configs/stage/{vae,dynamics,idm}.yaml``; the run layout is described in
+groups ``configs/stage/{vae,dynamics,idm,probe}.yaml``; the run layout is described in
 ``sfplan.training.checkpoint``; the loop in ``sfplan.training.trainer``; the stages in
 ``sfplan.training.stages``.
 """

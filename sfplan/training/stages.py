@@ -1,5 +1,6 @@
 """The training stages, as plug-ins of the generic ``Trainer``: the slow learner's two
-(vae, dynamics) and the video-plan planner's inverse dynamics model (idm).
+(vae, dynamics), the video-plan planner's inverse dynamics model (idm) and the state probe
+of ``cost=probe`` (probe).
 
 - ``VaeStage`` (``stage=vae``): the FrameAutoencoder on single frames of the training
   episodes; at the end ``fit_latent_scale`` on the EMA weights, saved with
@@ -11,6 +12,9 @@
 - ``IdmStage`` (``stage=idm``): the InverseDynamicsModel on windows of the same latent
   cache (the frozen VAE's latents) -> actions; validation: held-out action MSE and R^2 per
   action dim; ``attach_to=<world model dir>`` also writes it to ``<world model dir>/idm/``.
+- ``ProbeStage`` (``stage=probe``): the StateProbe on the same latent cache (and, with
+  ``imagined``, on the world model's imagined chunks) -> the task's goal descriptor of each
+  frame, from the recorded states; ``attach_to`` writes it to ``<world model dir>/probe/``.
 
 A stage holds the data in memory and draws every batch from the per-step generator the
 trainer hands it, so a batch is a pure function of (seed, rank, step): resuming needs only
@@ -664,7 +668,8 @@ class ProbeStage(_AttachedStage):
 
     def describe(self) -> dict:
         d = super().describe()
-        d.update(vae=str(self.cfg.vae), latent_cache=str(self.cache.path), descriptor_dim=int(self.targets.shape[1]),
+        d.update(vae=str(self.cfg.vae), vae_sha256=self.vae_sha, latent_cache=str(self.cache.path),
+                 descriptor_dim=int(self.targets.shape[1]),
                  train_frames=int(len(self.rows["train"])), val_frames=int(len(self.rows["val"])),
                  imagined_frames={k: int(len(v[0])) for k, v in self.imagined.items()})
         return d
