@@ -314,6 +314,19 @@ class ProbeCost(_FrameCost):
         B, N, K = features.shape[:3]
         goal = _check_shapes(features, goal)
         dev = next(self.probe.parameters()).device
-        g = self._read(goal.to(dev))  # (B or 1, D)
-        y = self._read(features.reshape(B * N * K, *features.shape[3:]).to(dev)).reshape(B, N, K, -1)
+        # goal and imagined frames in one batch (up to batch_size): a frame equal to the goal
+        # reads exactly the same (separate calls can differ in the last bits: batch-size-dependent kernels)
+        flat = features.reshape(B * N * K, *features.shape[3:]).to(device=dev, dtype=goal.dtype)
+        read = self._read(torch.cat([goal.to(dev), flat]))  # (B or 1 + B*N*K, D)
+        g, y = read[: len(goal)], read[len(goal):].reshape(B, N, K, -1)
         return ((y - g[:, None, None]).norm(dim=-1) / float(self.config.scale)).to(features.device)
+
+
+def make_cost(name: str, **config):
+    """``COSTS[name](**config)``: the Hydra target of ``cost=task`` (the default), where the
+    task's search row names the cost (``configs/env/*.yaml`` ``search.<kind>.cost``)."""
+    from sfplan.planners import COSTS
+
+    if name not in COSTS:
+        raise ValueError(f"unknown cost {name!r}: choose one of {', '.join(COSTS)}")
+    return COSTS[name](**config)

@@ -183,3 +183,27 @@ def test_stage_probe_labels_frames_imagines_and_attaches(tmp_path):
     r = run_train(load_config("train", [*args, "imagined=false", f"out_dir={tmp_path / 'y'}", "steps=1"]))
     assert "imagined_error_mean" not in r["probe_val"] and "real_error_mean" in r["probe_val"]
     assert json.loads((tmp_path / "y" / "training_summary.json").read_text())["data"]["imagined_frames"] == {}
+
+
+def test_default_cost_is_the_one_the_tasks_search_row_names():
+    from hydra.utils import instantiate
+
+    from sfplan.planners import MultiScaleCost
+    from sfplan.planners.costs import make_cost
+
+    def chosen(*ov):
+        return load_config("eval", list(ov)).cost
+
+    # PointMaze UMaze's learned row names the probe; its oracle row and Reacher name none
+    assert chosen("env=pointmaze_umaze", "world_model=learned").name == "probe"
+    assert chosen("env=pointmaze_umaze", "world_model=oracle").name == "multiscale"
+    assert chosen("env=reacher", "world_model=learned").name == "multiscale"
+    assert chosen("env=reacher", "world_model=learned", "+env.search.learned.cost=probe").name == "probe"
+    # an explicit cost= wins over the row
+    assert chosen("env=pointmaze_umaze", "world_model=learned", "cost=multiscale")._target_.endswith("MultiScaleCost")
+    cost = instantiate(chosen("env=reacher", "world_model=oracle"))
+    assert isinstance(cost, MultiScaleCost) and cost.config.reduce == "mean" and cost.config.terminal_weight == 0.7
+    p = instantiate(chosen("env=pointmaze_umaze", "world_model=learned"))
+    assert isinstance(p, ProbeCost) and p.config.reduce == "last" and p.probe is None  # bound by sfplan eval
+    with pytest.raises(ValueError, match="unknown cost 'nope'"):
+        make_cost("nope")
