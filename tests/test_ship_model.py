@@ -1,4 +1,5 @@
-"""scripts/ship_model.py: a dynamics-only re-ship keeps the shipped VAE, IDM and card sections."""
+"""scripts/ship_model.py: a dynamics-only re-ship keeps the shipped VAE, IDM, probe and card sections;
+--probe-run alone adds (or replaces) the state probe of the shipped model."""
 from __future__ import annotations
 
 import importlib.util
@@ -61,8 +62,9 @@ def _run(root: Path, vae: bytes, card: str = "# Model card\nnew dynamics card\n"
 
 def _shipped(models: Path, vae: bytes) -> Path:
     dst = models / "T-v0"
-    for sub in ("vae", "diffusion", "idm"):
+    for sub in ("vae", "diffusion", "idm", "probe"):
         (dst / sub).mkdir(parents=True)
+    (dst / "probe" / "weights").write_bytes(b"probe")
     (dst / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(vae)
     (dst / "diffusion" / "diffusion_pytorch_model.safetensors").write_bytes(b"old weights")
     (dst / "idm" / "weights").write_bytes(b"idm")
@@ -77,6 +79,7 @@ def test_dynamics_only_reship_keeps_vae_idm_and_card_sections(tmp_path):
     ship.main(["--task", "T-v0", "--dynamics-run", str(_run(tmp_path / "run", b"vae v1"))])
     assert (dst / "diffusion" / "diffusion_pytorch_model.safetensors").read_bytes() == b"new weights"
     assert (dst / "idm" / "weights").read_bytes() == b"idm"
+    assert (dst / "probe" / "weights").read_bytes() == b"probe"
     card = (dst / "README.md").read_text()
     assert "new dynamics card" in card and "old dynamics card" not in card and "old quality" not in card
     for kept in ("| dyn1 | 100 |", "vae card\n\n## Data\nvae data", "idm card"):
@@ -94,3 +97,44 @@ def test_reship_refuses_another_vae_or_no_shipped_model(tmp_path):
     with pytest.raises(SystemExit, match="another VAE"):
         ship.main(["--task", "T-v0", "--dynamics-run", str(_run(tmp_path / "b", b"vae v2"))])
     assert (dst / "diffusion" / "diffusion_pytorch_model.safetensors").read_bytes() == b"old weights"
+
+
+def test_probe_only_ship_adds_then_replaces_the_probe_and_its_card_section(tmp_path):
+    import json
+
+    pytest.importorskip("diffusers")
+    from sfplan.training.latent_cache import vae_fingerprint
+    from sfplan.world_model.vae import FrameAutoencoder, VAEConfig
+
+    models = tmp_path / "models"
+    dst = models / "T-v0"
+    vae = FrameAutoencoder(VAEConfig(image_size=16, block_out_channels=(8, 8), norm_num_groups=4))
+    vae.save_pretrained(dst / "vae")
+    (dst / "world_model.json").write_text("{}")
+    (dst / "README.md").write_text(SHIPPED_CARD)
+
+    def probe_run(name: str, fp: str) -> Path:
+        run = tmp_path / name
+        (run / "model").mkdir(parents=True)
+        (run / "model" / "weights").write_bytes(name.encode())
+        (run / "model_card.md").write_text(f"# sfplan model card: probe\n\n{name} card\n\n## Data\n{name} data\n")
+        (run / "training_summary.json").write_text(json.dumps({"stage": "probe", "data": {"vae_sha256": fp}}))
+        return run
+
+    ship = _ship_module(models)
+    fp = vae_fingerprint(vae)
+    ship.main(["--task", "T-v0", "--probe-run", str(probe_run("p1", fp))])
+    assert (dst / "probe" / "weights").read_bytes() == b"p1"
+    card = (dst / "README.md").read_text()
+    assert "## State probe (cost=probe)" in card and "p1 card" in card and "idm card" in card and "vae data" in card
+    ship.main(["--task", "T-v0", "--probe-run", str(probe_run("p2", fp))])
+    card = (dst / "README.md").read_text()
+    assert (dst / "probe" / "weights").read_bytes() == b"p2"
+    assert "p2 card" in card and "p1" not in card and card.count("## State probe") == 1
+    assert "idm card" in card and "old dynamics card" in card  # the rest of the card untouched
+    with pytest.raises(SystemExit, match="another VAE"):
+        ship.main(["--task", "T-v0", "--probe-run", str(probe_run("p3", "0" * 64))])
+    assert (dst / "probe" / "weights").read_bytes() == b"p2"
+    with pytest.raises(SystemExit, match="--dynamics-run.*--probe-run"):
+        ship.main(["--task", "T-v0"])
+    assert not [p for p in dst.glob(".*")]  # no temporary folders left
