@@ -48,6 +48,14 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
     # scoring its video plans as generated (the paper) and by imagining their IDM actions (the default)
     "planners_learned": [("reacher", "mppi", "learned", [])]
     + [("reacher", "video_plan", "learned", [f"planner.score={s}"]) for s in ("video", "rollout")],
+    # issue 5: the learned state-probe cost (cost=probe) against the image cost on both shipped models
+    # (PointMaze UMaze's learned default since stop 19: the probe with 2 CEM iterations)
+    "probe_cost": [
+        (task, "cem", "learned", [f"cost={c}"] + (["env.search.learned.iterations=3"] if c == "multiscale" and
+                                                  task == "pointmaze_umaze" else []))
+        for task in ("reacher", "pointmaze_umaze")
+        for c in ("multiscale", "probe")
+    ],
     # issue 5, long horizon: far goals across PointMaze Medium, the goal image alone vs. 10 waypoint images
     "far_waypoints": [
         ("pointmaze_medium", "cem", "oracle", ["goal=far", "waypoints=10"]),
