@@ -570,6 +570,10 @@ class ProbeStage(_AttachedStage):
         env = make_env(self.ds.meta["env_id"], **(json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs)))
         out = []
         try:
+            if not callable(getattr(env.unwrapped, "goal_descriptor_of", None)):
+                raise UserError(f"{self.ds.meta['env_id']} cannot label a recorded state with its goal descriptor "
+                                f"(no goal_descriptor_of: only sfplan.envs GoalImageEnv tasks have it); stage=probe "
+                                f"needs it, use another cost (cost=multiscale)")
             for i in range(len(self.ds)):
                 st = self.ds.read(i, 0, int(self.ds.lengths[i]) + 1, states=True)["states"]
                 if st is None:
