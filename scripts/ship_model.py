@@ -66,13 +66,18 @@ KEPT_SECTIONS = ("## Lineage", "## Stage 1: frame VAE", "## Inverse dynamics mod
 TOP_SECTIONS = ("## Held-out quality", "## Stage 2: dynamics", *KEPT_SECTIONS)
 
 
-def kept_sections(card: str) -> list[str]:
-    """The top-level sections of a shipped card that a dynamics-only re-ship carries over,
-    each up to the next top-level heading."""
+def split_card(card: str) -> tuple[str, list[str]]:
+    """A card -> (the text before its first top-level section, the top-level sections, each
+    up to the next top-level heading)."""
     lines = card.splitlines(keepends=True)
     starts = [i for i, line in enumerate(lines) if line.startswith(TOP_SECTIONS)] + [len(lines)]
     sections = ["".join(lines[a:b]).rstrip("\n") + "\n" for a, b in zip(starts, starts[1:])]
-    return [sec for sec in sections if sec.startswith(KEPT_SECTIONS)]
+    return "".join(lines[: starts[0]]), sections
+
+
+def kept_sections(card: str) -> list[str]:
+    """The top-level sections of a shipped card that a dynamics-only re-ship carries over."""
+    return [sec for sec in split_card(card)[1] if sec.startswith(KEPT_SECTIONS)]
 
 
 def ship_probe_only(task: str, probe_run: Path) -> None:
@@ -92,13 +97,10 @@ def ship_probe_only(task: str, probe_run: Path) -> None:
         raise SystemExit(f"{probe_run} was trained on another VAE than the one shipped at {dst}: train it with "
                          f"vae={dst}")
     atomic_dir(dst / "probe", lambda d: shutil.copytree(probe_run / "model", d, dirs_exist_ok=True))
-    card = (dst / "README.md").read_text()
-    lines = card.splitlines(keepends=True)
-    starts = [i for i, line in enumerate(lines) if line.startswith(TOP_SECTIONS)] + [len(lines)]
-    cut = [(a, b) for a, b in zip(starts, starts[1:]) if lines[a].startswith(f"## {PROBE_TITLE}")]
-    if cut:
-        del lines[cut[0][0]: cut[0][1]]
-    atomic_write_text(dst / "README.md", "".join(lines).rstrip("\n") + "\n\n" + card_section(probe_run, PROBE_TITLE))
+    head, sections = split_card((dst / "README.md").read_text())
+    kept = [sec for sec in sections if not sec.startswith(f"## {PROBE_TITLE}")]
+    atomic_write_text(dst / "README.md", "\n".join([head.rstrip("\n") + "\n", *kept,
+                                                   card_section(probe_run, PROBE_TITLE)]))
     print(f"shipped {dst / 'probe'}")
 
 

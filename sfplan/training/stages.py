@@ -100,12 +100,6 @@ def _check_world_model_vae(attach, vae_sha: str, vae_arg, stage: str) -> None:
                         f"must be trained on the latents of the world model it plans with: pass vae={attach}")
 
 
-def vae_fp(world_model) -> str:
-    from sfplan.training.latent_cache import vae_fingerprint
-
-    return vae_fingerprint(world_model.vae)
-
-
 def _frames_of(ds, stride: int = 1, limit: int | None = None) -> torch.Tensor:
     """All frames (every ``stride``-th per episode) of ``ds`` -> (N, H, W, 3) uint8 tensor."""
     out, n = [], 0
@@ -597,12 +591,13 @@ class ProbeStage(_AttachedStage):
     def _imagine(self, wm_path, progress: bool) -> dict:
         """One imagined chunk per start of each split's episodes -> {split: (latents (M, C, h, w),
         targets (M, D))}. The planner's imagination settings (bf16 where native)."""
+        from sfplan.training.latent_cache import vae_fingerprint
         from sfplan.world_model.base import WorldState
         from sfplan.world_model.learned import load_world_model
 
         wm = load_world_model(str(wm_path), device=str(self.device), autocast="auto", cast_weights=True,
                               return_frames="all")
-        if vae_fp(wm) != self.vae_sha:
+        if vae_fingerprint(wm.vae) != self.vae_sha:
             raise UserError(f"world model {wm_path} has another VAE than vae={self.cfg.vae}: pass vae={wm_path}")
         P, H = wm.context_frames, wm.chunk_size
         stride = int(self.cfg.imagined_stride)

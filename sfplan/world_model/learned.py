@@ -411,10 +411,9 @@ class SlowFastWorldModel:
             from sfplan.world_model.idm import attach_idm_if_present
 
             attach_idm_if_present(model, d)
-        if (d / "probe").is_dir():  # state probe for cost=probe -> model.probe
-            from sfplan.world_model.probe import attach_probe_if_present
+        from sfplan.world_model.probe import attach_probe_if_present
 
-            attach_probe_if_present(model, d)
+        attach_probe_if_present(model, d)  # <d>/probe/ (cost=probe) -> model.probe, where there is one
         return model
 
 

@@ -9,7 +9,7 @@ success test uses (Reacher: fingertip (x, y); PointMaze: ball (x, y); Pusher: cy
 
 Supervision comes from the dataset, never from the evaluation episode: ``sfplan train
 stage=probe`` labels every recorded frame with the descriptor of its recorded simulator
-state (the env's ``goal_descriptor(state)``), and with ``imagined: true`` it also trains on
+state (the env's ``goal_descriptor_of(state)``), and with ``imagined: true`` it also trains on
 the world model's own imagined latents of the training clips (labelled with the true
 descriptor of the step they imagine), so the probe learns to read the model's blurred
 predictions rather than only real frames. At planning time the probe sees the goal image
