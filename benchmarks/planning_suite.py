@@ -62,6 +62,16 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
         ("pointmaze_medium", "cem", "oracle", ["goal=far"]),
         ("pointmaze_medium", "random", "oracle", ["goal=far"]),
     ],
+    # issue 5, long horizon with the learned model: PointMaze UMaze's far goals (the far arm of the U, around
+    # its wall), the goal image alone vs. 4 waypoint images; the oracle with its image cost and with the
+    # shipped model's state probe reading its frames (cost=probe), the learned model (its default: the probe),
+    # with and without Temp-LoRA
+    "far_umaze": [
+        ("pointmaze_umaze", "cem", wm, ["goal=far", *cost, *w])
+        for wm, cost in (("oracle", []), ("oracle", ["cost=probe"]), ("learned", []))
+        for w in ([], ["waypoints=4"])
+    ] + [("pointmaze_umaze", "cem", "learned+temp_lora", ["goal=far"]),
+         ("pointmaze_umaze", "random", "oracle", ["goal=far"])],
     # issue 5, memory task: go back to the start of an outbound leg (MemoryMaze goal=retrace), 8 waypoint
     # images of the way back; the learned model (--world-model-path) with and without Temp-LoRA
     "memory_retrace": [

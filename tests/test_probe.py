@@ -109,9 +109,6 @@ def test_probe_cost_binds_to_the_world_models_probe(trained_probe, tmp_path):
     assert cost.probe is wm2.probe and torch.equal(wm2.probe(z), trained_probe(z))  # bit-exact round trip
     s1, s2 = trained_probe.state_dict(), load_probe(tmp_path / "wm" / "probe").state_dict()
     assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)  # normaliser included
-    wm2.config.cost_space = "pixels"
-    with pytest.raises(UserError, match="cost_space=latent"):
-        ProbeCost().bind(wm2)
     from sfplan.world_model.oracle import OracleWorldModel
 
     with pytest.raises(UserError, match="OracleWorldModel has none"):
@@ -120,6 +117,42 @@ def test_probe_cost_binds_to_the_world_models_probe(trained_probe, tmp_path):
         load_probe(tmp_path / "nowhere")
     with pytest.raises(UserError, match="not a world model directory"):
         save_probe_into(trained_probe, tmp_path)
+
+
+def test_probe_cost_reads_pixel_frames_through_a_vae(trained_probe, tmp_path):
+    """The oracle (pixel frames) plans with a learned model's probe: frames are encoded by that
+    model's VAE first, so they cost what their latents cost on the learned model."""
+    from sfplan.world_model.base import frames_to_features
+    from sfplan.world_model.learned import SlowFastWorldModel
+    from sfplan.world_model.oracle import OracleWorldModel
+
+    from test_video_plan import frames, tiny_wm
+
+    tiny_wm().save_pretrained(tmp_path / "wm")
+    save_probe_into(trained_probe, tmp_path / "wm")
+    wm = SlowFastWorldModel.from_pretrained(tmp_path / "wm", device="cpu")
+    with pytest.raises(UserError, match="drop cost.model"):
+        ProbeCost(model=str(tmp_path / "wm")).bind(wm)  # latents: only the model's own probe reads them
+    px = frames(B=6, T=1, seed=3)[:, 0]  # (6, 16, 16, 3) uint8: a goal and 5 candidates' frames
+    feats = frames_to_features(px, torch.device("cpu"))  # (6, 3, 16, 16) in [0, 1], as the oracle imagines
+    lat = wm.vae.encode(px)  # (6, 4, 8, 8)
+    by_latent = ProbeCost(probe=trained_probe).per_frame(lat[1:][None, :, None], lat[:1])  # (1, 5, 1)
+    assert by_latent.std() > 0  # the frames read differently: the comparison below can fail
+
+    oracle = OracleWorldModel("sfplan/Reacher-v0", {"image_size": 16}, device="cpu")
+    cost = ProbeCost(model=str(tmp_path / "wm")).bind(oracle)
+    by_pixels = cost.per_frame(feats[1:][None, :, None], feats[:1])
+    torch.testing.assert_close(by_pixels, by_latent, atol=1e-4, rtol=1e-4)
+    assert cost.per_frame(feats[:1][None, :, None], feats[:1]).item() == 0.0  # the goal itself costs exactly 0
+    wm.config.cost_space = "pixels"  # a learned model scoring decoded frames: its own VAE and probe
+    own = ProbeCost().bind(wm)
+    assert own.vae is wm.vae and own.probe is wm.probe
+    torch.testing.assert_close(own.per_frame(feats[1:][None, :, None], feats[:1]), by_latent, atol=1e-4, rtol=1e-4)
+
+    with pytest.raises(UserError, match="not a world model directory"):
+        ProbeCost(model=str(tmp_path)).bind(oracle)
+    shipped = ProbeCost().bind(oracle, task="sfplan/Reacher-v0")  # the oracle's default: the task's shipped model
+    assert shipped.vae is not None and shipped.probe.config.out_dim == 2
 
 
 def test_goal_descriptor_of_reads_the_recorded_state():

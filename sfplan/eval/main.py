@@ -55,7 +55,7 @@ def _build(cfg: DictConfig):
     _attach_memory(world_model, cfg.get("memory"))
     cost = instantiate(cfg.cost) if needs_model else None
     if cost is not None and callable(getattr(cost, "bind", None)):
-        cost.bind(world_model)  # costs that read the world model (cost=probe: its state probe)
+        cost.bind(world_model, task=cfg.env.id)  # costs that read the world model (cost=probe: a state probe)
     planner = instantiate(cfg.planner)(
         world_model=world_model,
         cost=cost,
