@@ -89,17 +89,21 @@ def cell_dir(out: Path, task: str, planner: str, world_model: str, extra: list[s
     return out / f"{task}__{planner}__{world_model}{suffix}"
 
 
+def cell_overrides(task: str, planner: str, world_model: str, extra: list[str], episodes: int, cell: Path,
+                   more: list[str] = ()) -> list[str]:
+    """The `sfplan eval` overrides of one cell."""
+    wm, _, mem = world_model.partition("+")
+    return [f"env={task}", f"planner={planner}", f"world_model={wm}", f"episodes={episodes}",
+            f"out_dir={cell}", "max_gifs=10", *(MEMORY_OVERRIDES if mem else []), *extra, *more]
+
+
 def run_cell(task: str, planner: str, world_model: str, extra: list[str], episodes: int, out: Path,
              more: list[str] = ()) -> dict:
     """``extra`` names the cell; ``more`` (e.g. a model path) only configures it."""
     cell = cell_dir(out, task, planner, world_model, extra)
     if (cell / "report.json").exists():
         return json.loads((cell / "report.json").read_text())
-    wm, _, mem = world_model.partition("+")
-    overrides = [f"env={task}", f"planner={planner}", f"world_model={wm}", f"episodes={episodes}",
-                 f"out_dir={cell}", "max_gifs=10", *(MEMORY_OVERRIDES if mem else []), *extra, *more]
-    cfg = load_config("eval", overrides)
-    return run_eval(cfg)
+    return run_eval(load_config("eval", cell_overrides(task, planner, world_model, extra, episodes, cell, more)))
 
 
 def imagined_fps(rep: dict) -> float | None:
