@@ -90,6 +90,18 @@ def test_eval_with_waypoints_follows_subgoals(tmp_path):
     assert "waypoints passed (mean)" in (out / "report.md").read_text()
 
 
+def test_subgoal_threshold_counts_waypoints_within_it_as_reached(tmp_path):
+    """subgoal_threshold: a waypoint whose cost is below it is reached, whatever the ratio rule
+    says; a bound above every cost passes all 8 subgoals at the first frame (the goal itself is
+    never passed)."""
+    out = tmp_path / "thr"
+    assert main(["eval", "env=pointmaze_umaze", "goal=far", "waypoints=8", "subgoal_threshold=1e9",
+                 "world_model=oracle", "episodes=1", "budget=5", "execute=5", "planner.num_samples=8",
+                 "planner.iterations=1", f"out_dir={out}", "progress=false", "record=false"]) == 0
+    e = json.loads((out / "report.json").read_text())["episodes"][0]
+    assert e["waypoints"] == 9 and e["waypoints_passed"] == 8
+
+
 def test_waypoints_on_an_env_without_them_names_the_fix():
     from sfplan.envs import GoalImageWrapper
     from sfplan.errors import UserError

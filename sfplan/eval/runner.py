@@ -58,6 +58,7 @@ def run_episode(
     memory=None,
     waypoints: int = 0,
     subgoal_ratio: float = 0.25,
+    subgoal_threshold: float | None = None,
     warm_fill: str = "last",
 ) -> EpisodeResult:
     """One MPC episode. ``execute`` actions of each plan run before re-planning; the
@@ -66,7 +67,8 @@ def run_episode(
     ``waypoints > 0``: the env is reset with ``options={"waypoints": waypoints}`` and
     returns subgoal images (``info["goal_waypoints"]``, the goal last); each decision
     plans toward the current one, moving on once the planner's cost from the observation
-    to it is below ``subgoal_ratio`` x the cost between it and the previous waypoint
+    to it is below ``subgoal_ratio`` x the cost between it and the previous waypoint, or
+    below ``subgoal_threshold`` (absolute, in the cost's units; None: not used)
     (``sfplan.planners.SubgoalTracker``, ``cost_distance``). The tracker sees every executed
     frame: a waypoint reached mid-chunk ends the chunk and the next plan aims past it (with
     an action repeat, a chunk can carry the robot through a waypoint and beyond between two
@@ -107,7 +109,8 @@ def run_episode(
     if use_waypoints:
         wp = np.asarray(info["goal_waypoints"])  # (S, H, W, 3)
         goal = world_model.encode(wp[:, None]).features[None]  # (1, S, C, h, w)
-        tracker = SubgoalTracker(ratio=subgoal_ratio, distance=cost_distance(getattr(planner, "cost", None)))
+        tracker = SubgoalTracker(ratio=subgoal_ratio, threshold=subgoal_threshold,
+                                 distance=cost_distance(getattr(planner, "cost", None)))
     if memory is not None:
         memory.reset()
     if callable(getattr(world_model, "reset_memory", None)):
@@ -211,7 +214,7 @@ def plan_horizon_check(planner: Planner, execute: int) -> None:
 
 def evaluate(env: gym.Env, planner: Planner, world_model: WorldModel | None, seeds: list[int], budget: int,
              execute: int, record: bool = True, memory=None, progress: bool = True, waypoints: int = 0,
-             subgoal_ratio: float = 0.25, warm_fill: str = "last"):
+             subgoal_ratio: float = 0.25, subgoal_threshold: float | None = None, warm_fill: str = "last"):
     """Run one episode per seed on ``env`` (closed at the end); yields EpisodeResult as each finishes."""
     from tqdm.auto import tqdm
 
@@ -224,7 +227,8 @@ def evaluate(env: gym.Env, planner: Planner, world_model: WorldModel | None, see
         n_success = 0
         for i, seed in enumerate(bar):
             res = run_episode(env, planner, world_model, seed, budget, execute, record=record, memory=memory,
-                              waypoints=waypoints, subgoal_ratio=subgoal_ratio, warm_fill=warm_fill)
+                              waypoints=waypoints, subgoal_ratio=subgoal_ratio,
+                              subgoal_threshold=subgoal_threshold, warm_fill=warm_fill)
             n_success += res.success
             bar.set_postfix(success=f"{n_success}/{i + 1}", steps=res.steps)
             yield res
