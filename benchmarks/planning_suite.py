@@ -65,12 +65,14 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
     # issue 5, long horizon with the learned model: PointMaze UMaze's far goals (the far arm of the U, around
     # its wall), the goal image alone vs. 4 waypoint images; the oracle with its image cost and with the
     # shipped model's state probe reading its frames (cost=probe), the learned model (its default: the probe),
-    # with and without Temp-LoRA
+    # with and without Temp-LoRA. With the probe a waypoint counts as reached within the success radius
+    # (subgoal_threshold=auto); the cell with `subgoal_threshold=null` is the ratio rule alone.
     "far_umaze": [
         ("pointmaze_umaze", "cem", wm, ["goal=far", *cost, *w])
         for wm, cost in (("oracle", []), ("oracle", ["cost=probe"]), ("learned", []))
         for w in ([], ["waypoints=4"])
-    ] + [("pointmaze_umaze", "cem", "learned+temp_lora", ["goal=far"]),
+    ] + [("pointmaze_umaze", "cem", "oracle", ["goal=far", "cost=probe", "waypoints=4", "subgoal_threshold=null"]),
+         ("pointmaze_umaze", "cem", "learned+temp_lora", ["goal=far"]),
          ("pointmaze_umaze", "random", "oracle", ["goal=far"])],
     # issue 5, memory task: go back to the start of an outbound leg (MemoryMaze goal=retrace), 8 waypoint
     # images of the way back; the learned model (--world-model-path) with and without Temp-LoRA

@@ -335,6 +335,11 @@ class ProbeCost(_FrameCost):
         self.vae = FrameAutoencoder.from_pretrained(d / "vae").to(device).eval()
         return self
 
+    @property
+    def task_distance_scale(self) -> float:
+        """This cost is the task's own distance (e.g. metres) divided by this (``scale``)."""
+        return float(self.config.scale)
+
     @torch.no_grad()
     def _read(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (M, C, h, w) -> descriptors (M, D), in batches of ``batch_size``."""

@@ -102,6 +102,25 @@ def test_subgoal_threshold_counts_waypoints_within_it_as_reached(tmp_path):
     assert e["waypoints"] == 9 and e["waypoints_passed"] == 8
 
 
+def test_subgoal_threshold_auto_is_the_success_radius_for_task_distance_costs():
+    from sfplan.envs import make_env
+    from sfplan.errors import UserError
+    from sfplan.eval.runner import subgoal_bound
+    from sfplan.planners import MultiScaleCost, ProbeCost
+
+    env = make_env("sfplan/PointMazeUMaze-v0", image_size=32)
+    try:
+        assert subgoal_bound(env, ProbeCost(), "auto") == 0.45  # metres: PointMaze's success radius
+        assert subgoal_bound(env, ProbeCost(scale=0.45), "auto") == 1.0  # in the cost's units
+        assert subgoal_bound(env, MultiScaleCost(), "auto") is None  # an image distance has no radius
+        assert subgoal_bound(env, ProbeCost(), None) is None and subgoal_bound(env, ProbeCost(), "null") is None
+        assert subgoal_bound(env, MultiScaleCost(), 0.3) == 0.3
+        with pytest.raises(UserError, match="subgoal_threshold='far'"):
+            subgoal_bound(env, ProbeCost(), "far")
+    finally:
+        env.close()
+
+
 def test_waypoints_on_an_env_without_them_names_the_fix():
     from sfplan.envs import GoalImageWrapper
     from sfplan.errors import UserError

@@ -68,7 +68,7 @@ def _build(cfg: DictConfig):
 def _loop_kwargs(cfg: DictConfig) -> dict:
     return dict(budget=int(cfg.budget), execute=int(cfg.execute), record=bool(cfg.record),
                 waypoints=int(cfg.waypoints), subgoal_ratio=float(cfg.subgoal_ratio),
-                subgoal_threshold=None if cfg.get("subgoal_threshold") is None else float(cfg.subgoal_threshold),
+                subgoal_threshold=cfg.get("subgoal_threshold"),
                 warm_fill=str(cfg.warm_fill))
 
 
