@@ -30,7 +30,8 @@ def test_suite_cell_composes(suite, task, planner, world_model, extra, tmp_path)
         node = OmegaConf.select(cfg, key) if "." in key or key in cfg else None
         if key in ("cost", "planner", "world_model", "env", "memory"):
             continue  # config groups: checked through their content above
-        assert str(node) == value, f"{suite}: {override} did not take effect ({key} = {node})"
+        assert (node is None if value == "null" else str(node) == value), \
+            f"{suite}: {override} did not take effect ({key} = {node})"
 
 
 def test_a_misspelt_cell_fails_to_compose(tmp_path):
