@@ -102,7 +102,7 @@ def test_subgoal_threshold_counts_waypoints_within_it_as_reached(tmp_path):
     assert e["waypoints"] == 9 and e["waypoints_passed"] == 8
 
 
-def test_subgoal_threshold_auto_is_the_success_radius_for_task_distance_costs():
+def test_subgoal_threshold_auto_is_the_success_radius_for_task_distance_costs(capsys, tmp_path):
     from sfplan.envs import make_env
     from sfplan.errors import UserError
     from sfplan.eval.runner import subgoal_bound
@@ -119,6 +119,10 @@ def test_subgoal_threshold_auto_is_the_success_radius_for_task_distance_costs():
             subgoal_bound(env, ProbeCost(), "far")
     finally:
         env.close()
+    # caught before any episode runs (a mistyped value would otherwise surface mid-benchmark)
+    assert main(["eval", "subgoal_threshold=far", "world_model=oracle", "episodes=1", "progress=false",
+                 f"out_dir={tmp_path}"]) == 2
+    assert "subgoal_threshold='far'" in capsys.readouterr().err and not (tmp_path / "report.json").exists()
 
 
 def test_waypoints_on_an_env_without_them_names_the_fix():

@@ -192,12 +192,20 @@ def subgoal_bound(env: gym.Env, cost, setting: float | str | None) -> float | No
     Measured on PointMaze UMaze far goals with 4 waypoints (oracle, cost=probe, tuning seeds):
     21/25 with the radius against 8/25 with the ratio rule alone, whose bound (1/4 of the spacing
     between waypoints, ~0.2 m) a ball moving at full speed keeps overshooting."""
-    if setting is None or (isinstance(setting, str) and setting.lower() in ("none", "null")):
-        return None
-    if isinstance(setting, str) and setting == "auto":
+    setting = check_subgoal_threshold(setting)
+    if setting == "auto":
         scale = getattr(cost, "task_distance_scale", None)
         radius = float(getattr(env.unwrapped, "success_threshold", 0.0) or 0.0)
         return radius / float(scale) if scale and radius > 0 else None
+    return setting
+
+
+def check_subgoal_threshold(setting: float | str | None) -> float | str | None:
+    """``setting`` as None, ``"auto"`` or a float; a clear error for anything else."""
+    if setting is None or (isinstance(setting, str) and setting.lower() in ("none", "null")):
+        return None
+    if setting == "auto":
+        return "auto"
     try:
         return float(setting)
     except (TypeError, ValueError):
@@ -242,6 +250,7 @@ def evaluate(env: gym.Env, planner: Planner, world_model: WorldModel | None, see
 
     try:
         plan_horizon_check(planner, execute)
+        check_subgoal_threshold(subgoal_threshold)  # before any episode runs
         if warm_fill not in WARM_FILLS:
             raise UserError(f"warm_fill={warm_fill!r}: use one of {WARM_FILLS} (how the shifted plan that warm-starts "
                             "the next decision is padded)")
