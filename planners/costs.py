@@ -302,10 +302,10 @@ class ProbeCost(_FrameCost):
         own_vae, own_probe = getattr(world_model, "vae", None), getattr(world_model, "probe", None)
         pixels = own_vae is None or getattr(world_model.config, "cost_space", "latent") != "latent"
         no_probe = (f"cost=probe needs a world model with a state probe (<world model>/probe/); "
-                    f"{type(world_model).__name__} has none: {PROBE_HINT}, or pick another cost (cost=multiscale)")
+                    f"{type(world_model).__name__} has none: {PROBE_HINT}, ")
         if not pixels:  # latents of the world model's own VAE: only its own probe reads them
             if own_probe is None:
-                raise UserError(no_probe)
+                raise UserError(no_probe + "or pick another cost (cost=multiscale)")
             if self.config.model is not None:
                 raise UserError("cost.model names the probe for pixel frames (world_model=oracle or "
                                 "world_model.cost_space=pixels); a learned model's latents are read by its own "
@@ -316,8 +316,8 @@ class ProbeCost(_FrameCost):
             self.probe, self.vae = own_probe, own_vae
             return self
         if self.config.model is None and task is None:
-            raise UserError(no_probe.replace(", or pick", ", or name a model that has one (cost.model=<world model "
-                                             "dir>), or pick"))
+            raise UserError(no_probe + "or name a model that has one (cost.model=<world model dir>), or pick another "
+                            "cost (cost=multiscale)")
         from pathlib import Path
 
         from sfplan.world_model.vae import FrameAutoencoder

@@ -110,9 +110,9 @@ def run_episode(
     if use_waypoints:
         wp = np.asarray(info["goal_waypoints"])  # (S, H, W, 3)
         goal = world_model.encode(wp[:, None]).features[None]  # (1, S, C, h, w)
-        threshold = subgoal_bound(env, getattr(planner, "cost", None), subgoal_threshold)
-        tracker = SubgoalTracker(ratio=subgoal_ratio, threshold=threshold,
-                                 distance=cost_distance(getattr(planner, "cost", None)))
+        cost = getattr(planner, "cost", None)
+        tracker = SubgoalTracker(ratio=subgoal_ratio, threshold=subgoal_bound(env, cost, subgoal_threshold),
+                                 distance=cost_distance(cost))
     if memory is not None:
         memory.reset()
     if callable(getattr(world_model, "reset_memory", None)):
