@@ -74,6 +74,14 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
     ] + [("pointmaze_umaze", "cem", "oracle", ["goal=far", "cost=probe", "waypoints=4", "subgoal_threshold=null"]),
          ("pointmaze_umaze", "cem", "learned+temp_lora", ["goal=far"]),
          ("pointmaze_umaze", "random", "oracle", ["goal=far"])],
+    # issue 5, long horizon with the learned model across PointMaze Medium (frame_skip=4 since stop 21; the
+    # far_waypoints table was measured at 1): 10 waypoint images; the oracle with its image cost and with the
+    # shipped Medium model's probe, the shipped Medium model (its default: the probe), and the goal image alone
+    "far_medium": [
+        ("pointmaze_medium", "cem", wm, ["goal=far", *cost, *w])
+        for wm, cost in (("oracle", []), ("oracle", ["cost=probe"]), ("learned", []))
+        for w in ([], ["waypoints=10"])
+    ] + [("pointmaze_medium", "random", "oracle", ["goal=far"])],
     # issue 5, memory task: go back to the start of an outbound leg (MemoryMaze goal=retrace), 8 waypoint
     # images of the way back; the learned model (--world-model-path) with and without Temp-LoRA
     "memory_retrace": [

@@ -124,6 +124,28 @@ def test_collect_train_vae_dynamics_generate(data, tmp_path):
     assert json.loads((tmp_path / "gen2" / "metrics.json").read_text())["horizon"] == 3
 
 
+def test_vae_init_from_starts_at_the_given_weights(data, vae_model, tmp_path):
+    """stage=vae init_from=<VAE>: the new VAE starts from those weights (a new maze's VAE
+    starts from the old maze's), so at a negligible lr it ends where it started; a path with no VAE
+    names the fix."""
+    src = _weights(vae_model / "diffusion_pytorch_model.safetensors")
+    fresh = VaeStage(cfg(VAE_TINY, data, tmp_path / "fresh", "steps=1"), tmp_path / "fresh")
+    fresh.setup(torch.device("cpu"))
+    assert fresh.model.vae.state_dict().keys() == src.keys()
+    assert not _same(fresh.model.vae.state_dict(), src)
+    for where in (vae_model, vae_model.parent):  # the model/ folder or its run dir
+        st = VaeStage(cfg(VAE_TINY, data, tmp_path / "warm", "steps=1", f"init_from={where}"), tmp_path / "warm")
+        st.setup(torch.device("cpu"))
+        assert st.init_report["copied"] == len(src) and st.init_report["fresh"] == []
+        assert _same(st.model.vae.state_dict(), src)
+    r = run_train(cfg(VAE_TINY, data, tmp_path / "lr0", "steps=2", "lr=1e-12", f"init_from={vae_model}"))
+    out = _weights(Path(r["model"]) / "diffusion_pytorch_model.safetensors")
+    torch.testing.assert_close(out, src, atol=1e-9, rtol=0)
+    with pytest.raises(UserError, match="init_from=.*no vae/.*stage=vae"):
+        VaeStage(cfg(VAE_TINY, data, tmp_path / "bad", f"init_from={tmp_path / 'nowhere'}"),
+                 tmp_path / "bad").setup(torch.device("cpu"))
+
+
 # ----------------------------------------------------------------------------- resume
 @pytest.mark.parametrize("stage", ["vae", "dynamics"])
 def test_resume_after_kill_is_bit_exact(stage, data, vae_model, tmp_path, monkeypatch):

@@ -175,6 +175,8 @@ class VaeStage(_Stage):
                             f"{self.ds.image_size} frames: set model.image_size=null (use the dataset's)")
         vcfg = VAEConfig(image_size=int(size), **_dataclass_kwargs(VAEConfig, m, "model (stage=vae)"))
         self.model = FrameAutoencoder(vcfg).to(device)
+        if self.cfg.get("init_from"):  # e.g. another maze's VAE: the same renderer, new walls
+            self.init_report = warm_start(self.model.vae, self.cfg.init_from, is_main, part="vae")
 
     def batch(self, g: torch.Generator, split: str = "train") -> torch.Tensor:
         pool = self.frames if split == "train" else self.val_frames
@@ -208,19 +210,21 @@ class VaeStage(_Stage):
                                                                                      .expanduser().resolve())}
 
 
-def warm_start(model: torch.nn.Module, path, verbose: bool = True) -> dict:
-    """Copy the diffusion weights of a world model dir (``<dir>/diffusion``, or a run dir's
-    ``model/diffusion``) into ``model`` wherever name and shape match; the rest (e.g. an
-    action encoder whose input grew) keep their fresh init. Returns what was copied/skipped."""
+def warm_start(model: torch.nn.Module, path, verbose: bool = True, part: str = "diffusion") -> dict:
+    """Copy the ``part`` weights (``diffusion`` or ``vae``) of a world model dir
+    (``<dir>/<part>``), a run dir (``<dir>/model[/<part>]``) or a model dir into ``model``
+    wherever name and shape match; the rest (e.g. an action encoder whose input grew) keep
+    their fresh init. Returns what was copied/skipped."""
     from safetensors.torch import load_file
 
     p = Path(str(path)).expanduser()
-    cands = [p / "diffusion", p / "model" / "diffusion", p]
+    cands = [p / part, p / "model" / part, p / "model", p]
     f = next((c / "diffusion_pytorch_model.safetensors" for c in cands
               if (c / "diffusion_pytorch_model.safetensors").is_file()), None)
     if f is None:
-        raise UserError(f"init_from={path}: no diffusion/diffusion_pytorch_model.safetensors there; pass the model/ "
-                        f"folder of a stage=dynamics run (or a shipped model dir)")
+        stage = "dynamics" if part == "diffusion" else part
+        raise UserError(f"init_from={path}: no {part}/diffusion_pytorch_model.safetensors there; pass the model/ "
+                        f"folder of a stage={stage} run (or a shipped model dir)")
     src, own = load_file(str(f)), model.state_dict()
     copied = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
     for k, v in src.items():  # an input layer that grew (e.g. action_history): old columns, zeros for the new
