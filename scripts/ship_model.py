@@ -136,14 +136,13 @@ def main(argv=None) -> None:
     tmp = MODELS / f".{args.task}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.md", "*.json.tmp"))
-    if args.idm_run is not None:
-        shutil.copytree(args.idm_run / "model", tmp / "idm")
-    elif args.vae_run is None and (dst / "idm").is_dir():
-        shutil.copytree(dst / "idm", tmp / "idm")
-    if args.probe_run is not None:
-        shutil.copytree(args.probe_run / "model", tmp / "probe")
-    elif args.vae_run is None and (dst / "probe").is_dir():
-        shutil.copytree(dst / "probe", tmp / "probe")
+    for sub, run in (("idm", args.idm_run), ("probe", args.probe_run)):
+        # a run given replaces what the world model holds (attach_to may have put a copy there already)
+        if run is not None:
+            shutil.rmtree(tmp / sub, ignore_errors=True)
+            shutil.copytree(run / "model", tmp / sub)
+        elif args.vae_run is None and (dst / sub).is_dir() and not (tmp / sub).is_dir():
+            shutil.copytree(dst / sub, tmp / sub)
     size_mb = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) / 2**20
     if size_mb > args.max_mb:
         shutil.rmtree(tmp)

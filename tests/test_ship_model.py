@@ -88,6 +88,40 @@ def test_dynamics_only_reship_keeps_vae_idm_and_card_sections(tmp_path):
     assert not list(models.glob(".*"))  # no temporary folders left
 
 
+def test_new_model_whose_run_holds_an_attached_probe_takes_the_probe_run(tmp_path):
+    """A probe trained with attach_to=<dynamics run>/model already sits in that model's probe/:
+    shipping it with --probe-run (a new task, so --vae-run) uses the run's probe, not a
+    clash; the hidden temporary folder is gone and is never listed as a shipped model."""
+    models = tmp_path / "models"
+    ship = _ship_module(models)
+    run = _run(tmp_path / "dyn", b"vae v1")
+    (run / "model" / "probe").mkdir()
+    (run / "model" / "probe" / "weights").write_bytes(b"attached")
+    probe_run, vae_run = tmp_path / "probe", tmp_path / "vae"
+    (probe_run / "model").mkdir(parents=True)
+    (probe_run / "model" / "weights").write_bytes(b"probe run")
+    (probe_run / "model_card.md").write_text("# card\nprobe card\n")
+    vae_run.mkdir()
+    (vae_run / "model_card.md").write_text("# card\nvae card\n")
+    (models / ".T-v0.tmp" / "probe").mkdir(parents=True)  # left by a ship that stopped midway
+    ship.main(["--task", "T-v0", "--dynamics-run", str(run), "--vae-run", str(vae_run),
+               "--probe-run", str(probe_run)])
+    dst = models / "T-v0"
+    assert (dst / "probe" / "weights").read_bytes() == b"probe run"
+    assert "probe card" in (dst / "README.md").read_text() and not list(models.glob(".*"))
+
+    import sfplan.models as shipped
+
+    (models / ".U-v0.tmp").mkdir()
+    (models / ".U-v0.tmp" / "world_model.json").write_text("{}")
+    root = shipped.ROOT
+    try:
+        shipped.ROOT = models
+        assert list(shipped.shipped_models()) == ["sfplan/T-v0"]
+    finally:
+        shipped.ROOT = root
+
+
 def test_reship_refuses_another_vae_or_no_shipped_model(tmp_path):
     models = tmp_path / "models"
     ship = _ship_module(models)

@@ -15,9 +15,10 @@ ROOT = Path(__file__).resolve().parent
 
 
 def shipped_models() -> dict[str, Path]:
-    """Task id (``sfplan/<name>``) -> checkpoint folder, for every complete shipped model."""
+    """Task id (``sfplan/<name>``) -> checkpoint folder, for every complete shipped model
+    (not the hidden ``.<name>.tmp`` a ship that stopped midway leaves behind)."""
     return {f"sfplan/{d.name}": d for d in sorted(ROOT.iterdir())
-            if d.is_dir() and (d / "world_model.json").is_file()}
+            if d.is_dir() and not d.name.startswith(".") and (d / "world_model.json").is_file()}
 
 
 def shipped_model_path(task_id: str) -> Path:
