@@ -24,6 +24,14 @@ from sfplan.eval.main import run_eval  # noqa: E402
 from sfplan.eval.report import git_commit  # noqa: E402
 from sfplan.io import atomic_write_text  # noqa: E402
 
+def _far_grid(task: str, waypoints: int) -> list[tuple[str, str, str, list[str]]]:
+    """Far-goal CEM cells of ``task``: {oracle + its image cost, oracle + the shipped probe, learned (its
+    default cost)} x {the goal image alone, ``waypoints`` waypoint images}."""
+    return [(task, "cem", wm, ["goal=far", *cost, *w])
+            for wm, cost in (("oracle", []), ("oracle", ["cost=probe"]), ("learned", []))
+            for w in ([], [f"waypoints={waypoints}"])]
+
+
 # (task config, planner config, world model config, extra overrides)
 SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
     "oracle_near": [
@@ -67,21 +75,13 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
     # shipped model's state probe reading its frames (cost=probe), the learned model (its default: the probe),
     # with and without Temp-LoRA. With the probe a waypoint counts as reached within the success radius
     # (subgoal_threshold=auto); the cell with `subgoal_threshold=null` is the ratio rule alone.
-    "far_umaze": [
-        ("pointmaze_umaze", "cem", wm, ["goal=far", *cost, *w])
-        for wm, cost in (("oracle", []), ("oracle", ["cost=probe"]), ("learned", []))
-        for w in ([], ["waypoints=4"])
-    ] + [("pointmaze_umaze", "cem", "oracle", ["goal=far", "cost=probe", "waypoints=4", "subgoal_threshold=null"]),
+    "far_umaze": _far_grid("pointmaze_umaze", 4) + [("pointmaze_umaze", "cem", "oracle", ["goal=far", "cost=probe", "waypoints=4", "subgoal_threshold=null"]),
          ("pointmaze_umaze", "cem", "learned+temp_lora", ["goal=far"]),
          ("pointmaze_umaze", "random", "oracle", ["goal=far"])],
     # issue 5, long horizon with the learned model across PointMaze Medium (frame_skip=4 since stop 21; the
     # far_waypoints table was measured at 1): 10 waypoint images; the oracle with its image cost and with the
     # shipped Medium model's probe, the shipped Medium model (its default: the probe), and the goal image alone
-    "far_medium": [
-        ("pointmaze_medium", "cem", wm, ["goal=far", *cost, *w])
-        for wm, cost in (("oracle", []), ("oracle", ["cost=probe"]), ("learned", []))
-        for w in ([], ["waypoints=10"])
-    ] + [("pointmaze_medium", "random", "oracle", ["goal=far"])],
+    "far_medium": _far_grid("pointmaze_medium", 10) + [("pointmaze_medium", "random", "oracle", ["goal=far"])],
     # issue 5, memory task: go back to the start of an outbound leg (MemoryMaze goal=retrace), 8 waypoint
     # images of the way back; the learned model (--world-model-path) with and without Temp-LoRA
     "memory_retrace": [
