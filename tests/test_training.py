@@ -146,6 +146,23 @@ def test_vae_init_from_starts_at_the_given_weights(data, vae_model, tmp_path):
                  tmp_path / "bad").setup(torch.device("cpu"))
 
 
+def test_dynamics_num_context_fixes_the_context_of_every_clip(data, vae_model, tmp_path):
+    """num_context=k trains every clip from k context frames (the planner always gives
+    context_frames); null draws 1..context_frames per clip; out of range names the fix."""
+    from sfplan.training.stages import DynamicsStage
+
+    def contexts(*extra) -> set[float]:
+        st = DynamicsStage(cfg(DYN_TINY, data, tmp_path / "d", f"vae={vae_model}", *extra), tmp_path / "d")
+        st.setup(torch.device("cpu"))
+        g = torch.Generator().manual_seed(0)
+        return {st.loss(st.model, st.batch(g), g)[1]["num_context"] for _ in range(8)}
+
+    assert contexts("num_context=2") == {2.0} and contexts("num_context=1") == {1.0}
+    assert len(contexts()) > 1  # drawn per clip: batch means of 1, 1.5 and 2
+    with pytest.raises(UserError, match="num_context=3 must be in \\[1, model.world_model.context_frames=2\\]"):
+        contexts("num_context=3")
+
+
 # ----------------------------------------------------------------------------- resume
 @pytest.mark.parametrize("stage", ["vae", "dynamics"])
 def test_resume_after_kill_is_bit_exact(stage, data, vae_model, tmp_path, monkeypatch):

@@ -271,6 +271,11 @@ class DynamicsStage(_Stage):
         d["latent_channels"] = self.vae.latent_shape[0]
         dcfg = VideoDiffusionConfig(**_dataclass_kwargs(VideoDiffusionConfig, d, "model.diffusion"))
         self.clip_frames = int(cfg.get("clip_frames") or (self.wm_config.context_frames + self.wm_config.chunk_size))
+        self.num_context = cfg.get("num_context")
+        if self.num_context is not None and not 1 <= int(self.num_context) <= min(self.wm_config.context_frames,
+                                                                                   self.clip_frames - 1):
+            raise UserError(f"num_context={self.num_context} must be in [1, model.world_model.context_frames="
+                            f"{self.wm_config.context_frames}] (and below clip_frames), or null to draw it per clip")
         if self.clip_frames < 2 or self.clip_frames > dcfg.max_frames:
             raise UserError(f"clip_frames={self.clip_frames} must be in [2, model.diffusion.max_frames="
                             f"{dcfg.max_frames}]")
@@ -320,7 +325,7 @@ class DynamicsStage(_Stage):
 
     def loss(self, model, batch, g):
         return model.masked_loss(batch["latents"], batch["actions"], self.train_scheduler, generator=g,
-                                 motion_weight=float(self.cfg.get("motion_weight") or 0.0),
+                                 num_context=self.num_context, motion_weight=float(self.cfg.get("motion_weight") or 0.0),
                                  motion_threshold=float(self.cfg.get("motion_threshold", 0.01)))
 
     def world_model(self, diffusion, **overrides):
