@@ -36,41 +36,32 @@ def cost_distance(cost) -> Distance:
 class SubgoalTracker:
     """Which waypoint to plan for now, advancing in order as each one is reached.
 
-    ``SubgoalTracker(ratio=None, threshold=None, distance=feature_mse, pass_ratio=None)``;
-    give one of the first two rules (both: either one advances). Waypoint i counts as reached
-    when the current features are within ``distance`` (pairwise, (B, S, C, h, w) x2 -> (B, S);
-    e.g. ``cost_distance(cost)``) of it below
+    ``SubgoalTracker(ratio=None, threshold=None, distance=feature_mse)``; give one of the
+    two rules (both: either one advances). Waypoint i counts as reached when the current
+    features are within ``distance`` (pairwise, (B, S, C, h, w) x2 -> (B, S); e.g.
+    ``cost_distance(cost)``) of it below
 
     - ``threshold``: an absolute value (depends on the feature space), or
     - ``ratio``: a fraction of the distance between waypoint i and the one before it (for
       i = 0: the features at the first ``update`` of the episode): scale-free, so one
       value serves pixels and latents alike, and waypoints far apart get a looser bound.
 
-    ``pass_ratio`` (optional) also moves on from the current waypoint i once the features are
-    closer to waypoint i + 1 than ``pass_ratio`` x the distance between i and i + 1: the robot
-    went by waypoint i and is on its way to the next. For an image cost, which has no unit
-    and saturates with distance, the ``ratio`` bound is a few pixels wide and a fast object
-    steps over it between two frames; this rule needs no bound around waypoint i at all.
-
     Reaching a later waypoint moves past it and every one before it (the robot may
     overshoot one or cut a corner). The last waypoint is the goal: never advanced past.
     Progress persists across ``update`` calls until ``reset`` or a different waypoint tensor.
     """
 
-    def __init__(self, ratio: float | None = None, threshold: float | None = None, distance: Distance = feature_mse,
-                 pass_ratio: float | None = None):
+    def __init__(self, ratio: float | None = None, threshold: float | None = None, distance: Distance = feature_mse):
         if ratio is None and threshold is None:
             raise ValueError("SubgoalTracker needs ratio= or threshold=")
-        for name, v in (("ratio", ratio), ("pass_ratio", pass_ratio)):
-            if v is not None and not v > 0:
-                raise ValueError(f"{name} must be > 0, got {v}")
-        self.ratio, self.threshold, self.distance, self.pass_ratio = ratio, threshold, distance, pass_ratio
+        if ratio is not None and not ratio > 0:
+            raise ValueError(f"ratio must be > 0, got {ratio}")
+        self.ratio, self.threshold, self.distance = ratio, threshold, distance
         self.reset()
 
     def reset(self) -> None:
         self._goals: torch.Tensor | None = None  # (B, S, C, h, w)
         self._bounds: torch.Tensor | None = None  # (B, S) distance below which waypoint s is reached
-        self._spacing: torch.Tensor | None = None  # (B, S - 1) distance from waypoint s to s + 1
         self.index: torch.Tensor | None = None  # (B,) current waypoint
 
     def update(self, features: torch.Tensor, waypoints: torch.Tensor) -> torch.Tensor:
@@ -88,17 +79,11 @@ class SubgoalTracker:
             if self.threshold is not None:
                 bounds = torch.maximum(bounds, torch.full_like(bounds, float(self.threshold)))
             self._bounds = bounds
-            if S > 1:
-                self._spacing = self.distance(goals[:, :-1], goals[:, 1:])
         d = self.distance(features[:, None].expand_as(goals), goals)  # (B, S)
         S_idx = torch.arange(S, device=features.device)
         reached = (d < self._bounds) & (S_idx >= self.index[:, None])  # (B, S) from the current one on
         past = torch.where(reached, S_idx + 1, torch.zeros_like(S_idx)).amax(1)  # (B,) one past the latest reached
         self.index = torch.clamp(torch.maximum(self.index, past), max=S - 1)
-        if self.pass_ratio is not None and S > 1:
-            i = self.index.clamp(max=S - 2)[:, None]  # (B, 1): the current waypoint (the goal has no next)
-            on_to_next = d.gather(1, i + 1)[:, 0] < self.pass_ratio * self._spacing.gather(1, i)[:, 0]  # (B,)
-            self.index = torch.where(on_to_next & (self.index < S - 1), self.index + 1, self.index)
         return self.index
 
     def current(self, features: torch.Tensor, waypoints: torch.Tensor) -> torch.Tensor:

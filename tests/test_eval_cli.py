@@ -123,9 +123,6 @@ def test_subgoal_threshold_auto_is_the_success_radius_for_task_distance_costs(ca
     assert main(["eval", "subgoal_threshold=far", "world_model=oracle", "episodes=1", "progress=false",
                  f"out_dir={tmp_path}"]) == 2
     assert "subgoal_threshold='far'" in capsys.readouterr().err and not (tmp_path / "report.json").exists()
-    assert main(["eval", "subgoal_pass_ratio=0", "world_model=oracle", "episodes=1", "progress=false",
-                 f"out_dir={tmp_path}"]) == 2
-    assert "subgoal_pass_ratio=0.0: use a fraction > 0" in capsys.readouterr().err
 
 
 def test_waypoints_on_an_env_without_them_names_the_fix():

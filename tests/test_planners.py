@@ -425,32 +425,6 @@ def test_subgoal_tracker_ratio_rule():
         SubgoalTracker()
 
 
-def test_subgoal_tracker_pass_rule_moves_on_when_the_next_waypoint_is_closer():
-    """pass_ratio: a robot that steps over waypoint i without landing inside the ratio bound
-    moves on once it is nearer waypoint i + 1 than pass_ratio x the i -> i + 1 spacing."""
-    from sfplan.planners import SubgoalTracker
-
-    def at(x: float, y: float = 0.0) -> torch.Tensor:
-        return torch.tensor([x, y]).reshape(1, 1, 1, 2)
-
-    wp = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]).reshape(1, 3, 1, 1, 2)
-    tr, alone = SubgoalTracker(ratio=0.25, pass_ratio=0.5), SubgoalTracker(ratio=0.25)
-    assert tr.update(at(0.0), wp).tolist() == [0] and alone.update(at(0.0), wp).tolist() == [0]
-    assert tr.update(at(0.4), wp).tolist() == [0]  # short of waypoint 0, outside its bound (MSE 0.125)
-    # Went by waypoint 0 without landing inside its bound (MSE 0.17 to both waypoints 0 and 1):
-    # the ratio rule alone stays; with the pass rule, 0.17 < 0.5 x 0.5 (the 0 -> 1 spacing) moves on.
-    assert alone.update(at(1.5, 0.3), wp).tolist() == [0]
-    assert tr.update(at(1.5, 0.3), wp).tolist() == [1]
-    # the same past waypoint 1 onto the goal, which is never passed
-    assert tr.update(at(2.5, 0.3), wp).tolist() == [2] and tr.update(at(9.0), wp).tolist() == [2]
-    # off the path: nearer waypoint 1 (MSE 0.405) than waypoint 0 is (0.5), but not within the margin
-    tr2 = SubgoalTracker(ratio=0.25, pass_ratio=0.5)
-    tr2.update(at(0.0), wp)
-    assert tr2.update(at(2.0, 0.9), wp).tolist() == [0]
-    with pytest.raises(ValueError, match="pass_ratio"):
-        SubgoalTracker(ratio=0.25, pass_ratio=0.0)
-
-
 @pytest.mark.parametrize("side", [64, 5])
 def test_multiscale_blur_matches_a_replicate_padded_convolution(side):
     import torch.nn.functional as F

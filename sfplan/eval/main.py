@@ -69,7 +69,6 @@ def _loop_kwargs(cfg: DictConfig) -> dict:
     return dict(budget=int(cfg.budget), execute=int(cfg.execute), record=bool(cfg.record),
                 waypoints=int(cfg.waypoints), subgoal_ratio=float(cfg.subgoal_ratio),
                 subgoal_threshold=cfg.get("subgoal_threshold"),
-                subgoal_pass_ratio=None if cfg.get("subgoal_pass_ratio") is None else float(cfg.subgoal_pass_ratio),
                 warm_fill=str(cfg.warm_fill))
 
 

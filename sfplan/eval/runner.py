@@ -60,7 +60,6 @@ def run_episode(
     subgoal_ratio: float = 0.25,
     subgoal_threshold: float | str | None = None,
     warm_fill: str = "last",
-    subgoal_pass_ratio: float | None = None,
 ) -> EpisodeResult:
     """One MPC episode. ``execute`` actions of each plan run before re-planning; the
     episode stops at the first success or when ``budget`` env steps are used.
@@ -70,8 +69,7 @@ def run_episode(
     plans toward the current one, moving on once the planner's cost from the observation
     to it is below ``subgoal_ratio`` x the cost between it and the previous waypoint, or
     below ``subgoal_threshold`` (absolute, in the cost's units; ``"auto"``: ``subgoal_bound``;
-    None: not used), or, with ``subgoal_pass_ratio``, once the observation is nearer the next
-    waypoint than that fraction of the spacing between the two (it went by this one)
+    None: not used)
     (``sfplan.planners.SubgoalTracker``, ``cost_distance``). The tracker sees every executed
     frame: a waypoint reached mid-chunk ends the chunk and the next plan aims past it (with
     an action repeat, a chunk can carry the robot through a waypoint and beyond between two
@@ -114,7 +112,7 @@ def run_episode(
         goal = world_model.encode(wp[:, None]).features[None]  # (1, S, C, h, w)
         cost = getattr(planner, "cost", None)
         tracker = SubgoalTracker(ratio=subgoal_ratio, threshold=subgoal_bound(env, cost, subgoal_threshold),
-                                 distance=cost_distance(cost), pass_ratio=subgoal_pass_ratio)
+                                 distance=cost_distance(cost))
     if memory is not None:
         memory.reset()
     if callable(getattr(world_model, "reset_memory", None)):
@@ -246,16 +244,13 @@ def plan_horizon_check(planner: Planner, execute: int) -> None:
 
 def evaluate(env: gym.Env, planner: Planner, world_model: WorldModel | None, seeds: list[int], budget: int,
              execute: int, record: bool = True, memory=None, progress: bool = True, waypoints: int = 0,
-             subgoal_ratio: float = 0.25, subgoal_threshold: float | str | None = None, warm_fill: str = "last",
-             subgoal_pass_ratio: float | None = None):
+             subgoal_ratio: float = 0.25, subgoal_threshold: float | str | None = None, warm_fill: str = "last"):
     """Run one episode per seed on ``env`` (closed at the end); yields EpisodeResult as each finishes."""
     from tqdm.auto import tqdm
 
     try:
         plan_horizon_check(planner, execute)
         check_subgoal_threshold(subgoal_threshold)  # before any episode runs
-        if subgoal_pass_ratio is not None and not subgoal_pass_ratio > 0:
-            raise UserError(f"subgoal_pass_ratio={subgoal_pass_ratio}: use a fraction > 0 (e.g. 0.5) or null")
         if warm_fill not in WARM_FILLS:
             raise UserError(f"warm_fill={warm_fill!r}: use one of {WARM_FILLS} (how the shifted plan that warm-starts "
                             "the next decision is padded)")
@@ -264,8 +259,7 @@ def evaluate(env: gym.Env, planner: Planner, world_model: WorldModel | None, see
         for i, seed in enumerate(bar):
             res = run_episode(env, planner, world_model, seed, budget, execute, record=record, memory=memory,
                               waypoints=waypoints, subgoal_ratio=subgoal_ratio,
-                              subgoal_threshold=subgoal_threshold, warm_fill=warm_fill,
-                              subgoal_pass_ratio=subgoal_pass_ratio)
+                              subgoal_threshold=subgoal_threshold, warm_fill=warm_fill)
             n_success += res.success
             bar.set_postfix(success=f"{n_success}/{i + 1}", steps=res.steps)
             yield res
