@@ -72,20 +72,17 @@ def state_errors(wm, ds: EpisodeDataset, eps: list, first: int, pred_lat: torch.
     imagined to the true displacement since the last context frame (projected on it: 1 =
     the right speed, < 1 = the model damps the motion)}, or None where the model has no
     probe or the data no recorded states."""
-    from sfplan.envs import make_env
+    from sfplan.errors import UserError
+    from sfplan.world_model.probe import label_descriptors
 
     probe = getattr(wm, "probe", None)
     if probe is None or any(e.states is None for e in eps):
         return None
-    kwargs = ds.meta.get("env_kwargs") or {}
-    env = make_env(ds.meta["env_id"], **(json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs)))
     try:
-        if not callable(getattr(env.unwrapped, "goal_descriptor_of", None)):
-            return None
-        desc = torch.as_tensor(np.stack([[env.unwrapped.goal_descriptor_of(x) for x in e.states] for e in eps]),
+        desc = torch.as_tensor(np.stack(label_descriptors(ds.meta, (e.states for e in eps))),
                                dtype=torch.float32)  # (B, L+1, D)
-    finally:
-        env.close()
+    except UserError:  # an env without goal descriptors: nothing to compare with
+        return None
     B, K = pred_lat.shape[:2]
     truth = desc[:, first:first + K]  # (B, K, D): the steps the chunk imagines
     last = desc[:, first - 1:first]  # (B, 1, D): the last context frame's

@@ -563,29 +563,21 @@ class ProbeStage(_AttachedStage):
 
     def _descriptors(self) -> torch.Tensor:
         """Goal descriptor of every cached frame, from the dataset's recorded states -> (N_frames, D)."""
-        import json
-
-        from sfplan.envs import make_env
+        from sfplan.world_model.probe import label_descriptors
 
         if list(self.cache.seeds.tolist()) != [int(x) for x in self.ds.seeds]:
             raise UserError(f"the latent cache {self.cache.path} does not match the dataset's episodes: delete it")
-        kwargs = self.ds.meta.get("env_kwargs") or {}
-        env = make_env(self.ds.meta["env_id"], **(json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs)))
-        out = []
-        try:
-            if not callable(getattr(env.unwrapped, "goal_descriptor_of", None)):
-                raise UserError(f"{self.ds.meta['env_id']} cannot label a recorded state with its goal descriptor "
-                                f"(no goal_descriptor_of: only sfplan.envs GoalImageEnv tasks have it); stage=probe "
-                                f"needs it, use another cost (cost=multiscale)")
+
+        def states():
             for i in range(len(self.ds)):
                 st = self.ds.read(i, 0, int(self.ds.lengths[i]) + 1, states=True)["states"]
                 if st is None:
                     raise UserError(f"episode {self.ds.seeds[i]} of {self.ds.path} has no recorded states (imported "
                                     f"data?): stage=probe labels frames from them; collect with `sfplan collect`")
-                out.extend(env.unwrapped.goal_descriptor_of(x) for x in st)
-        finally:
-            env.close()
-        y = torch.as_tensor(np.stack(out), dtype=torch.float32)
+                yield st
+
+        out = label_descriptors(self.ds.meta, states())
+        y = torch.as_tensor(np.concatenate(out), dtype=torch.float32)
         if len(y) != len(self.lat_all):
             raise UserError(f"{len(y)} recorded states but {len(self.lat_all)} cached frames: delete the latent cache "
                             f"{self.cache.path}")

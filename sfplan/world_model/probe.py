@@ -104,6 +104,30 @@ class StateProbe(ModelMixin, ConfigMixin):
         return loss, {"loss": loss.item()}
 
 
+def label_descriptors(meta: dict, episode_states) -> list:
+    """Goal descriptors of recorded simulator states, labelled by the env a dataset was
+    collected on (``meta``: its ``env_id`` and ``env_kwargs``): ``episode_states`` (an
+    iterable of (L+1, S) arrays) -> one (L+1, D) array per episode. UserError where that env
+    has no ``goal_descriptor_of``."""
+    import json
+
+    import numpy as np
+
+    from sfplan.envs import make_env
+
+    kwargs = meta.get("env_kwargs") or {}
+    env = make_env(meta["env_id"], **(json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs)))
+    try:
+        label = getattr(env.unwrapped, "goal_descriptor_of", None)
+        if not callable(label):
+            raise UserError(f"{meta['env_id']} cannot label a recorded state with its goal descriptor "
+                            f"(no goal_descriptor_of: only sfplan.envs GoalImageEnv tasks have it); stage=probe "
+                            f"needs it, use another cost (cost=multiscale)")
+        return [np.stack([label(x) for x in st]) for st in episode_states]
+    finally:
+        env.close()
+
+
 def descriptor_errors(pred: torch.Tensor, target: torch.Tensor, prefix: str = "") -> dict[str, float]:
     """pred, target (M, D) -> mean and median Euclidean error (task units)."""
     e = (pred.float() - target.float()).norm(dim=-1)
