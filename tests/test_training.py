@@ -163,6 +163,32 @@ def test_dynamics_num_context_fixes_the_context_of_every_clip(data, vae_model, t
         contexts("num_context=3")
 
 
+def test_dynamics_sampler_timesteps_trains_at_the_samplers_noise_levels(data, vae_model, tmp_path):
+    """sampler_timesteps=f noises a fraction f of each batch at the few-step sampler's own
+    timesteps (2-step DPM-Solver++, trailing: 999 and 499), the rest uniformly; 0 keeps the
+    uniform draws; outside [0, 1] names the fix."""
+    from sfplan.training.stages import DynamicsStage
+
+    def stage(*extra):
+        st = DynamicsStage(cfg(DYN_TINY, data, tmp_path / "d", f"vae={vae_model}", *extra), tmp_path / "d")
+        st.setup(torch.device("cpu"))
+        return st
+
+    g = torch.Generator().manual_seed(0)
+    st = stage("sampler_timesteps=1.0", "model.world_model.num_steps=2", "model.world_model.sampler=dpmsolver++")
+    assert st._sampler_t.tolist() == [999, 499]
+    t = st.train_timesteps(4000, g)
+    assert set(t.tolist()) == {999, 499} and abs((t == 999).float().mean().item() - 0.5) < 0.05
+    t = stage("sampler_timesteps=0.5").train_timesteps(4000, g)
+    at = torch.isin(t, torch.tensor([999, 499])).float().mean().item()
+    assert 0.45 < at < 0.55 and len(set(t.tolist())) > 100
+    assert stage().train_timesteps(16, g) is None
+    loss, _ = st.loss(st.model, st.batch(g), g)
+    assert torch.isfinite(loss)
+    with pytest.raises(UserError, match="sampler_timesteps=1.5 .* in \\[0, 1\\]"):
+        stage("sampler_timesteps=1.5")
+
+
 # ----------------------------------------------------------------------------- resume
 @pytest.mark.parametrize("stage", ["vae", "dynamics"])
 def test_resume_after_kill_is_bit_exact(stage, data, vae_model, tmp_path, monkeypatch):

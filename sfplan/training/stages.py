@@ -227,11 +227,14 @@ def warm_start(model: torch.nn.Module, path, verbose: bool = True, part: str = "
                         f"folder of a stage={stage} run (or a shipped model dir)")
     src, own = load_file(str(f)), model.state_dict()
     copied = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
-    for k, v in src.items():  # an input layer that grew (e.g. action_history): old columns, zeros for the new
+    # An input layer that grew (action_history's Linear, context_concat's conv_in): the old
+    # input columns, zeros for the new ones, so the warm-started model predicts what the
+    # old one did. New inputs are appended last; pixel_unshuffle keeps them last.
+    for k, v in src.items():
         w = own.get(k)
-        if w is not None and k not in copied and v.ndim == 2 and w.ndim == 2 and w.shape[0] == v.shape[0] \
-                and w.shape[1] > v.shape[1]:
-            copied[k] = torch.cat([v.to(w.dtype), w.new_zeros(w.shape[0], w.shape[1] - v.shape[1])], dim=1)
+        if w is not None and k not in copied and v.ndim == w.ndim >= 2 and w.shape[0] == v.shape[0] \
+                and w.shape[2:] == v.shape[2:] and w.shape[1] > v.shape[1]:
+            copied[k] = torch.cat([v.to(w.dtype), w.new_zeros(w.shape[0], w.shape[1] - v.shape[1], *w.shape[2:])], dim=1)
     if not copied:
         raise UserError(f"init_from={path}: no weight of that model fits this architecture")
     model.load_state_dict(copied, strict=False)
@@ -252,7 +255,7 @@ class DynamicsStage(_Stage):
 
     def setup(self, device: torch.device, is_main: bool = True, wait=None) -> None:
         from sfplan.world_model.learned import SlowFastWorldModelConfig
-        from sfplan.world_model.sampler import NoiseScheduleConfig, make_train_scheduler
+        from sfplan.world_model.sampler import NoiseScheduleConfig, make_sampler, make_train_scheduler
         from sfplan.world_model.video_diffusion import VideoDiffusionConfig
 
         self.device = device
@@ -285,6 +288,13 @@ class DynamicsStage(_Stage):
         sched = _container(m.get("schedule") or {})
         _dataclass_kwargs(NoiseScheduleConfig, sched, "model.schedule")
         self.train_scheduler = make_train_scheduler(dcfg.prediction_type, sched)
+        self.sampler_fraction = float(cfg.get("sampler_timesteps") or 0.0)
+        if not 0.0 <= self.sampler_fraction <= 1.0:
+            raise UserError(f"sampler_timesteps={self.sampler_fraction} is the fraction of each batch noised at the "
+                            "sampler's timesteps: give a number in [0, 1] (0: uniform draws, the paper's training)")
+        smp = make_sampler(self.wm_config.sampler, self.train_scheduler)
+        smp.set_timesteps(int(self.wm_config.num_steps), device="cpu")
+        self._sampler_t = smp.timesteps.clone().long()  # e.g. [999, 499] for DPM-Solver++ x 2, trailing
         self.model = dcfg.build().to(device)
         lo, hi = self.ds.meta["action_low"], self.ds.meta["action_high"]
         self.model.set_action_normalizer(lo, hi)
@@ -323,10 +333,25 @@ class DynamicsStage(_Stage):
         return {"latents": self.lat_all[fi].to(self.device, non_blocking=True),  # (B, T, C, h, w)
                 "actions": self.act_all[ai].to(self.device, non_blocking=True)}  # (B, T-1, A)
 
+    def train_timesteps(self, batch_size: int, g: torch.Generator) -> torch.Tensor | None:
+        """(B,) noise levels: a ``sampler_timesteps`` fraction of the rows at the few-step
+        sampler's own timesteps, the rest uniform; None (masked_loss's uniform draws) at 0.
+
+        Uniform draws spend nearly all training on noise levels a 2-step sampler never
+        visits; the one that decides the imagined dynamics, pure noise (t = 999), gets ~0.1%."""
+        if self.sampler_fraction <= 0:
+            return None
+        n = int(self.train_scheduler.config.num_train_timesteps)
+        uniform = torch.randint(0, n, (batch_size,), generator=g)
+        picked = self._sampler_t[torch.randint(0, len(self._sampler_t), (batch_size,), generator=g)]
+        at_sampler = torch.rand(batch_size, generator=g) < self.sampler_fraction
+        return torch.where(at_sampler, picked, uniform).to(self.device)
+
     def loss(self, model, batch, g):
         return model.masked_loss(batch["latents"], batch["actions"], self.train_scheduler, generator=g,
                                  num_context=self.num_context, motion_weight=float(self.cfg.get("motion_weight") or 0.0),
-                                 motion_threshold=float(self.cfg.get("motion_threshold", 0.01)))
+                                 motion_threshold=float(self.cfg.get("motion_threshold", 0.01)),
+                                 timesteps=self.train_timesteps(batch["latents"].shape[0], g))
 
     def world_model(self, diffusion, **overrides):
         from dataclasses import replace
