@@ -12,7 +12,7 @@ from sfplan.world_model.base import Imagination, WorldModel, WorldState  # noqa:
 from sfplan.world_model.learned import SlowFastWorldModel, SlowFastWorldModelConfig, load_world_model  # noqa: E402
 from sfplan.world_model.sampler import make_sampler, make_train_scheduler, place_actions, sample_chunk  # noqa: E402
 from sfplan.world_model.vae import FrameAutoencoder, VAEConfig  # noqa: E402
-from sfplan.world_model.video_diffusion import ActionVideoDiffusion, VideoDiffusionConfig  # noqa: E402
+from sfplan.world_model.video_diffusion import VideoDiffusionConfig  # noqa: E402
 
 # 16x16 frames -> 8x8x4 latents; diffusion levels at 4x4 and 2x2 (patch 2)
 TINY_VAE = dict(image_size=16, block_out_channels=(8, 8), norm_num_groups=4)
@@ -332,52 +332,6 @@ def test_warm_start_widens_the_action_encoder_without_changing_outputs(tmp_path)
     torch.testing.assert_close(y_new, y_old)
     with pytest.raises(UserError, match="init_from"):
         warm_start(new, tmp_path / "nowhere", verbose=False)
-
-
-def test_context_concat_feeds_the_last_context_frame_and_its_change():
-    """context_features: the last context latent and its change from the one before, for
-    every frame; zero change with one context frame; blind to the (noisy) target frames."""
-    x = torch.randn(2, 5, 4, 8, 8)
-    mask = torch.tensor([[True, True, False, False, False], [True, False, False, False, False]])
-    f = ActionVideoDiffusion.context_features(x, mask)
-    assert f.shape == (2, 5, 8, 8, 8)
-    for t in range(5):
-        torch.testing.assert_close(f[0, t, :4], x[0, 1])
-        torch.testing.assert_close(f[0, t, 4:], x[0, 1] - x[0, 0])
-        torch.testing.assert_close(f[1, t, :4], x[1, 0])
-        assert f[1, t, 4:].abs().max() == 0
-    y = x.clone()
-    y[:, 2:] += 1.0  # targets only
-    assert torch.equal(ActionVideoDiffusion.context_features(y, mask), f)
-    assert ActionVideoDiffusion.context_features(x, torch.zeros_like(mask)).abs().max() == 0
-
-
-def test_warm_start_widens_conv_in_for_context_concat_without_changing_outputs(tmp_path):
-    """init_from a model without context_concat: conv_in (after pixel_unshuffle) gets zero
-    columns for the new channels, so the model predicts what the old one did; then the
-    new input is live: the prediction depends on it once those columns are nonzero."""
-    from sfplan.training.stages import warm_start
-
-    kw = dict(action_dim=2, block_out_channels=(16, 32), cross_attention_dim=32, head_dim=16, norm_num_groups=4,
-              action_history=True, token_norm=True)
-    torch.manual_seed(0)
-    old = VideoDiffusionConfig(**kw).build()
-    _randomize(old)
-    old.save_pretrained(str(tmp_path / "diffusion"), safe_serialization=True)
-    new = VideoDiffusionConfig(context_concat=True, **kw).build()
-    report = warm_start(new, tmp_path, verbose=False)
-    assert report["fresh"] == ["net.conv_in.weight"]
-    assert new.net.conv_in.weight.shape[1] == 4 * (4 + 1 + 8)
-    x = torch.randn(2, 4, 4, 8, 8)
-    mask = torch.tensor([[True, True, False, False]] * 2)
-    acts = torch.randn(2, 3, 2)
-    t = torch.tensor([10, 500])
-    with torch.no_grad():
-        y_old = old(x, t, mask, old.condition(acts, mask))
-        y_new = new(x, t, mask, new.condition(acts, mask))
-        torch.testing.assert_close(y_new, y_old)
-        new.net.conv_in.weight[:, 20:].normal_()
-        assert not torch.allclose(new(x, t, mask, new.condition(acts, mask)), y_old)
 
 
 def test_pixel_cost_space_decodes_what_the_latent_space_imagines():

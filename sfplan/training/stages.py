@@ -227,14 +227,11 @@ def warm_start(model: torch.nn.Module, path, verbose: bool = True, part: str = "
                         f"folder of a stage={stage} run (or a shipped model dir)")
     src, own = load_file(str(f)), model.state_dict()
     copied = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
-    # An input layer that grew (action_history's Linear, context_concat's conv_in): the old
-    # input columns, zeros for the new ones, so the warm-started model predicts what the
-    # old one did. New inputs are appended last; pixel_unshuffle keeps them last.
-    for k, v in src.items():
+    for k, v in src.items():  # an input layer that grew (e.g. action_history): old columns, zeros for the new
         w = own.get(k)
-        if w is not None and k not in copied and v.ndim == w.ndim >= 2 and w.shape[0] == v.shape[0] \
-                and w.shape[2:] == v.shape[2:] and w.shape[1] > v.shape[1]:
-            copied[k] = torch.cat([v.to(w.dtype), w.new_zeros(w.shape[0], w.shape[1] - v.shape[1], *w.shape[2:])], dim=1)
+        if w is not None and k not in copied and v.ndim == 2 and w.ndim == 2 and w.shape[0] == v.shape[0] \
+                and w.shape[1] > v.shape[1]:
+            copied[k] = torch.cat([v.to(w.dtype), w.new_zeros(w.shape[0], w.shape[1] - v.shape[1])], dim=1)
     if not copied:
         raise UserError(f"init_from={path}: no weight of that model fits this architecture")
     model.load_state_dict(copied, strict=False)

@@ -83,7 +83,6 @@ class VideoDiffusionConfig:
     action_film: bool = True  # also add each frame's action token to its FiLM embedding
     action_history: bool = True  # tokens also see running sums of the chunk's actions (see encode_actions)
     token_norm: bool = True  # LayerNorm on the condition tokens (see ActionVideoDiffusion.__init__)
-    context_concat: bool = False  # every frame's input also carries the last context latent and its change (see forward)
     prediction_type: str = "v_prediction"  # epsilon | v_prediction
     p_uncond: float = 0.1  # condition dropout to the null tokens
     backbone: str = "factorized"  # factorized | unet3d
@@ -319,7 +318,6 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         action_film: bool = True,
         action_history: bool = False,  # False for checkpoints saved before the option existed
         token_norm: bool = False,  # likewise
-        context_concat: bool = False,
         prediction_type: str = "v_prediction",
         p_uncond: float = 0.1,
         backbone: str = "factorized",
@@ -331,8 +329,6 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
             raise ValueError("attention_levels needs one flag per entry of block_out_channels")
         chans, D, C = tuple(block_out_channels), cross_attention_dim, latent_channels
         emb_dim = 4 * chans[0]
-        # input channels per frame: latent, context flag, [last context latent, its change]
-        cin = C + 1 + (2 * C if context_concat else 0)
         # action encoder: MLP + per-frame position embedding; learned context and null tokens
         self.action_mlp = nn.Sequential(nn.Linear(action_dim * (3 if action_history else 1), D), nn.SiLU(),
                                         nn.Linear(D, D))
@@ -352,7 +348,7 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
             self.time_mlp = nn.Sequential(nn.Linear(chans[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
             self.action_to_emb = nn.Linear(D, emb_dim) if action_film else None
             self.net = FactorizedVideoUNet(
-                cin, C, chans, tuple(attention_levels), layers_per_block, emb_dim, head_dim, D, max_frames,
+                C + 1, C, chans, tuple(attention_levels), layers_per_block, emb_dim, head_dim, D, max_frames,
                 norm_num_groups, ff_mult, patch_size, spatial_attention_levels,
             )
         elif backbone == "unet3d":
@@ -361,7 +357,7 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
             from diffusers import UNet3DConditionModel
 
             self.net = UNet3DConditionModel(
-                in_channels=cin,
+                in_channels=C + 1,
                 out_channels=C,
                 down_block_types=tuple("CrossAttnDownBlock3D" if a else "DownBlock3D" for a in attention_levels),
                 up_block_types=tuple("CrossAttnUpBlock3D" if a else "UpBlock3D" for a in reversed(attention_levels)),
@@ -447,8 +443,6 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
             t = t.expand(B)
         mask = context_mask.to(sample.device, torch.bool)
         x = torch.cat([sample, mask[:, :, None, None, None].to(sample.dtype).expand(B, T, 1, h, w)], dim=2)
-        if self.config.context_concat:
-            x = torch.cat([x, self.context_features(sample, mask)], dim=2)
         if self.config.backbone == "unet3d":
             t_b = t if t.ndim == 1 else t.max(dim=1).values  # UNet3D takes one timestep per clip
             out = self.net(x.transpose(1, 2), t_b, encoder_hidden_states=action_tokens).sample  # (B, C, T, h, w)
@@ -460,27 +454,8 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         emb = self.time_mlp(temb)  # (B*T, E)
         if self.action_to_emb is not None and action_tokens.shape[1] == T:
             emb = emb + self.action_to_emb(action_tokens).reshape(B * T, -1)
-        out = self.net(x.reshape(B * T, x.shape[2], h, w), emb, T, action_tokens)  # (B*T, C, h, w)
+        out = self.net(x.reshape(B * T, C + 1, h, w), emb, T, action_tokens)  # (B*T, C, h, w)
         return out.reshape(B, T, C, h, w)
-
-    @staticmethod
-    def context_features(sample: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
-        """sample (B, T, C, h, w) with clean context frames first, context_mask (B, T) ->
-        (B, T, 2C, h, w): the last context latent and its change from the one before (zero
-        with one context frame, all zero with none), the same for every frame.
-
-        Concatenated to each frame's input as Stable Video Diffusion concatenates its
-        conditioning image: a target frame's every position then sees where the object is
-        and how it just moved. Through the factorised blocks alone, temporal attention links
-        only the same position across frames, and the measured model damped a moving arm to
-        51-81% of its speed (RESULTS.md, stop 22)."""
-        B, T = context_mask.shape
-        n = context_mask.sum(1)  # (B,) context frames (a prefix of the clip)
-        rows = torch.arange(B, device=sample.device)
-        last = sample[rows, (n - 1).clamp_min(0)]  # (B, C, h, w)
-        prev = sample[rows, (n - 2).clamp_min(0)]
-        f = torch.cat([last, last - prev], dim=1) * (n > 0).to(sample.dtype)[:, None, None, None]
-        return f[:, None].expand(B, T, *f.shape[1:])
 
     # ------------------------------------------------------------------ losses
     def _target(self, scheduler, latents, noise, t):
