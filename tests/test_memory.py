@@ -518,7 +518,7 @@ def test_eval_cli_with_memory(tmp_path, capsys):
     args = ["eval", "world_model=learned", f"world_model.path={tmp_path / 'm'}", "env.kwargs.image_size=32",
             "episodes=1", "budget=4", "execute=2", "planner.horizon=2", "planner.num_samples=4", "planner.iterations=1",
             "record=false", "progress=false", "device=cpu", f"out_dir={tmp_path / 'e'}", "memory=temp_lora",
-            "memory.rank=4"]
+            "memory.rank=4", "cost=multiscale"]  # the tiny model has no state probe
     assert main(args) == 2 and "set memory.write=real" in capsys.readouterr().err
     assert main([*args, "memory.write=real"]) == 0
     report = json.loads((tmp_path / "e" / "report.json").read_text())

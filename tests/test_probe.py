@@ -227,11 +227,13 @@ def test_default_cost_is_the_one_the_tasks_search_row_names():
     def chosen(*ov):
         return load_config("eval", list(ov)).cost
 
-    # PointMaze UMaze's learned row names the probe; its oracle row and Reacher name none
+    # the learned rows of PointMaze UMaze and Reacher name the probe; the oracle rows none
     assert chosen("env=pointmaze_umaze", "world_model=learned").name == "probe"
     assert chosen("env=pointmaze_umaze", "world_model=oracle").name == "multiscale"
-    assert chosen("env=reacher", "world_model=learned").name == "multiscale"
-    assert chosen("env=reacher", "world_model=learned", "+env.search.learned.cost=probe").name == "probe"
+    assert chosen("env=reacher", "world_model=learned").name == "probe"
+    assert chosen("env=reacher", "world_model=oracle").name == "multiscale"
+    assert chosen("env=reacher", "world_model=learned", "env.search.learned.cost=multiscale").name == "multiscale"
+    assert chosen("env=pusher", "world_model=learned").name == "multiscale"  # a row that names none
     # an explicit cost= wins over the row
     assert chosen("env=pointmaze_umaze", "world_model=learned", "cost=multiscale")._target_.endswith("MultiScaleCost")
     cost = instantiate(chosen("env=reacher", "world_model=oracle"))

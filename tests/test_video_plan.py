@@ -426,7 +426,7 @@ def test_eval_cli_with_video_plan(tmp_path):
     assert main(["eval", "env=reacher", "planner=video_plan", "world_model=learned",
                  f"world_model.path={tmp_path / 'wm'}", "env.kwargs.image_size=16", "episodes=1", "budget=4",
                  "execute=2", "planner.num_videos=2", "planner.num_steps=2", "record=false", "progress=false",
-                 f"out_dir={out}"]) == 0
+                 "cost=multiscale", f"out_dir={out}"]) == 0  # cost: the tiny model has no state probe
     rep = json.loads((out / "report.json").read_text())
     assert rep["config"]["planner"]["num_videos"] == 2
     assert "VideoPlanPlanner" in json.dumps(rep)
