@@ -252,7 +252,8 @@ class DynamicsStage(_Stage):
 
     def setup(self, device: torch.device, is_main: bool = True, wait=None) -> None:
         from sfplan.world_model.learned import SlowFastWorldModelConfig
-        from sfplan.world_model.sampler import NoiseScheduleConfig, make_sampler, make_train_scheduler
+        from sfplan.world_model.sampler import (NoiseScheduleConfig, make_sampler, make_train_scheduler,
+                                               sampler_timesteps)
         from sfplan.world_model.video_diffusion import VideoDiffusionConfig
 
         self.device = device
@@ -289,9 +290,8 @@ class DynamicsStage(_Stage):
         if not 0.0 <= self.sampler_fraction <= 1.0:
             raise UserError(f"sampler_timesteps={self.sampler_fraction} is the fraction of each batch noised at the "
                             "sampler's timesteps: give a number in [0, 1] (0: uniform draws, the paper's training)")
-        smp = make_sampler(self.wm_config.sampler, self.train_scheduler)
-        smp.set_timesteps(int(self.wm_config.num_steps), device="cpu")
-        self._sampler_t = smp.timesteps.clone().long()  # e.g. [999, 499] for DPM-Solver++ x 2, trailing
+        self._sampler_t = (sampler_timesteps(make_sampler(self.wm_config.sampler, self.train_scheduler),
+                                             self.wm_config.num_steps) if self.sampler_fraction > 0 else None)
         self.model = dcfg.build().to(device)
         lo, hi = self.ds.meta["action_low"], self.ds.meta["action_high"]
         self.model.set_action_normalizer(lo, hi)

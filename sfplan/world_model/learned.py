@@ -340,8 +340,9 @@ class SlowFastWorldModel:
     def sampler_timesteps(self) -> torch.Tensor:
         """The training-schedule timesteps the few-step sampler evaluates the denoiser at
         (``num_steps`` of them, e.g. [999, 499] for DPM-Solver++ x 2, trailing spacing)."""
-        self.scheduler.set_timesteps(int(self.config.num_steps), device="cpu")
-        return self.scheduler.timesteps.clone().long()
+        from sfplan.world_model.sampler import sampler_timesteps
+
+        return sampler_timesteps(self.scheduler, self.config.num_steps)
 
     def action_free_loss(self, latents: torch.Tensor, timesteps=None, noise=None, generator=None):
         """Temp-LoRA's loss: latents (B, T, C, h, w), whole clip noised, null condition -> (loss, logs)."""

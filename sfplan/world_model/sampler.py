@@ -68,6 +68,14 @@ def make_sampler(kind: str, train_scheduler):
     raise ValueError(f"unknown sampler {kind!r}: choose one of {', '.join(SAMPLERS)}")
 
 
+def sampler_timesteps(scheduler, num_steps: int) -> torch.Tensor:
+    """(num_steps,) training-schedule timesteps at which a few-step ``scheduler``
+    (``make_sampler``) evaluates the denoiser, e.g. [999, 499] for DPM-Solver++ x 2 with
+    trailing spacing."""
+    scheduler.set_timesteps(int(num_steps), device="cpu")
+    return scheduler.timesteps.clone().long()
+
+
 def place_actions(actions: torch.Tensor, num_context: int) -> torch.Tensor:
     """Target actions (B, K, A) -> clip actions (B, f_p + K, A) in Gymnasium order.
 
