@@ -37,7 +37,7 @@ from sfplan.eval.video_metrics import psnr
 from sfplan.world_model.learned import load_world_model
 
 from memory_benchmark import parse_memory_settings  # benchmarks/ is on sys.path when run as a script
-from world_model_quality import object_psnr
+from sfplan.eval.quality import object_psnr
 
 DEFAULT_SETTINGS = [
     "paper:lr=1e-4,steps_per_write=1",

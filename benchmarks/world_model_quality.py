@@ -42,19 +42,9 @@ import numpy as np
 import torch
 
 from sfplan.data import EpisodeDataset
+from sfplan.eval.quality import object_psnr
 from sfplan.eval.video_metrics import psnr, ssim
 from sfplan.world_model.learned import load_world_model
-
-
-def object_psnr(pred: np.ndarray, truth: np.ndarray, background: np.ndarray, thr: int = 12) -> np.ndarray:
-    """pred, truth (B, T, H, W, 3) uint8, background (B, H, W, 3) -> (B, T) PSNR over the
-    pixels where truth or pred differs from the background by more than ``thr`` levels."""
-    p, t, bg = (torch.as_tensor(a).double() for a in (pred, truth, background))
-    bg = bg[:, None]
-    mask = (((t - bg).abs().amax(-1) > thr) | ((p - bg).abs().amax(-1) > thr)).double()  # (B, T, H, W)
-    se = (p - t).pow(2).mean(-1)  # (B, T, H, W)
-    mse = (se * mask).sum((-2, -1)) / mask.sum((-2, -1)).clamp_min(1.0)
-    return (10 * torch.log10(255.0**2 / mse.clamp_min(1e-3))).numpy()
 
 
 @torch.no_grad()

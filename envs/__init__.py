@@ -8,6 +8,10 @@ Importing this package registers the task ids with Gymnasium::
     env = gym.make("sfplan/Reacher-v0", image_size=64, goal="near")
     obs, info = env.reset(seed=0)   # obs["pixels"], obs["desired_goal"]: (64, 64, 3) uint8
 
+``make_env(spec, **kwargs)`` makes any env sfplan can plan on: an sfplan task id, a Gymnasium
+id the user's package registers, or ``module:callable`` returning a goal-image env
+(``sfplan.envs.spec``).
+
 Every task takes ``image_size`` (side of the square frames) and ``goal`` (``"near"``:
 a goal 25-50 env steps from the start; ``"far"``: long horizon). ``TASKS`` maps each id
 to a one-line description with its success criterion (``sfplan info`` prints it).
@@ -26,7 +30,6 @@ import gymnasium as gym
 from gymnasium.envs.registration import register, registry
 
 from sfplan.envs.base import GoalImageEnv, MujocoGoalEnv
-from sfplan.errors import UserError
 from sfplan.envs.wrappers import GoalImageWrapper
 
 #: id -> one-line description (success criterion included).
@@ -80,17 +83,6 @@ def _register_all() -> None:
 
 _register_all()
 
+from sfplan.envs.spec import check_goal_image_env, make_env  # noqa: E402  (after the registrations)
 
-def make_env(env_id: str, **kwargs) -> gym.Env:
-    """``gymnasium.make`` for an sfplan task id; an unknown id raises ``UserError`` (a
-    ``ValueError``) that lists the known ones.
-
-    Example: ``make_env("sfplan/PointMazeUMaze-v0", image_size=64, goal="far")``.
-    """
-    if env_id not in TASKS:
-        known = "\n  ".join(sorted(TASKS))
-        raise UserError(f"unknown sfplan task {env_id!r}; known tasks:\n  {known}")
-    return gym.make(env_id, **kwargs)
-
-
-__all__ = ["GoalImageEnv", "GoalImageWrapper", "MujocoGoalEnv", "TASKS", "make_env"]
+__all__ = ["GoalImageEnv", "GoalImageWrapper", "MujocoGoalEnv", "TASKS", "make_env", "check_goal_image_env"]

@@ -72,6 +72,11 @@ class GoalImageWrapper(gym.Env):
             success is ``distance < success_threshold``.
         image_size: side of the square observation frames.
         success_threshold: needed when ``success_fn`` returns a float.
+        descriptor_fn: optional ``descriptor_fn(env) -> array``: the goal descriptor of the
+            env's current state (the same quantity ``goal_fn`` returns for the goal, e.g. a
+            position). With it (and a MuJoCo env) the wrapper labels recorded states
+            (``goal_descriptor_of``), so ``sfplan fit`` trains a state probe for
+            ``cost=probe``; without it that stage is skipped.
 
     ``goal_fn``/``success_fn`` get the user env itself, or for a MuJoCo env a thin
     wrapper of it whose ``step`` refreshes body positions after ``mj_step``.
@@ -114,6 +119,7 @@ class GoalImageWrapper(gym.Env):
         success_fn: SuccessFn,
         image_size: int = 64,
         success_threshold: float | None = None,
+        descriptor_fn: Callable[[gym.Env], Any] | None = None,
     ):
         mode = getattr(env, "render_mode", None)
         if mode != "rgb_array":
@@ -127,6 +133,7 @@ class GoalImageWrapper(gym.Env):
         self.success_fn = success_fn
         self.image_size = int(image_size)
         self.success_threshold = success_threshold
+        self.descriptor_fn = descriptor_fn
         self.render_mode = "rgb_array"
         self.action_space = env.action_space
         img = spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
@@ -206,6 +213,20 @@ class GoalImageWrapper(gym.Env):
         if scn is not None:
             scn.flags[self._mujoco.mjtRndFlag.mjRND_SHADOW] = False
             scn.flags[self._mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+
+    def goal_descriptor_of(self, state: np.ndarray) -> np.ndarray:
+        """``descriptor_fn`` at a recorded ``get_state`` vector, (D,) float64 (the current
+        state is restored afterwards). Raises TypeError without ``descriptor_fn``."""
+        if self.descriptor_fn is None:
+            raise TypeError("GoalImageWrapper(descriptor_fn=...) is needed to label states with a goal descriptor")
+        self._need_mujoco("goal_descriptor_of")
+        here = self.get_state()
+        try:
+            self.set_state(state)
+            self._sync()
+            return np.asarray(self.descriptor_fn(self._callback_env), dtype=np.float64).ravel()
+        finally:
+            self.set_state(here)
 
     @property
     def goal_state(self) -> np.ndarray | None:

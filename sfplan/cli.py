@@ -1,5 +1,5 @@
 """The `sfplan` command: `sfplan eval [key=value ...]`, `sfplan collect [key=value ...]`,
-`sfplan data info PATH`, `sfplan train [key=value ...]`, `sfplan generate [key=value ...]`, `sfplan info`."""
+`sfplan data info PATH`, `sfplan train [key=value ...]`, `sfplan fit [key=value ...]`, `sfplan generate [key=value ...]`, `sfplan info`."""
 from __future__ import annotations
 
 import argparse
@@ -96,6 +96,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    cfg = _compose("fit", args)
+    if cfg is None:
+        return 0
+    require_complete(cfg, "fit")
+    from sfplan.training.fit import run_fit
+
+    s = run_fit(cfg)
+    out = cfg.out
+    print(f"world model: {out}/model  card: {out}/model/README.md  (sfplan eval world_model.path={out})")
+    for name, d in s["stages"].get("eval", {}).get("results", {}).items():
+        lo, hi = d["ci95"]
+        print(f"  {name:8s} success {d['successes']}/{d['episodes']} (95% CI {lo:.0%}-{hi:.0%}), "
+              f"{d['plan_time_per_decision_s']:.2f} s per decision")
+    return 0
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     cfg = _compose("generate", args)
     if cfg is None:
@@ -163,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(stage=dynamics, idm and probe also need vae=<vae run>/model)")
     t.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     t.set_defaults(func=_cmd_train)
+    f = sub.add_parser("fit", help="from an env to a planning world model in one command: collect, train every "
+                       "stage, card, eval (resumes when run again)")
+    f.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. env.id=my_tasks:make_puck out=models/puck "
+                   "minutes=30")
+    f.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    f.set_defaults(func=_cmd_fit)
     g = sub.add_parser("generate", help="roll out a long video with a learned world model; PSNR/SSIM per step")
     g.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=<run>/model data=data/Reacher-v0 "
                    "episode=3 (or image=start.png actions=actions.npy)")

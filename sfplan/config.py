@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sfplan.errors import UserError
 
@@ -21,11 +21,150 @@ def config_options(group: str) -> list[str]:
 
 
 def load_config(name: str, overrides: list[str] | None = None) -> DictConfig:
-    """Compose ``configs/<name>.yaml`` with Hydra ``overrides`` (``key=value`` strings)."""
+    """Compose ``configs/<name>.yaml`` with Hydra ``overrides`` (``key=value`` strings).
+
+    The env is named the same way in every command (``sfplan.envs.spec``): ``env=<task
+    config>``, ``env.id=<sfplan task | Gymnasium id | module:callable>`` (an id that is not a
+    shipped task config composes ``env=custom``, whose settings are derived from the env),
+    ``env=path/to/my_env.yaml`` (a user's own env config, merged over ``env=custom``), or,
+    for ``eval``, nothing but ``world_model.path=DIR``: the env recorded in the model dir."""
+    overrides, user_env = _env_overrides(name, list(overrides or []))
+    cfg = _compose(name, overrides)
+    if user_env is not None or model_env_kwargs(name, overrides):
+        with open_dict(cfg):
+            if user_env is not None:
+                cfg.env = OmegaConf.merge(cfg.env, user_env)
+            for k, v in model_env_kwargs(name, overrides).items():
+                if not any(o.split("=", 1)[0].lstrip("+") == f"env.kwargs.{k}" for o in overrides):
+                    cfg.env.kwargs[k] = v
+    if "env" in cfg and cfg.env.get("budget") == "auto":
+        derive_env_settings(cfg)
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:  # an interpolation pointing nowhere, etc.
+        raise ConfigError(f"config does not resolve: {_first_line(e)}") from None
+    return cfg
+
+
+#: commands whose config has the ``env`` group
+ENV_COMMANDS = ("eval", "collect", "fit")
+
+
+def shipped_env_configs() -> dict[str, str]:
+    """Env id -> name of the shipped task config (``configs/env/<name>.yaml``) for it."""
+    root = resources.files(CONFIG_MODULE) / "env"
+    out = {}
+    for p in sorted(root.iterdir()):
+        if p.name.endswith(".yaml") and p.name != "custom.yaml":
+            env_id = OmegaConf.create(p.read_text()).get("id")
+            out.setdefault(str(env_id), p.name[:-5])
+    return out
+
+
+def _split(o: str) -> tuple[str, str]:
+    k, _, v = o.partition("=")
+    return k.lstrip("+~"), v
+
+
+def _model_dir_env(path: str) -> dict | None:
+    """The ``env`` a world model dir (or training run dir) records, if any."""
+    import json
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    for f in (p / "world_model.json", p / "model" / "world_model.json"):
+        if f.is_file():
+            try:
+                return json.loads(f.read_text()).get("env")
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def model_env_kwargs(name: str, overrides: list[str]) -> dict:
+    """``eval``: the env kwargs recorded in ``world_model.path``'s model dir when the env is
+    the one it was trained on (applied under the command line's own ``env.kwargs.*``)."""
+    keys = dict(_split(o) for o in overrides if "=" in o)
+    if name != "eval" or not keys.get("world_model.path"):
+        return {}
+    rec = _model_dir_env(keys["world_model.path"]) or {}
+    if not rec.get("id") or ("env.id" in keys and keys["env.id"] != rec["id"]):
+        return {}
+    return dict(rec.get("kwargs") or {})
+
+
+def _env_overrides(name: str, overrides: list[str]) -> tuple[list[str], DictConfig | None]:
+    """Turn the ways of naming an env into Hydra overrides; returns (overrides, the user's own
+    env YAML to merge over ``env=custom`` or None)."""
+    from pathlib import Path
+
+    if name not in ENV_COMMANDS:
+        return overrides, None
+    keys = dict(_split(o) for o in overrides if "=" in o)
+    choice = keys.get("env")
+    if choice is not None and choice.endswith((".yaml", ".yml")):
+        path = Path(choice).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"env={choice}: no such file (a task config name, e.g. env=reacher, or the path of "
+                              f"your own env YAML)")
+        user = OmegaConf.load(path)
+        if not isinstance(user, DictConfig) or not user.get("id"):
+            raise ConfigError(f"env={choice}: the file must be a mapping with at least `id:` (an sfplan task, a "
+                              f"Gymnasium id or module:callable); see configs/env/custom.yaml")
+        rest = [o for o in overrides if _split(o)[0] != "env"]
+        return ["env=custom", *rest], user
+    if choice is None:
+        env_id = keys.get("env.id")
+        if env_id is None and name == "eval" and keys.get("world_model.path"):
+            env_id = (_model_dir_env(keys["world_model.path"]) or {}).get("id")
+            if env_id:
+                overrides = [*overrides, f"env.id={env_id}"]
+        if env_id:
+            return [f"env={shipped_env_configs().get(env_id, 'custom')}", *overrides], None
+    return overrides, None
+
+
+def derive_env_settings(cfg: DictConfig) -> None:
+    """Fill the ``auto`` settings of ``env=custom`` from the env itself (made once here, so a
+    bad env fails with its fix before anything slow) and from the world model dir:
+    ``budget`` (the env's TimeLimit, ``sfplan.envs.spec.derived_budget``), the learned row's
+    ``horizon`` (the model's chunk) and ``cost`` (``probe`` where the model dir has one)."""
+    import json
+    from pathlib import Path
+
+    from sfplan.envs.spec import check_goal_image_env, derived_budget, make_env
+
+    if cfg.env.get("id") in (None, "???") or OmegaConf.is_missing(cfg.env, "id"):
+        raise ConfigError("env=custom needs env.id=<a Gymnasium id your package registers, or module:callable "
+                          "returning a goal-image env>, e.g. env.id=my_tasks:make_puck")
+    env = make_env(str(cfg.env.id), **OmegaConf.to_container(cfg.env.kwargs, resolve=True))
+    try:
+        got = check_goal_image_env(env, str(cfg.env.id))
+    finally:
+        env.close()
+    model_dir = None
+    wm = cfg.get("world_model")
+    if wm is not None and wm.get("kind") == "learned" and wm.get("path"):
+        p = Path(str(wm.path)).expanduser()
+        model_dir = p if (p / "world_model.json").is_file() else p / "model"
+    with open_dict(cfg):
+        cfg.env.budget = derived_budget(got["max_episode_steps"])
+        row = cfg.env.search.learned
+        if row.get("horizon") == "auto":
+            chunk = 8
+            if model_dir is not None and (model_dir / "world_model.json").is_file():
+                chunk = int(json.loads((model_dir / "world_model.json").read_text()).get("chunk_size", 8))
+            row.horizon = chunk
+            row.execute = max(1, chunk // 2)
+        if row.get("cost") == "auto":
+            row.cost = "probe" if model_dir is not None and (model_dir / "probe" / "config.json").is_file() \
+                else "multiscale"
+
+
+def _compose(name: str, overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_module
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
-    overrides = list(overrides or [])
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             cfg = compose(config_name=name, overrides=overrides)
@@ -45,10 +184,6 @@ def load_config(name: str, overrides: list[str] | None = None) -> DictConfig:
         raise ConfigError(_first_line(e)) from None
     except OverrideParseException as e:
         raise ConfigError(f"cannot parse override: {_first_line(e)} (use key=value, e.g. episodes=10)") from None
-    try:
-        OmegaConf.to_container(cfg, resolve=True)
-    except Exception as e:  # an interpolation pointing nowhere, etc.
-        raise ConfigError(f"config does not resolve: {_first_line(e)}") from None
     return cfg
 
 
@@ -56,6 +191,7 @@ MISSING_HINTS = {
     "data.path": "a dataset directory written by `sfplan collect`",
     "world_model.path": "the model/ folder of a `sfplan train stage=dynamics` run",
     "model": "the model/ folder of a `sfplan train stage=dynamics` run",
+    "out": "the folder the fit writes (model/, work/, eval/)",
 }
 
 

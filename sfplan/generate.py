@@ -229,14 +229,20 @@ def simulate_episode(task: str, seed: int, frames: int, size: int, action_dim: i
     the truth a model's rollout from ``frames[:ctx]`` is scored against. ``env_kwargs``:
     the env settings the model was trained with (e.g. PointMaze's ``frame_skip``)."""
     from sfplan.data.policies import CorrelatedPolicy
-    from sfplan.envs import make_env
+    from sfplan.envs import TASKS, make_env
 
-    env = make_env(task, **{**dict(env_kwargs or {}), "image_size": size})
+    kwargs = dict(env_kwargs or {})
+    if task in TASKS:
+        kwargs["image_size"] = size
+    env = make_env(task, **kwargs)
     try:
         if env.action_space.shape != (action_dim,):
-            raise UserError(f"task {task} has actions of shape {env.action_space.shape}, the model {action_dim}-d: "
-                            f"pass task=<the model's task>")
+            raise UserError(f"env {task} has actions of shape {env.action_space.shape}, the model {action_dim}-d: "
+                            f"pass env.id=<the model's env>")
         obs, info = env.reset(seed=seed)
+        if obs["pixels"].shape[0] != size:
+            raise UserError(f"env {task} renders {obs['pixels'].shape[0]}x{obs['pixels'].shape[0]} frames, the model "
+                            f"works at {size}x{size}: make the env at image_size={size}")
         policy = CorrelatedPolicy()
         policy.reset(env, np.random.default_rng(seed))
         pix, acts = [obs["pixels"]], []
@@ -264,12 +270,13 @@ def run_generate(cfg: DictConfig) -> dict:
     except RuntimeError as e:
         raise UserError(str(e)) from None
     overrides = {k: cfg[k] for k in ("chunk_size", "num_steps", "sampler", "guidance_scale") if cfg.get(k) is not None}
+    env_id = cfg.env.get("id")
     if cfg.get("model"):
         model_dir = Path(str(cfg.model)).expanduser()
-    else:  # the model shipped for the task
+    else:  # the model shipped for the env
         from sfplan.models import shipped_model_path
 
-        model_dir = shipped_model_path(str(cfg.task))
+        model_dir = shipped_model_path(str(env_id or "sfplan/Reacher-v0"))
     if not (model_dir / "world_model.json").is_file() and (model_dir / "model" / "world_model.json").is_file():
         model_dir = model_dir / "model"  # a training run directory
     wm = SlowFastWorldModel.from_pretrained(model_dir, device=device, return_frames="all",
@@ -322,11 +329,13 @@ def run_generate(cfg: DictConfig) -> dict:
     else:  # a fresh episode of the task in the simulator: ground truth under correlated random actions
         H = int(cfg.get("horizon") or 48)
         trained = getattr(wm, "trained_env", None) or {}
-        env_kwargs = trained.get("kwargs") if trained.get("id") == str(cfg.task) else None
-        frames, actions = simulate_episode(str(cfg.task), int(cfg.episode_seed), ctx_n + H, size, A, env_kwargs)
+        task = str(env_id or trained.get("id") or "sfplan/Reacher-v0")
+        env_kwargs = {**(trained.get("kwargs") or {}), **dict(cfg.env.get("kwargs") or {})} \
+            if trained.get("id") == task else dict(cfg.env.get("kwargs") or {})
+        frames, actions = simulate_episode(task, int(cfg.episode_seed), ctx_n + H, size, A, env_kwargs)
         context, truth, actions = frames[:ctx_n], frames[ctx_n:], actions[ctx_n - 1:]
-        source = {"task": str(cfg.task), "seed": int(cfg.episode_seed), "policy": "correlated"}
-        name = f"{str(cfg.task).split('/')[-1]}_seed{int(cfg.episode_seed)}"
+        source = {"task": task, "seed": int(cfg.episode_seed), "policy": "correlated"}
+        name = f"{task.split('/')[-1].replace(':', '_')}_seed{int(cfg.episode_seed)}"
 
     mem_cfg = cfg.get("memory")
     memory = None

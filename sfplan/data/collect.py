@@ -132,30 +132,11 @@ POLICY_STREAM = 0x5F9A
 # Envs and rollouts
 # ----------------------------------------------------------------------------------
 def make_task_env(env_id: str, env_kwargs: dict | None = None):
-    """A registered task (``sfplan.envs.make_env`` when present, else ``gymnasium.make``), or
-    ``"package.module:EnvClass"`` for an env class that is not registered."""
-    import gymnasium as gym
+    """The env named by ``env_id`` (``sfplan.envs.make_env``: an sfplan task, a Gymnasium id,
+    or ``module:callable``)."""
+    from sfplan.envs.spec import make_env
 
-    import sfplan.envs as envs
-
-    kwargs = dict(env_kwargs or {})
-    if ":" in env_id and env_id not in gym.registry:  # "package.module:EnvClass" (an unregistered env)
-        import importlib
-
-        mod, _, name = env_id.partition(":")
-        try:
-            obj = getattr(importlib.import_module(mod), name, None)
-        except ImportError as e:
-            raise UserError(f"cannot make env {env_id!r}: {e}") from None
-        if callable(obj) and name not in gym.registry:
-            return obj(**kwargs)
-    make = getattr(envs, "make_env", None)
-    try:
-        return make(env_id, **kwargs) if make is not None else gym.make(env_id, **kwargs)
-    except gym.error.Error as e:
-        sf = sorted(k for k in gym.registry if k.startswith("sfplan/"))
-        raise UserError(f"cannot make env {env_id!r}: {e}. Registered sfplan tasks: {', '.join(sf) or 'none'}"
-                        f" (`sfplan info`)") from None
+    return make_env(env_id, **dict(env_kwargs or {}))
 
 
 def _pixels(obs) -> np.ndarray:
@@ -173,12 +154,11 @@ def rollout(env, policy, seed: int, steps: int) -> Episode:
     obs, info = env.reset(seed=int(seed))
     policy.reset(env, np.random.default_rng([POLICY_STREAM, int(seed)]))
     px0 = np.asarray(_pixels(obs))
-    if "state" not in info:
-        raise UserError("the env's info has no 'state' (the simulator state); sfplan collect needs an sfplan "
-                        "task (info['state'] = env.unwrapped.get_state())")
+    has_state = "state" in info  # MuJoCo envs record it (probe labels, replay); others may not
     frames = np.empty((steps + 1, *px0.shape), np.uint8)
     frames[0] = px0
-    states, succ, dist = [np.asarray(info["state"], np.float64)], [info.get("is_success")], [info.get("distance")]
+    states = [np.asarray(info["state"], np.float64)] if has_state else None
+    succ, dist = [info.get("is_success")], [info.get("distance")]
     actions, rewards, terms, truncs = [], [], [], []
     for t in range(steps):
         a = np.asarray(policy.act(obs, info), np.float32)
@@ -188,7 +168,8 @@ def rollout(env, policy, seed: int, steps: int) -> Episode:
         rewards.append(r)
         terms.append(bool(term))
         truncs.append(bool(trunc))
-        states.append(np.asarray(info["state"], np.float64))
+        if has_state:
+            states.append(np.asarray(info["state"], np.float64))
         succ.append(info.get("is_success"))
         dist.append(info.get("distance"))
         if term or trunc:
@@ -206,7 +187,7 @@ def rollout(env, policy, seed: int, steps: int) -> Episode:
         rewards=np.asarray(rewards, np.float32),
         terminations=np.asarray(terms, bool),
         truncations=truncs,
-        states=np.stack(states),
+        states=np.stack(states) if has_state else None,
         goal_pixels=None if goal is None else np.asarray(goal, np.uint8),
         goal_state=None if goal_state is None else np.asarray(goal_state, np.float64),
         is_success=None if any(s is None for s in succ) else np.asarray(succ, bool),
@@ -218,29 +199,26 @@ def rollout(env, policy, seed: int, steps: int) -> Episode:
 def probe_env(env_id: str, env_kwargs: dict, seed: int, policy=None) -> dict:
     """Make the env once and read what a shard records: image size, action bounds, state
     dim; with ``policy``, check that it can run on the env (``policy.reset``)."""
+    from sfplan.envs.spec import check_goal_image_env
+
     env = make_task_env(env_id, env_kwargs)
     try:
+        got = check_goal_image_env(env, env_id, seed=int(seed))
         obs, info = env.reset(seed=int(seed))
         if policy is not None:
             policy.reset(env, np.random.default_rng(0))
-        px = np.asarray(_pixels(obs))
-        if px.ndim != 3 or px.shape[2] != 3 or px.dtype != np.uint8 or px.shape[0] != px.shape[1]:
-            raise UserError(f"{env_id} renders pixels of shape {px.shape} {px.dtype}; sfplan collect needs square "
-                            f"(H, H, 3) uint8 frames")
         want = env_kwargs.get("image_size")
-        if want is not None and px.shape[0] != int(want):
-            raise UserError(f"{env_id} rendered {px.shape[0]}x{px.shape[1]} frames but image_size={want} was "
-                            f"requested: the env ignores image_size; check its kwargs")
-        if "state" not in info:
-            raise UserError(f"{env_id}: info has no 'state'; sfplan collect needs an sfplan task")
+        if want is not None and got["image_size"] != int(want):
+            raise UserError(f"{env_id} rendered {got['image_size']}x{got['image_size']} frames but image_size={want} "
+                            f"was requested: the env ignores image_size; check its kwargs")
         space = env.action_space
         return {
             "env_id": env_id,
             "env_kwargs": dict(env_kwargs),
-            "image_size": int(px.shape[0]),
+            "image_size": got["image_size"],
             "action_low": np.asarray(space.low, np.float32),
             "action_high": np.asarray(space.high, np.float32),
-            "state_dim": int(np.asarray(info["state"]).size),
+            "state_dim": int(np.asarray(info["state"]).size) if "state" in info else 0,
         }
     finally:
         env.close()

@@ -128,6 +128,8 @@ def run_eval(cfg: DictConfig) -> dict:
     jobs = int(cfg.get("jobs", 1))
     if jobs < 1:
         raise UserError(f"jobs={jobs}: use jobs=1 (one process) or more worker processes")
+    if cfg.get("time_limit_s") is not None and (jobs > 1 or float(cfg.time_limit_s) <= 0):
+        raise UserError(f"time_limit_s={cfg.time_limit_s}: a positive number of seconds, with jobs=1")
     env, planner, world_model = _build(cfg)  # env closed by evaluate()
     planner_cls = type(planner)
     seeds = [int(cfg.seed) + i for i in range(int(cfg.episodes))]
@@ -140,7 +142,15 @@ def run_eval(cfg: DictConfig) -> dict:
         list(evaluate(env, planner, world_model, [], progress=False, **_loop_kwargs(cfg)))  # a serial run's checks
         results, imagined = _evaluate_parallel(cfg, seeds, jobs)
     else:
-        results = list(evaluate(env, planner, world_model, seeds, progress=bool(cfg.progress), **_loop_kwargs(cfg)))
+        limit = cfg.get("time_limit_s")
+        results, episodes = [], evaluate(env, planner, world_model, seeds, progress=bool(cfg.progress),
+                                         **_loop_kwargs(cfg))
+        for res in episodes:
+            results.append(res)
+            if limit is not None and time.perf_counter() - t0 > float(limit):  # a budgeted run (sfplan fit)
+                episodes.close()
+                break
+        seeds = seeds[: len(results)]
         imagined = getattr(world_model, "imagined_frames", 0)
     wall = time.perf_counter() - t0
     meta = {

@@ -139,10 +139,12 @@ class _Stage:
                   f"`sfplan train stage=vae` fits it at the end of training")
 
     def _load_latents(self, is_main: bool, wait) -> None:
-        """Latents of every episode, encoded once, beside the run -> self.cache, self.cache_built."""
+        """Latents of every episode, encoded once, beside the run (or in ``latent_cache_dir``,
+        which stages on the same VAE and data share) -> self.cache, self.cache_built."""
         from sfplan.training.latent_cache import load_or_build
 
-        self.cache, self.cache_built = load_or_build(self.out_dir, self.ds, self.vae,
+        where = Path(str(self.cfg.latent_cache_dir)).expanduser() if self.cfg.get("latent_cache_dir") else self.out_dir
+        self.cache, self.cache_built = load_or_build(where, self.ds, self.vae,
                                                      progress=bool(self.cfg.progress) and is_main, is_main=is_main,
                                                      wait=wait)
 

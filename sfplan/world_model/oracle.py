@@ -58,10 +58,11 @@ class OracleWorldModel:
         make_env: Callable[[], gym.Env] | None = None,
     ):
         if make_env is None and env_id is None:
-            raise ValueError("OracleWorldModel needs env_id (a registered task) or make_env (a factory)")
-        import sfplan.envs  # noqa: F401  (registers the sfplan/* ids)
+            raise ValueError("OracleWorldModel needs env_id (an env spec: sfplan task, Gymnasium id or module:callable) "
+                             "or make_env (a factory)")
+        from sfplan.envs.spec import make_env as make_spec
 
-        env = make_env() if make_env is not None else gym.make(env_id, **dict(env_kwargs or {}))
+        env = make_env() if make_env is not None else make_spec(env_id, **dict(env_kwargs or {}))
         env.reset(seed=0)  # Gymnasium refuses to render an env that was never reset
         self.sim = _sim_interface(env)
         self._env = env

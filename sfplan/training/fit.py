@@ -1,0 +1,476 @@
+"""`sfplan fit`: from an env to a planning world model in one command, with one recipe.
+
+    sfplan fit env.id=my_tasks:make_puck out=models/puck minutes=30
+
+Stages, each sized from the budget (``configs/fit.yaml`` ``shares``) and resumable::
+
+    collect   a pilot measures the env's speed -> episodes      OUT/work/data
+    recipe    settings derived from the data (fg_weight, ...)     OUT/fit.json
+    vae       calibrated steps/s x its share -> steps            OUT/work/runs/vae
+    dynamics  (the slow learner)                                 OUT/work/runs/dynamics -> OUT/model
+    probe     the env's goal descriptor (skipped where the env cannot label states)  OUT/model/probe
+    idm       inverse dynamics for planner=video_plan            OUT/model/idm
+    quality   held-out PSNR / object PSNR / action adherence vs copy-last
+    eval      learned / random / oracle (where cloneable), same seeds     OUT/eval/<name>
+    card      OUT/model/README.md
+
+``OUT/fit.json`` holds what each stage planned and measured; it is written atomically after
+every stage, so running the same command again continues where it stopped (a training stage
+resumes from its last checkpoint, collection appends the missing seeds).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sfplan.errors import UserError
+
+STAGES = ("collect", "vae", "dynamics", "probe", "idm", "eval")
+#: tiny models for smoke tests (``size=toy``); a toy model does not plan
+TOY = {
+    "vae": ["model.block_out_channels=[8,8,8]", "model.norm_num_groups=4", "batch_size=4", "latent_scale_frames=64"],
+    "dynamics": ["model.world_model.chunk_size=2", "model.diffusion.block_out_channels=[16,32]",
+                 "model.diffusion.head_dim=8", "model.diffusion.cross_attention_dim=16",
+                 "model.diffusion.norm_num_groups=4", "model.diffusion.max_frames=8", "batch_size=2"],
+    "probe": ["model.width=8", "model.hidden_dim=16", "batch_size=16", "val_frames=32"],
+    "idm": ["model.block_out_channels=[8,8,8]", "model.hidden_dim=16", "model.norm_num_groups=4", "batch_size=8",
+            "val_windows=32"],
+}
+CALIBRATION_STEPS = 6
+TOY_MAX_STEPS = 12
+
+
+# ----------------------------------------------------------------------------- state
+class FitState:
+    """``OUT/fit.json``: the env, the budget, and per stage what was planned and measured."""
+
+    def __init__(self, path: Path, init: dict):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {**init, "stages": {}}
+
+    def stage(self, name: str) -> dict:
+        return self.data["stages"].setdefault(name, {})
+
+    def done(self, name: str) -> bool:
+        return self.stage(name).get("status") in ("done", "skipped")
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=_jsonable))
+        os.replace(tmp, self.path)
+
+
+def _jsonable(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+# ----------------------------------------------------------------------------- recipe
+def derive_recipe(ds, recipe: DictConfig, latent_factor: int = 4, max_episodes: int = 64, seed: int = 0) -> dict:
+    """Settings derived from the data, where the shipped models once needed a hand-set knob.
+
+    - ``fg_weight`` (VAE): with p the fraction of pixels the VAE's own ``foreground_mask``
+      marks in a batch of frames (the moving object), the weight that gives those pixels a
+      ``fg_share`` of the reconstruction loss: w = s/(1-s) * (1-p)/p.
+    - ``motion_weight`` (dynamics): with q the fraction of latent positions (``latent_factor``
+      x ``latent_factor`` pixel blocks, dilated as ``motion_mask`` does) that change between
+      consecutive frames, 1 + w = s/(1-s) * (1-q)/q gives them a ``motion_share`` of the loss.
+    Also measured: moving pixels per step, the per-step motion a chunk is made of.
+    Returns the derived values and the statistics they come from."""
+    import torch.nn.functional as F
+
+    from sfplan.world_model.vae import foreground_mask
+
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(ds))[:max_episodes]
+    eps = [ds[int(i)] for i in idx]
+    frames = torch.as_tensor(np.concatenate([e.pixels for e in eps])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    p_list = []
+    for _ in range(16):  # VAE-sized batches of frames drawn across episodes
+        take = torch.as_tensor(rng.choice(len(frames), size=min(32, len(frames)), replace=False))
+        p_list.append(float(foreground_mask(frames[take]).mean()))
+    p = max(float(np.mean(p_list)), 1e-4)
+    q_list, step_px = [], []
+    for e in eps:
+        x = torch.as_tensor(e.pixels).permute(0, 3, 1, 2).float() / 127.5 - 1  # (T, 3, H, W)
+        moved = ((x[1:] - x[:-1]).abs().amax(1, keepdim=True) > 0.05).float()  # (T-1, 1, H, W)
+        step_px.append(float(moved.mean()))
+        blocks = F.max_pool2d(moved, latent_factor)  # (T-1, 1, h, w)
+        q_list.append(float(F.max_pool2d(blocks, 3, stride=1, padding=1).mean()))
+    q = max(float(np.mean(q_list)), 1e-4)
+    s, sm = float(recipe.fg_share), float(recipe.motion_share)
+    fg = s / (1 - s) * (1 - p) / p
+    mw = sm / (1 - sm) * (1 - q) / q - 1
+    out = {
+        "stats": {"episodes_measured": len(eps), "foreground_pixel_fraction": p, "moving_latent_fraction": q,
+                  "moving_pixels_per_step": float(np.mean(step_px))},
+        "fg_weight": float(np.clip(fg, 0.0, 500.0)) if recipe.fg_weight == "auto" else float(recipe.fg_weight),
+        "motion_weight": float(np.clip(mw, 0.0, 50.0)) if recipe.motion_weight == "auto" else float(recipe.motion_weight),
+        "num_context": int(recipe.num_context),
+        "sampler_timesteps": float(recipe.sampler_timesteps),
+        "probe_imagined": bool(recipe.probe_imagined),
+    }
+    return out
+
+
+# ----------------------------------------------------------------------------- the fit
+class Fit:
+    """One ``sfplan fit`` run (see the module docstring); ``run()`` -> the fit summary."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.out = Path(str(cfg.out)).expanduser()
+        self.work = self.out / "work"
+        self.model_dir = self.out / "model"
+        self.budget_s = float(cfg.minutes) * 60.0
+        self.env_id = str(cfg.env.id)
+        self.env_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.env.kwargs, resolve=True).items()
+                           if k != "goal"}
+        self.toy = str(cfg.size) == "toy"
+
+    # ---- helpers
+    def share_s(self, stage: str) -> float:
+        return self.budget_s * float(self.cfg.shares[stage])
+
+    def _env_overrides(self) -> list[str]:
+        return [f"env.id={self.env_id}", *(f"env.kwargs.{k}={json.dumps(v)}" for k, v in self.env_kwargs.items())]
+
+    def _train_overrides(self, stage: str) -> list[str]:
+        return [f"stage={stage}", f"data.path={self.work / 'data'}", f"latent_cache_dir={self.work / 'cache'}",
+                f"device={self.cfg.device}", f"progress={str(bool(self.cfg.progress)).lower()}", f"seed={self.cfg.seed}",
+                *(TOY[stage] if self.toy else [])]
+
+    def _check(self) -> dict:
+        """The env, made once and checked before anything slow (exit 2 with the fix)."""
+        from sfplan.envs.spec import can_label_states, check_goal_image_env, make_env
+
+        if not float(self.cfg.minutes) > 0:
+            raise UserError(f"minutes={self.cfg.minutes}: the whole budget in minutes, > 0 (3 gives a complete, "
+                            f"poor, model dir; 30 a usable one on a 2-core CPU)")
+        if abs(sum(float(v) for v in self.cfg.shares.values()) - 1.0) > 1e-6:
+            raise UserError(f"shares must add up to 1, got {dict(self.cfg.shares)}")
+        if not 0 <= int(self.cfg.seed) < 100000:
+            raise UserError(f"seed={self.cfg.seed}: collection seeds stay below 100000 (evaluation seeds start there)")
+        if str(self.cfg.size) not in ("default", "toy"):
+            raise UserError(f"size={self.cfg.size!r}: default or toy")
+        env = make_env(self.env_id, **self.env_kwargs)
+        try:
+            got = check_goal_image_env(env, self.env_id)
+            inner = env.unwrapped
+            got["can_label_states"] = can_label_states(env)
+            got["cloneable"] = all(hasattr(inner, m) for m in ("get_state", "set_state", "sim_step")) and \
+                bool(getattr(inner, "is_mujoco", True))
+        finally:
+            env.close()
+        return got
+
+    # ---- stages
+    def collect(self, st: FitState) -> None:
+        from sfplan.data import EpisodeDataset
+        from sfplan.data.collect import collect
+
+        c, rec = self.cfg.collect, st.stage("collect")
+        data = self.work / "data"
+        limit = st.data["env_check"]["max_episode_steps"]
+        steps = int(min(int(c.steps), limit)) if limit else int(c.steps)
+
+        def have() -> int:
+            if not data.is_dir() or not any(data.glob("*.h5")):
+                return 0
+            with EpisodeDataset(data) as ds:
+                return len(ds)
+
+        kw = dict(steps=steps, policy=str(c.policy), seed=int(self.cfg.seed), progress=bool(self.cfg.progress))
+        t0 = time.perf_counter()
+        if "episodes" not in rec:  # the pilot: one process, timed, sizes the rest
+            n0 = have()
+            pilot = int(c.pilot_episodes)
+            tp = time.perf_counter()
+            if n0 < pilot:
+                collect(data, self.env_id, self.env_kwargs, episodes=pilot - n0, workers=1, append=n0 > 0, **kw)
+            per_episode = (time.perf_counter() - tp) / max(1, pilot - n0) if n0 < pilot else 0.05
+            workers = max(1, min(int(c.workers), os.cpu_count() or 1))
+            rate = workers * 0.8 / max(per_episode, 1e-3)  # episodes/s with the workers (spawn overhead: 0.8)
+            rec.update(steps=steps, pilot_s_per_episode=per_episode, workers=workers,
+                       episodes=int(np.clip(rate * self.share_s("collect"), int(c.min_episodes), int(c.max_episodes))))
+            st.save()
+        missing = int(rec["episodes"]) - have()
+        if missing > 0:
+            collect(data, self.env_id, self.env_kwargs, episodes=missing, workers=int(rec["workers"]), append=True,
+                    **kw)
+        with EpisodeDataset(data) as ds:
+            rec.update(dataset_episodes=len(ds), dataset_steps=int(ds.num_steps),
+                       dataset_mb=sum(f.stat().st_size for f in data.glob("*.h5")) / 2**20)
+        rec["wall_s"] = rec.get("wall_s", 0.0) + time.perf_counter() - t0
+        rec["status"] = "done"
+        st.save()
+
+    def recipe(self, st: FitState) -> None:
+        from sfplan.data import EpisodeDataset
+
+        with EpisodeDataset(self.work / "data") as ds:
+            st.data["recipe"] = derive_recipe(ds, self.cfg.recipe, seed=int(self.cfg.seed))
+        st.save()
+
+    def _stage_overrides(self, stage: str, st: FitState) -> list[str]:
+        r = st.data["recipe"]
+        if stage == "vae":
+            return [f"model.fg_weight={r['fg_weight']:.4g}"]
+        if stage == "dynamics":
+            return [f"vae={self.work / 'runs' / 'vae' / 'model'}", f"motion_weight={r['motion_weight']:.4g}",
+                    f"num_context={r['num_context']}", f"sampler_timesteps={r['sampler_timesteps']}"]
+        extra = [f"vae={self.model_dir}", f"attach_to={self.model_dir}"]
+        if stage == "probe":
+            extra += [f"imagined={str(r['probe_imagined']).lower()}",
+                      f"imagined_stride={st.stage('probe').get('imagined_stride', 4)}"]
+        return extra
+
+    def _calibrate(self, stage: str, overrides: list[str]) -> tuple[float, float]:
+        """A few steps of the real stage in a scratch run -> (steps/s, setup + steps wall s)."""
+        from sfplan.config import load_config
+        from sfplan.training import run_train
+
+        scratch = self.work / "calibrate" / stage
+        shutil.rmtree(scratch, ignore_errors=True)
+        t0 = time.perf_counter()
+        ov = [*overrides, f"out_dir={scratch}", f"steps={CALIBRATION_STEPS}", "checkpoint_every=100000",
+              "val_every=0", "sample_every=0", "tensorboard=false", "progress=false", "warmup_steps=0"]
+        if stage == "probe":
+            ov.append("imagined=false")
+        r = run_train(load_config("train", ov))
+        wall = time.perf_counter() - t0
+        shutil.rmtree(scratch, ignore_errors=True)
+        return float(r.get("steps_per_s") or 1.0), wall
+
+    def train(self, stage: str, st: FitState) -> None:
+        from sfplan.config import load_config
+        from sfplan.training import run_train
+
+        rec = st.stage(stage)
+        base = [*self._train_overrides(stage), *self._stage_overrides(stage, st)]
+        t0 = time.perf_counter()
+        if "steps" not in rec:
+            rate, cal_wall = self._calibrate(stage, base)
+            avail = self.share_s(stage) - cal_wall
+            if stage == "probe" and st.data["recipe"]["probe_imagined"]:
+                avail = self._plan_imagination(st, avail)
+                base = [*self._train_overrides(stage), *self._stage_overrides(stage, st)]
+            default_steps = int(load_config("train", [f"stage={stage}", "data.path=x"]).steps)
+            steps = int(np.clip(rate * max(avail, 0.0) * 0.9, 20, default_steps))
+            if self.toy:
+                steps = min(steps, TOY_MAX_STEPS)
+            rec.update(steps=steps, calibrated_steps_per_s=rate, calibration_s=cal_wall)
+            st.save()
+        steps = int(rec["steps"])
+        warm = int(load_config("train", [f"stage={stage}", "data.path=x"]).warmup_steps)
+        ov = [*base, f"out_dir={self.work / 'runs' / stage}", f"steps={steps}",
+              f"warmup_steps={min(warm, max(1, steps // 10))}", f"checkpoint_every={max(10, steps // 4)}",
+              f"val_every={steps}", f"sample_every={steps}", "tensorboard=true"]
+        r = run_train(load_config("train", ov), command="sfplan train " + " ".join(ov))
+        if r.get("stopped"):
+            raise UserError(f"the {stage} stage stopped at step {r['step']}: run the same sfplan fit command again "
+                            f"to resume")
+        rec.update(wall_s=rec.get("wall_s", 0.0) + time.perf_counter() - t0, steps_per_s=r.get("steps_per_s"),
+                   final_loss=(r.get("last_train") or {}).get("loss"), val=r.get("last_val"),
+                   sample=r.get("last_sample"), status="done")
+        if stage == "dynamics":
+            self._assemble(Path(r["model"]))
+        st.save()
+
+    def _plan_imagination(self, st: FitState, avail: float) -> float:
+        """The probe's imagined clips (one per ``imagined_stride`` steps of each training
+        episode) get at most 40% of its budget; the time per clip is estimated from the
+        dynamics stage's calibrated rate (a clip: 2 sampler forwards, a training step: a
+        forward and a backward, about 3 forwards, of a batch of 16 clips)."""
+        dyn = st.stage("dynamics")
+        per_clip = 2.0 / 3.0 / (float(dyn.get("calibrated_steps_per_s", 1.0)) * 16)
+        train_steps = st.stage("collect")["dataset_steps"] * 0.9
+        stride = max(4, math.ceil(train_steps * per_clip / max(0.4 * avail, 1e-6)))
+        st.stage("probe").update(imagined_stride=stride, imagined_clips_est=int(train_steps / stride),
+                                 imagined_s_est=train_steps / stride * per_clip)
+        return avail - train_steps / stride * per_clip
+
+    def _assemble(self, dyn_model: Path) -> None:
+        """OUT/model: the dynamics run's world model (VAE + diffusion + scheduler), copied
+        through a temp folder and renamed into place."""
+        tmp = self.out / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(dyn_model, tmp)
+        shutil.rmtree(self.model_dir, ignore_errors=True)
+        os.replace(tmp, self.model_dir)
+
+    def quality(self, st: FitState) -> None:
+        from sfplan.data import EpisodeDataset
+        from sfplan.eval.quality import held_out_quality
+        from sfplan.world_model.learned import load_world_model
+
+        wm = load_world_model(str(self.model_dir), device=str(self.cfg.device), return_frames="all")
+        with EpisodeDataset(self.work / "data") as ds:
+            _, val = ds.split(0.1)
+            eps = [val[i] for i in range(min(32, len(val)))]
+            st.data["quality"] = held_out_quality(wm, eps)
+        st.save()
+
+    def evaluate(self, st: FitState) -> None:
+        from sfplan.config import load_config
+        from sfplan.eval.main import run_eval
+
+        e, rec = self.cfg.eval, st.stage("eval")
+        names = [b for b in e.baselines if b != "oracle" or st.data["env_check"]["cloneable"]]
+        rec.setdefault("skipped", [b for b in e.baselines if b not in names])
+        per = {"learned": ["world_model=learned", f"world_model.path={self.model_dir}"],
+               "oracle": ["world_model=oracle"], "random": ["planner=random"]}
+        shares = {"learned": 0.6, "oracle": 0.3, "random": 0.1}
+        n = int(e.episodes)
+        results = rec.setdefault("results", {})
+        for name in names:
+            out = self.out / "eval" / name
+            if name not in results:
+                ov = [*self._env_overrides(), *per[name], f"episodes={n}", f"seed={int(e.seed)}", f"out_dir={out}",
+                      f"goal={self.cfg.goal}", f"device={self.cfg.device}", "max_gifs=4",
+                      f"progress={str(bool(self.cfg.progress)).lower()}",
+                      f"time_limit_s={max(1.0, self.share_s('eval') * shares[name]):.1f}"]
+                rep = run_eval(load_config("eval", ov))
+                s = rep["summary"]
+                results[name] = {"successes": s["successes"], "episodes": s["episodes"],
+                                 "success_rate": s["success_rate"], "ci95": s["success_rate_ci95"],
+                                 "plan_time_per_decision_s": s["plan_time_per_decision_s"],
+                                 "report": str(out.relative_to(self.out) / "report.md")}
+                st.save()
+            if name == "learned":
+                n = int(results["learned"]["episodes"])  # the others run the same seeds
+        rec["status"] = "done"
+        st.save()
+
+    # ---- driver
+    def run(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        st = FitState(self.out / "fit.json", {"env": {"id": self.env_id, "kwargs": self.env_kwargs},
+                                              "minutes": float(self.cfg.minutes), "size": str(self.cfg.size)})
+        if st.data["env"] != {"id": self.env_id, "kwargs": self.env_kwargs}:
+            raise UserError(f"{self.out} holds a fit of {st.data['env']}, not of {self.env_id} {self.env_kwargs}: "
+                            f"choose another out=")
+        st.data["env_check"] = self._check()
+        st.data.setdefault("hardware", hardware())
+        st.save()
+        t0 = time.perf_counter()
+        if not st.done("collect"):
+            self.collect(st)
+        if "recipe" not in st.data:
+            self.recipe(st)
+        for stage in ("vae", "dynamics"):
+            if not st.done(stage):
+                self.train(stage, st)
+        if not st.done("probe"):
+            if st.data["env_check"]["can_label_states"]:
+                self.train("probe", st)
+            else:
+                st.stage("probe").update(status="skipped", why="the env reports no goal descriptor of a state "
+                                         "(GoalImageWrapper(descriptor_fn=...) on a MuJoCo env gives one); the "
+                                         "learned planner scores with the image cost")
+                st.save()
+        if not st.done("idm"):
+            self.train("idm", st)
+        if "quality" not in st.data:
+            self.quality(st)
+        if not st.done("eval"):
+            self.evaluate(st)
+        st.data["wall_s_this_run"] = time.perf_counter() - t0
+        st.save()
+        write_fit_card(self.out, st.data)
+        return st.data
+
+
+def hardware() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        flags = Path("/proc/cpuinfo").read_text()
+        isa = "AVX512-BF16" if "avx512_bf16" in flags else ("AVX2" if "avx2" in flags else "")
+    except OSError:
+        isa = ""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "torch": torch.__version__}
+
+
+def write_fit_card(out: Path, s: dict) -> Path:
+    """``OUT/model/README.md``: the model card of a fit, generated from ``fit.json``."""
+    st, r, hw = s["stages"], s.get("recipe", {}), s.get("hardware", {})
+    env = s["env"]
+    spec = f"env.id={env['id']}" + "".join(f" env.kwargs.{k}={v}" for k, v in env["kwargs"].items())
+    c = st.get("collect", {})
+    lines = [f"# World model for `{env['id']}` (sfplan fit)", "",
+             f"Made by `sfplan fit {spec} out=<this fit> minutes={s['minutes']:g}` (size {s['size']}) on "
+             f"{hw.get('cpu')} ({hw.get('isa') or 'no AVX2'}, {hw.get('cores')} cores"
+             f"{', GPU ' + hw['gpu'] if hw.get('gpu') else ''}), torch {hw.get('torch')}.", "",
+             "Use it: `sfplan eval world_model.path=<this folder>` (the env is recorded here), "
+             "`sfplan generate model=<this folder>`.", "",
+             "## Data", "",
+             f"{c.get('dataset_episodes')} episodes x {c.get('steps')} steps ({c.get('dataset_steps')} steps, "
+             f"{c.get('dataset_mb', 0):.1f} MB), policy correlated random actions; "
+             f"{s.get('env_check', {}).get('image_size')}x{s.get('env_check', {}).get('image_size')} frames.", "",
+             "## Derived settings", "",
+             "| setting | value | from |", "|---|---|---|",
+             f"| VAE fg_weight | {r.get('fg_weight', 0):.1f} | foreground pixels "
+             f"{r.get('stats', {}).get('foreground_pixel_fraction', 0):.4f} of a frame batch |",
+             f"| dynamics motion_weight | {r.get('motion_weight', 0):.1f} | moving latent positions "
+             f"{r.get('stats', {}).get('moving_latent_fraction', 0):.4f} |",
+             f"| num_context | {r.get('num_context')} | recipe |",
+             f"| sampler_timesteps | {r.get('sampler_timesteps')} | recipe |",
+             f"| probe on imagination | {r.get('probe_imagined')} | recipe |", "",
+             "## Stages", "", "| stage | steps | steps/s | wall s | note |", "|---|---|---|---|---|"]
+    for name in STAGES:
+        d = st.get(name, {})
+        if not d:
+            continue
+        note = d.get("why", "") if d.get("status") == "skipped" else (
+            f"final loss {d['final_loss']:.4g}" if d.get("final_loss") is not None else "")
+        sps = d.get("steps_per_s")
+        lines.append(f"| {name} | {d.get('steps', d.get('dataset_episodes', ''))} | "
+                     f"{f'{sps:.2f}' if sps else ''} | {d.get('wall_s', 0):.0f} | {note} |")
+    q = s.get("quality", {})
+    if "psnr" in q:
+        lines += ["", f"## Held-out quality ({q['episodes']} episodes, one chunk of {q['chunk']} steps)", "",
+                  "| | PSNR dB | object PSNR dB |", "|---|---|---|",
+                  *(f"| {k.replace('_', ' ')} | {q['psnr'][k]:.2f} | {q['object_psnr'][k]:.2f} |"
+                    for k in ("model", "copy_last", "shuffled_actions")),
+                  "", f"Action adherence (object PSNR, true minus shuffled actions): {q['adherence_margin_db']:+.2f} dB."]
+    ev = st.get("eval", {}).get("results", {})
+    if ev:
+        lines += ["", "## Planning (CEM, evaluation seeds from 100000)", "",
+                  "| world model | success | 95% CI | plan s / decision |", "|---|---|---|---|"]
+        for name, d in ev.items():
+            lo, hi = d["ci95"]
+            lines.append(f"| {name} | {d['successes']}/{d['episodes']} | {lo:.0%}-{hi:.0%} | "
+                         f"{d['plan_time_per_decision_s']:.2f} |")
+        if st["eval"].get("skipped"):
+            lines.append(f"\nNot run: {', '.join(st['eval']['skipped'])} (the env cannot be cloned).")
+    path = out / "model" / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_fit(cfg: DictConfig) -> dict:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("sfplan fit collects and evaluates in one process: run it plainly, or run its training "
+                        "stages under DDP with `accelerate launch -m sfplan.cli train ...` (see README, Training)")
+    return Fit(cfg).run()
+
+
+__all__ = ["run_fit", "derive_recipe", "Fit", "write_fit_card"]
