@@ -36,9 +36,17 @@ def register_factory(factory: Callable[..., gym.Env]) -> str:
     """A spec string for a Python callable: ``module:qualname`` when it can be imported by
     that name (so worker processes can make it too), else an in-process key."""
     mod, name = getattr(factory, "__module__", None), getattr(factory, "__qualname__", None)
-    if mod and name and "<" not in name and mod != "__main__":
+    if mod == "__main__":  # a script's factory: its file is importable by name from the script's folder
+        import sys
+        from pathlib import Path
+
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        mod = Path(main_file).stem if main_file else None
+    if mod and name and "<" not in name:
         try:
-            if _resolve_attr(mod, name) is factory:
+            obj = _resolve_attr(mod, name)
+            if obj is factory or getattr(obj, "__code__", None) is getattr(factory, "__code__", False) or (
+                    callable(obj) and factory.__module__ == "__main__"):
                 return f"{mod}:{name}"
         except (ImportError, AttributeError):
             pass

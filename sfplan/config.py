@@ -37,7 +37,7 @@ def load_config(name: str, overrides: list[str] | None = None) -> DictConfig:
             for k, v in model_env_kwargs(name, overrides).items():
                 if not any(o.split("=", 1)[0].lstrip("+") == f"env.kwargs.{k}" for o in overrides):
                     cfg.env.kwargs[k] = v
-    if "env" in cfg and cfg.env.get("budget") == "auto":
+    if "env" in cfg and _has_auto(cfg.env):
         derive_env_settings(cfg)
     try:
         OmegaConf.to_container(cfg, resolve=True)
@@ -124,6 +124,11 @@ def _env_overrides(name: str, overrides: list[str]) -> tuple[list[str], DictConf
     return overrides, None
 
 
+def _has_auto(env: DictConfig) -> bool:
+    rows = env.get("search") or {}
+    return env.get("budget") == "auto" or any(v == "auto" for row in rows.values() for v in row.values())
+
+
 def derive_env_settings(cfg: DictConfig) -> None:
     """Fill the ``auto`` settings of ``env=custom`` from the env itself (made once here, so a
     bad env fails with its fix before anything slow) and from the world model dir:
@@ -148,13 +153,15 @@ def derive_env_settings(cfg: DictConfig) -> None:
         p = Path(str(wm.path)).expanduser()
         model_dir = p if (p / "world_model.json").is_file() else p / "model"
     with open_dict(cfg):
-        cfg.env.budget = derived_budget(got["max_episode_steps"])
+        if cfg.env.get("budget") == "auto":
+            cfg.env.budget = derived_budget(got["max_episode_steps"])
         row = cfg.env.search.learned
+        chunk = 8
+        if model_dir is not None and (model_dir / "world_model.json").is_file():
+            chunk = int(json.loads((model_dir / "world_model.json").read_text()).get("chunk_size", 8))
         if row.get("horizon") == "auto":
-            chunk = 8
-            if model_dir is not None and (model_dir / "world_model.json").is_file():
-                chunk = int(json.loads((model_dir / "world_model.json").read_text()).get("chunk_size", 8))
             row.horizon = chunk
+        if row.get("execute") == "auto":
             row.execute = max(1, chunk // 2)
         if row.get("cost") == "auto":
             row.cost = "probe" if model_dir is not None and (model_dir / "probe" / "config.json").is_file() \

@@ -141,8 +141,16 @@ class Fit:
         self.toy = str(cfg.size) == "toy"
 
     # ---- helpers
-    def share_s(self, stage: str) -> float:
-        return self.budget_s * float(self.cfg.shares[stage])
+    def share_s(self, stage: str, st: FitState | None = None) -> float:
+        """Seconds for ``stage``: its share of what the finished stages left of the budget
+        (time a fast stage saved goes to the later ones), or of the whole budget without ``st``."""
+        sh = {k: float(v) for k, v in self.cfg.shares.items()}
+        if st is None:
+            return self.budget_s * sh[stage]
+        done = [k for k in sh if st.done(k) and k != stage]
+        spent = sum(float(st.stage(k).get("wall_s", 0.0)) for k in done)
+        left = sum(v for k, v in sh.items() if k not in done)
+        return max(0.0, self.budget_s - spent) * sh[stage] / max(left, 1e-9)
 
     def _env_overrides(self) -> list[str]:
         return [f"env.id={self.env_id}", *(f"env.kwargs.{k}={json.dumps(v)}" for k, v in self.env_kwargs.items())]
@@ -263,7 +271,7 @@ class Fit:
         t0 = time.perf_counter()
         if "steps" not in rec:
             rate, cal_wall = self._calibrate(stage, base)
-            avail = self.share_s(stage) - cal_wall
+            avail = self.share_s(stage, st) - cal_wall
             if stage == "probe" and st.data["recipe"]["probe_imagined"]:
                 avail = self._plan_imagination(st, avail)
                 base = [*self._train_overrides(stage), *self._stage_overrides(stage, st)]
@@ -328,6 +336,7 @@ class Fit:
         from sfplan.eval.main import run_eval
 
         e, rec = self.cfg.eval, st.stage("eval")
+        t0 = time.perf_counter()
         names = [b for b in e.baselines if b != "oracle" or st.data["env_check"]["cloneable"]]
         rec.setdefault("skipped", [b for b in e.baselines if b not in names])
         per = {"learned": ["world_model=learned", f"world_model.path={self.model_dir}"],
@@ -341,7 +350,9 @@ class Fit:
                 ov = [*self._env_overrides(), *per[name], f"episodes={n}", f"seed={int(e.seed)}", f"out_dir={out}",
                       f"goal={self.cfg.goal}", f"device={self.cfg.device}", "max_gifs=4",
                       f"progress={str(bool(self.cfg.progress)).lower()}",
-                      f"time_limit_s={max(1.0, self.share_s('eval') * shares[name]):.1f}"]
+                      f"time_limit_s={max(1.0, rec.setdefault('seconds', self.share_s('eval', st)) * shares[name]):.1f}"]
+                if e.get("budget") is not None:
+                    ov.append(f"budget={int(e.budget)}")
                 rep = run_eval(load_config("eval", ov))
                 s = rep["summary"]
                 results[name] = {"successes": s["successes"], "episodes": s["episodes"],
@@ -351,6 +362,7 @@ class Fit:
                 st.save()
             if name == "learned":
                 n = int(results["learned"]["episodes"])  # the others run the same seeds
+        rec["wall_s"] = rec.get("wall_s", 0.0) + time.perf_counter() - t0
         rec["status"] = "done"
         st.save()
 

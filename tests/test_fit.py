@@ -1,0 +1,219 @@
+"""Bring your own env: an env sfplan does not ship (tests/user_env/puck_env.py), named as
+`module:callable` or as the Gymnasium id its module registers, through `sfplan fit` ->
+`sfplan eval` -> `sfplan generate` at toy size; the env contract's errors; the derived
+recipe; the Python entry points; DDP training with two CPU processes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from sfplan.cli import main
+from sfplan.config import load_config
+from sfplan.errors import UserError
+
+USER_ENV = Path(__file__).parent / "user_env"
+TOY_FIT = ["size=toy", "progress=false", "minutes=0.5", "collect.pilot_episodes=3", "collect.min_episodes=6",
+           "collect.max_episodes=8", "collect.steps=10", "collect.workers=1", "eval.episodes=1", "eval.budget=4",
+           "device=cpu"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "user_env_on_path")  # conftest.py
+
+
+@pytest.fixture(scope="module")
+def user_env_on_path():
+    sys.path.insert(0, str(USER_ENV))
+    yield
+    sys.path.remove(str(USER_ENV))
+
+
+@pytest.fixture(scope="module")
+def puck_fit(tmp_path_factory, user_env_on_path, one_torch_thread) -> Path:
+    """A toy `sfplan fit` of the user env named as module:callable."""
+    out = tmp_path_factory.mktemp("fit") / "puck"
+    assert main(["fit", "env.id=puck_env:make_puck", f"out={out}", *TOY_FIT]) == 0
+    return out
+
+
+# ----------------------------------------------------------------------------- env specs
+def test_every_form_of_env_spec_makes_the_same_task():
+    from sfplan.envs import check_goal_image_env, make_env
+
+    for spec in ("puck_env:make_puck", "puck_env:PuckArena-v0", "sfplan/Reacher-v0"):
+        env = make_env(spec)
+        try:
+            got = check_goal_image_env(env, spec)
+        finally:
+            env.close()
+        assert got["image_size"] == 64 and len(got["action_low"]) == 2
+    env = make_env("puck_env:make_puck")
+    assert check_goal_image_env(env, "x")["max_episode_steps"] == 60  # the TimeLimit inside the wrapper
+    env.close()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("bad_envs:make_discrete", "Discrete; sfplan's planners search continuous actions"),
+    ("bad_envs:make_no_pixels", "has no 'pixels' image; wrap it"),
+    ("bad_envs:make_raises", "the factory raised RuntimeError: the robot is not connected"),
+    ("bad_envs:make_not_an_env", "returned int, not a gymnasium.Env"),
+    ("no_such_module_xyz:make", "cannot import module 'no_such_module_xyz'"),
+    ("puck_env:NoSuchEnv-v0", "cannot make env"),
+])
+def test_a_bad_env_stops_every_command_before_work_with_its_fix(spec, message, tmp_path, capsys):
+    for cmd in (["fit", f"out={tmp_path / 'f'}", *TOY_FIT], ["eval", "world_model=oracle", "progress=false"],
+                ["collect", f"out={tmp_path / 'd'}", "episodes=1", "workers=1", "progress=false"]):
+        assert main([cmd[0], f"env.id={spec}", *cmd[1:]]) == 2, cmd[0]
+        assert message in capsys.readouterr().err, cmd[0]
+    assert not (tmp_path / "d").exists() and not (tmp_path / "f" / "work").exists()
+
+
+def test_an_env_sfplan_does_not_ship_gets_settings_from_itself_not_reacher():
+    cfg = load_config("eval", ["env.id=puck_env:make_puck"])
+    assert cfg.env.budget == 60  # its TimeLimit
+    assert cfg.env.search.learned.cost == "multiscale"  # no model dir with a probe: not Reacher's probe row
+    assert cfg.planner.horizon == 8 and cfg.execute == 4  # the learned row: one chunk of the default model
+    oracle = load_config("eval", ["env.id=puck_env:make_puck", "world_model=oracle"])
+    assert oracle.planner.horizon == oracle.env.search.oracle.horizon
+    # an id that a shipped task config names composes that config
+    assert load_config("eval", ["env.id=sfplan/PointMazeUMaze-v0"]).env.budgets.near == 25
+
+
+def test_a_users_own_env_yaml_is_merged_over_the_custom_config(tmp_path):
+    f = tmp_path / "puck.yaml"
+    f.write_text("id: puck_env:make_puck\nbudget: 30\nsearch:\n  learned: {num_samples: 16}\n")
+    cfg = load_config("eval", [f"env={f}"])
+    assert cfg.env.budget == 30 and cfg.planner.num_samples == 16 and cfg.env.search.learned.horizon == 8
+    with pytest.raises(UserError, match="no such file"):
+        load_config("eval", [f"env={tmp_path / 'nope.yaml'}"])
+
+
+# ----------------------------------------------------------------------------- fit -> eval -> generate
+def test_fit_writes_a_complete_model_dir_with_card_and_eval(puck_fit):
+    s = json.loads((puck_fit / "fit.json").read_text())
+    assert all(s["stages"][k]["status"] == "done" for k in ("collect", "vae", "dynamics", "probe", "idm", "eval"))
+    wm = json.loads((puck_fit / "model" / "world_model.json").read_text())
+    assert wm["env"]["id"] == "puck_env:make_puck"
+    for part in ("vae", "diffusion", "scheduler", "probe", "idm"):
+        assert (puck_fit / "model" / part).is_dir(), part
+    r = s["recipe"]
+    assert r["fg_weight"] > 1 and r["motion_weight"] > 0  # a small puck: its pixels are weighed up
+    card = (puck_fit / "model" / "README.md").read_text()
+    for words in ("Derived settings", "fg_weight", "Held-out quality", "object PSNR", "| learned |", "| random |",
+                  "| oracle |"):
+        assert words in card, words
+    assert str(puck_fit) not in card  # no machine paths in the card
+    q = s["quality"]
+    assert set(q["object_psnr"]) == {"model", "copy_last", "shuffled_actions"}
+    ev = s["stages"]["eval"]["results"]
+    assert ev["random"]["episodes"] == ev["learned"]["episodes"] >= 1  # the same seeds
+
+
+def test_fit_run_again_resumes_without_redoing_finished_stages(puck_fit, capsys):
+    vae_ckpts = sorted((puck_fit / "work" / "runs" / "vae" / "checkpoints").iterdir())
+    mtimes = [p.stat().st_mtime_ns for p in vae_ckpts]
+    s = json.loads((puck_fit / "fit.json").read_text())
+    del s["stages"]["idm"], s["stages"]["eval"]  # as if killed after the probe
+    (puck_fit / "fit.json").write_text(json.dumps(s))
+    assert main(["fit", "env.id=puck_env:make_puck", f"out={puck_fit}", *TOY_FIT]) == 0
+    s2 = json.loads((puck_fit / "fit.json").read_text())
+    assert s2["stages"]["idm"]["status"] == "done" and s2["stages"]["eval"]["status"] == "done"
+    assert s2["stages"]["vae"] == s["stages"]["vae"]
+    assert [p.stat().st_mtime_ns for p in sorted((puck_fit / "work" / "runs" / "vae" / "checkpoints").iterdir())] \
+        == mtimes
+    # a fit folder of another env is refused
+    assert main(["fit", "env=reacher", f"out={puck_fit}", *TOY_FIT]) == 2
+    assert "holds a fit of" in capsys.readouterr().err
+
+
+def test_eval_and_generate_find_the_env_in_the_model_dir(puck_fit, tmp_path):
+    out = tmp_path / "ev"
+    assert main(["eval", f"world_model.path={puck_fit}", "episodes=1", "budget=3", f"out_dir={out}",
+                 "progress=false", "record=false", "device=cpu"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["meta"]["task"] == "puck_env:make_puck" and rep["meta"]["world_model"] == "SlowFastWorldModel"
+    assert rep["config"]["cost"]["name"] == "probe"  # the fit's model dir has a probe
+    gen = tmp_path / "gen"
+    assert main(["generate", f"model={puck_fit}", "horizon=4", f"out_dir={gen}", "device=cpu"]) == 0
+    m = json.loads((gen / "metrics.json").read_text())
+    assert m["source"]["task"] == "puck_env:make_puck" and len(m["per_step"]["model"]["psnr"]) == 4
+
+
+def test_fit_eval_generate_by_the_gymnasium_id_the_module_registers(tmp_path):
+    out = tmp_path / "puck_id"
+    assert main(["fit", "env.id=puck_env:PuckArena-v0", f"out={out}", *TOY_FIT, "eval.baselines=[random]"]) == 0
+    wm = json.loads((out / "model" / "world_model.json").read_text())
+    assert wm["env"]["id"] == "puck_env:PuckArena-v0"
+    ev = tmp_path / "ev"
+    assert main(["eval", "env.id=puck_env:PuckArena-v0", f"world_model.path={out}", "episodes=1", "budget=3",
+                 f"out_dir={ev}", "progress=false", "record=false", "device=cpu"]) == 0
+    assert json.loads((ev / "report.json").read_text())["meta"]["task"] == "puck_env:PuckArena-v0"
+    assert main(["generate", f"model={out}", "horizon=2", f"out_dir={tmp_path / 'gen'}", "device=cpu"]) == 0
+
+
+# ----------------------------------------------------------------------------- recipe
+def _episodes(side: int, n: int = 6, T: int = 12) -> list:
+    """Synthetic episodes: a side x side white square sliding over a grey 32x32 frame."""
+    rng = np.random.default_rng(0)
+    eps = []
+    for _ in range(n):
+        px = np.full((T, 32, 32, 3), 100, np.uint8)
+        x0, y0 = rng.integers(0, 32 - side - T, 2)
+        for t in range(T):
+            px[t, y0:y0 + side, x0 + t:x0 + t + side] = 255
+        eps.append(SimpleNamespace(pixels=px))
+    return eps
+
+
+def test_derived_weights_follow_the_size_of_what_moves():
+    from omegaconf import OmegaConf
+
+    from sfplan.training.fit import derive_recipe
+
+    rec = OmegaConf.load(Path(__file__).parents[1] / "configs" / "fit.yaml").recipe
+    small, large = derive_recipe(_episodes(2), rec), derive_recipe(_episodes(8), rec)
+    assert small["fg_weight"] > 3 * large["fg_weight"] and small["motion_weight"] > large["motion_weight"]
+    p, w = small["stats"]["foreground_pixel_fraction"], small["fg_weight"]
+    assert w * p / (w * p + 1 - p) == pytest.approx(float(rec.fg_share), abs=1e-6)  # the moving share of the loss
+    fixed = derive_recipe(_episodes(2), OmegaConf.merge(rec, {"fg_weight": 7.0}))
+    assert fixed["fg_weight"] == 7.0
+
+
+# ----------------------------------------------------------------------------- Python entry points
+def test_python_evaluate_takes_a_factory_and_writes_the_cli_report(tmp_path):
+    import sfplan
+    from puck_env import make_puck
+
+    rep = sfplan.evaluate(lambda: make_puck(), planner="random", episodes=2, budget=3, out_dir=str(tmp_path / "r"),
+                          progress=False, record=False)
+    assert rep["summary"]["episodes"] == 2 and (tmp_path / "r" / "report.md").is_file()
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["meta"]["seeds"] == [100000, 100001]
+    rep = sfplan.evaluate(make_puck, planner="random", episodes=1, budget=3, out_dir=str(tmp_path / "n"),
+                          progress=False, record=False)
+    assert rep["meta"]["task"] == "puck_env:make_puck"  # an importable factory is recorded by name
+
+
+# ----------------------------------------------------------------------------- DDP
+def test_ddp_training_with_two_cpu_processes_trains_checkpoints_and_resumes(puck_fit, tmp_path):
+    out = tmp_path / "ddp"
+    args = ["stage=vae", f"data.path={puck_fit / 'work' / 'data'}", f"out_dir={out}", "model.block_out_channels=[8,8,8]",
+            "model.norm_num_groups=4", "batch_size=2", "latent_scale_frames=32", "checkpoint_every=2", "val_every=0",
+            "sample_every=0", "tensorboard=false", "progress=false", "warmup_steps=0", "num_threads=1"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(USER_ENV), os.environ.get("PYTHONPATH", "")])}
+
+    def launch(steps: int) -> dict:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "sfplan.cli", "train", *args, f"steps={steps}"]
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return json.loads((out / "training_summary.json").read_text())
+
+    s = launch(4)
+    assert s["num_processes"] == 2 and s["step"] == 4 and s["resumed_from"] is None
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    s = launch(6)  # the same command with more steps resumes from step 4 under DDP
+    assert s["num_processes"] == 2 and s["step"] == 6 and s["resumed_from"].endswith("step-00000004")
+    assert np.isfinite(s["last_train"]["loss"])
