@@ -14,13 +14,14 @@ USAGE_OVERRIDES = "Hydra overrides, e.g. env=pointmaze_umaze planner=mppi episod
 
 def _compose(name: str, args: argparse.Namespace):
     """Compose ``configs/<name>.yaml`` with the command's overrides; with ``--cfg``, print
-    it and return None (the command then stops)."""
+    it and return None (the command then stops). A required value left unset is an error."""
     cfg = load_config(name, args.overrides)
     if args.cfg:
         from omegaconf import OmegaConf
 
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return None
+    require_complete(cfg, name)
     return cfg
 
 
@@ -28,7 +29,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     cfg = _compose("eval", args)
     if cfg is None:
         return 0
-    require_complete(cfg, "eval")
     from sfplan.eval.main import run_eval
 
     report = run_eval(cfg)
@@ -77,7 +77,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _compose("train", args)
     if cfg is None:
         return 0
-    require_complete(cfg, "train")
     from sfplan.training import run_train
 
     r = run_train(cfg, command=" ".join(["sfplan train", *map(shlex.quote, args.overrides)]))
@@ -100,7 +99,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     cfg = _compose("fit", args)
     if cfg is None:
         return 0
-    require_complete(cfg, "fit")
     from sfplan.training.fit import run_fit
 
     s = run_fit(cfg)
@@ -117,7 +115,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     cfg = _compose("generate", args)
     if cfg is None:
         return 0
-    require_complete(cfg, "generate")
     from sfplan.generate import run_generate
 
     r = run_generate(cfg)
@@ -144,25 +141,31 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print("Tasks (gymnasium ids; `sfplan eval env=<config>`):")
     for tid, desc in TASKS.items():
         print(f"  {tid:28s} {desc}")
+    print("Your own env: env.id=<a Gymnasium id your package registers, e.g. my_pkg:MyEnv-v0> or "
+          "env.id=<module:callable returning a GoalImageWrapper>; sfplan fit env.id=... out=DIR makes its world model")
     for group, what in (("env", "Task configs"), ("planner", "Planners"), ("world_model", "World models"),
                         ("cost", "Costs")):
         print(f"{what} ({group}=...): {', '.join(config_options(group))}")
     return 0
 
 
+def _config_command(sub, name: str, help: str, example: str, func) -> None:
+    """A subcommand that composes ``configs/<name>.yaml`` with ``key=value`` overrides."""
+    c = sub.add_parser(name, help=help)
+    c.add_argument("overrides", nargs="*", help=f"Hydra overrides, e.g. {example}")
+    c.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    c.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sfplan", description="Long-horizon visual planning with a learned video "
                                 "world model (SlowFast-VGen).")
     sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("eval", help="MPC toward goal images on a task; writes a success-rate report")
-    e.add_argument("overrides", nargs="*", help=USAGE_OVERRIDES)
-    e.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-    e.set_defaults(func=_cmd_eval)
-    c = sub.add_parser("collect", help="roll out exploration policies on a task; writes an episode dataset")
-    c.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. env=pusher policy=goal episodes=500 workers=4 "
-                   "out=data/pusher")
-    c.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-    c.set_defaults(func=_cmd_collect)
+    _config_command(sub, "eval", "MPC toward goal images on a task; writes a success-rate report",
+                    "env=pointmaze_umaze planner=mppi episodes=50 device=cpu (env.id=my_tasks:make_task for your "
+                    "own env)", _cmd_eval)
+    _config_command(sub, "collect", "roll out exploration policies on a task; writes an episode dataset",
+                    "env=pusher policy=goal episodes=500 workers=4 out=data/pusher", _cmd_collect)
     d = sub.add_parser("data", help="inspect or import episode datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     di = dsub.add_parser("info", help="summarise a dataset (episodes, steps, image size, env, policy, actions)")
@@ -174,23 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--env-id", default=None, help="task id to record (default: the Minari env spec's id)")
     dm.add_argument("--append", action="store_true", help="add to an existing dataset directory")
     d.set_defaults(func=_cmd_data)
-    t = sub.add_parser("train", help="train the learned world model: stage=vae, then stage=dynamics "
-                         "(and stage=idm for planner=video_plan, stage=probe for cost=probe)")
-    t.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. stage=vae data.path=data/Reacher-v0 steps=5000 "
-                   "(stage=dynamics, idm and probe also need vae=<vae run>/model)")
-    t.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-    t.set_defaults(func=_cmd_train)
-    f = sub.add_parser("fit", help="from an env to a planning world model in one command: collect, train every "
-                       "stage, card, eval (resumes when run again)")
-    f.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. env.id=my_tasks:make_puck out=models/puck "
-                   "minutes=30")
-    f.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-    f.set_defaults(func=_cmd_fit)
-    g = sub.add_parser("generate", help="roll out a long video with a learned world model; PSNR/SSIM per step")
-    g.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=<run>/model data=data/Reacher-v0 "
-                   "episode=3 (or image=start.png actions=actions.npy)")
-    g.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-    g.set_defaults(func=_cmd_generate)
+    _config_command(sub, "train", "train the learned world model: stage=vae, then stage=dynamics (and stage=idm "
+                    "for planner=video_plan, stage=probe for cost=probe)",
+                    "stage=vae data.path=data/Reacher-v0 steps=5000 (stage=dynamics, idm and probe also need "
+                    "vae=<vae run>/model)", _cmd_train)
+    _config_command(sub, "fit", "from an env to a planning world model in one command: collect, train every "
+                    "stage, card, eval (resumes when run again)",
+                    "env.id=my_tasks:make_puck out=models/puck minutes=30", _cmd_fit)
+    _config_command(sub, "generate", "roll out a long video with a learned world model; PSNR/SSIM per step",
+                    "model=<run>/model data=data/Reacher-v0 episode=3 (or image=start.png actions=actions.npy)",
+                    _cmd_generate)
     i = sub.add_parser("info", help="list registered tasks, planners, world models and costs")
     i.set_defaults(func=_cmd_info)
     return p

@@ -490,7 +490,7 @@ def run_collect(cfg) -> dict:
         env_kwargs["image_size"] = int(c["image_size"])
     policies = c.get("policies") or {}
     policy = str(c["policy"])
-    out = c.get("out") or os.path.join("data", c["env"]["id"].split("/")[-1])
+    out = c.get("out") or os.path.join("data", c["env"]["id"].split("/")[-1].replace(":", "_"))
     return collect(
         out, c["env"]["id"], env_kwargs,
         episodes=int(c["episodes"]), steps=int(c["steps"]), policy=policy,

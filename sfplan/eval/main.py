@@ -135,7 +135,7 @@ def run_eval(cfg: DictConfig) -> dict:
     seeds = [int(cfg.seed) + i for i in range(int(cfg.episodes))]
     jobs = min(jobs, len(seeds))
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("outputs/eval") / (
-        f"{time.strftime('%Y%m%d-%H%M%S')}_{cfg.env.id.split('/')[-1]}_{planner_cls.__name__}"
+        f"{time.strftime('%Y%m%d-%H%M%S')}_{cfg.env.id.split('/')[-1].replace(':', '_')}_{planner_cls.__name__}"
     )
     t0 = time.perf_counter()
     if jobs > 1:

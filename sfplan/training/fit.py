@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -406,16 +405,9 @@ class Fit:
 
 
 def hardware() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = Path("/proc/cpuinfo").read_text()
-        isa = "AVX512-BF16" if "avx512_bf16" in flags else ("AVX2" if "avx2" in flags else "")
-    except OSError:
-        isa = ""
+    from sfplan.training.trainer import cpu_info
+
+    cpu, isa = cpu_info()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
             "torch": torch.__version__}

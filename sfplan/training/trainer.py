@@ -90,16 +90,24 @@ def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float):
     return f
 
 
-def hardware_summary(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_info() -> tuple[str, str]:
+    """(CPU model name, the vector ISA that sets its matmul speed: AVX512-BF16 | AVX2 | "")."""
+    cpu, isa = platform.processor() or platform.machine(), ""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    s = f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
+        return cpu, isa
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    isa = "AVX512-BF16" if "avx512_bf16" in text else ("AVX2" if "avx2" in text else "")
+    return cpu, isa
+
+
+def hardware_summary(device: torch.device) -> str:
+    cpu, isa = cpu_info()
+    s = f"{cpu} ({isa or 'no AVX2'}), {os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
     if device.type == "cuda":
         s = f"{torch.cuda.get_device_name(device)} ({s})"
     return s
