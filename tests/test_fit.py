@@ -17,8 +17,8 @@ from sfplan.config import load_config
 from sfplan.errors import UserError
 
 USER_ENV = Path(__file__).parent / "user_env"
-TOY_FIT = ["size=toy", "progress=false", "minutes=0.5", "collect.pilot_episodes=3", "collect.min_episodes=6",
-           "collect.max_episodes=8", "collect.steps=10", "collect.workers=1", "eval.episodes=1", "eval.budget=4",
+TOY_FIT = ["size=toy", "progress=false", "minutes=0.5", "collect.pilot_episodes=3", "collect.min_episodes=24",
+           "collect.max_episodes=24", "collect.steps=10", "collect.workers=1", "eval.episodes=1", "eval.budget=4",
            "device=cpu"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "user_env_on_path")  # conftest.py
@@ -201,7 +201,7 @@ def test_ddp_training_with_two_cpu_processes_trains_checkpoints_and_resumes(puck
     out = tmp_path / "ddp"
     args = ["stage=vae", f"data.path={puck_fit / 'work' / 'data'}", f"out_dir={out}", "model.block_out_channels=[8,8,8]",
             "model.norm_num_groups=4", "batch_size=2", "latent_scale_frames=32", "checkpoint_every=2", "val_every=0",
-            "sample_every=0", "tensorboard=false", "progress=false", "warmup_steps=0", "num_threads=1"]
+            "sample_every=0", "tensorboard=false", "progress=false", "warmup_steps=0", "num_threads=1", "log_every=1"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(USER_ENV), os.environ.get("PYTHONPATH", "")])}
 
     def launch(steps: int) -> dict:

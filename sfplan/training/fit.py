@@ -374,6 +374,7 @@ class Fit:
             raise UserError(f"{self.out} holds a fit of {st.data['env']}, not of {self.env_id} {self.env_kwargs}: "
                             f"choose another out=")
         st.data["env_check"] = self._check()
+        st.data["config"] = OmegaConf.to_container(self.cfg, resolve=True)  # this invocation's shares, recipe, eval
         st.data.setdefault("hardware", hardware())
         st.save()
         t0 = time.perf_counter()
@@ -455,6 +456,8 @@ def write_fit_card(out: Path, s: dict) -> Path:
                   *(f"| {k.replace('_', ' ')} | {q['psnr'][k]:.2f} | {q['object_psnr'][k]:.2f} |"
                     for k in ("model", "copy_last", "shuffled_actions")),
                   "", f"Action adherence (object PSNR, true minus shuffled actions): {q['adherence_margin_db']:+.2f} dB."]
+    elif q:
+        lines += ["", "## Held-out quality", "", f"Not measured: {q.get('note')} ({q.get('episodes')} held out)."]
     ev = st.get("eval", {}).get("results", {})
     if ev:
         lines += ["", "## Planning (CEM, evaluation seeds from 100000)", "",
