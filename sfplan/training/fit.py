@@ -60,7 +60,7 @@ class FitState:
         return self.data["stages"].setdefault(name, {})
 
     def done(self, name: str) -> bool:
-        return self.stage(name).get("status") in ("done", "skipped")
+        return self.data["stages"].get(name, {}).get("status") in ("done", "skipped")
 
     def save(self) -> None:
         tmp = self.path.with_suffix(".json.tmp")
@@ -147,7 +147,7 @@ class Fit:
         if st is None:
             return self.budget_s * sh[stage]
         done = [k for k in sh if st.done(k) and k != stage]
-        spent = sum(float(st.stage(k).get("wall_s", 0.0)) for k in done)
+        spent = sum(float(st.data["stages"][k].get("wall_s", 0.0)) for k in done)
         left = sum(v for k, v in sh.items() if k not in done)
         return max(0.0, self.budget_s - spent) * sh[stage] / max(left, 1e-9)
 
@@ -374,7 +374,7 @@ class Fit:
             raise UserError(f"{self.out} holds a fit of {st.data['env']}, not of {self.env_id} {self.env_kwargs}: "
                             f"choose another out=")
         st.data["env_check"] = self._check()
-        st.data["config"] = OmegaConf.to_container(self.cfg, resolve=True)  # this invocation's shares, recipe, eval
+        st.data.setdefault("config", OmegaConf.to_container(self.cfg, resolve=True))  # the shares, recipe, eval it began with
         st.data.setdefault("hardware", hardware())
         st.save()
         t0 = time.perf_counter()
