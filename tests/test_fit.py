@@ -105,7 +105,9 @@ def test_fit_writes_a_complete_model_dir_with_card_and_eval(puck_fit):
     for words in ("Derived settings", "fg_weight", "Held-out quality", "object PSNR", "| learned |", "| random |",
                   "| oracle |"):
         assert words in card, words
-    assert str(puck_fit) not in card  # no machine paths in the card
+    assert str(puck_fit) not in card  # no machine paths in the card or the model's configs
+    for cfg in (puck_fit / "model").rglob("*.json"):
+        assert str(puck_fit) not in cfg.read_text(), cfg
     q = s["quality"]
     assert set(q["object_psnr"]) == {"model", "copy_last", "shuffled_actions"}
     ev = s["stages"]["eval"]["results"]

@@ -114,15 +114,16 @@ def label_descriptors(meta: dict, episode_states) -> list:
     import numpy as np
 
     from sfplan.envs import make_env
+    from sfplan.envs.spec import can_label_states
 
     kwargs = meta.get("env_kwargs") or {}
     env = make_env(meta["env_id"], **(json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs)))
     try:
-        label = getattr(env.unwrapped, "goal_descriptor_of", None)
-        if not callable(label):
-            raise UserError(f"{meta['env_id']} cannot label a recorded state with its goal descriptor "
-                            f"(no goal_descriptor_of: only sfplan.envs GoalImageEnv tasks have it); stage=probe "
-                            f"needs it, use another cost (cost=multiscale)")
+        if not can_label_states(env):
+            raise UserError(f"{meta['env_id']} cannot label a recorded state with its goal descriptor (sfplan tasks "
+                            f"can; a GoalImageWrapper needs descriptor_fn=... on a MuJoCo env); stage=probe needs "
+                            f"it, use another cost (cost=multiscale)")
+        label = env.unwrapped.goal_descriptor_of
         return [np.stack([label(x) for x in st]) for st in episode_states]
     finally:
         env.close()

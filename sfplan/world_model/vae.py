@@ -233,8 +233,16 @@ class FrameAutoencoder(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> None:
-        """config.json (architecture + latent shift/scale) + safetensors weights."""
+        """config.json (architecture + latent shift/scale) + safetensors weights. The
+        ``_name_or_path`` diffusers records (where the weights were loaded from: a machine
+        path) is left out."""
+        import json
+
         self.vae.save_pretrained(str(directory), safe_serialization=True)
+        cfg_file = Path(directory) / "config.json"
+        cfg = json.loads(cfg_file.read_text())
+        if cfg.pop("_name_or_path", None) is not None:
+            cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, config: VAEConfig | None = None) -> "FrameAutoencoder":
