@@ -219,3 +219,14 @@ def test_ddp_training_with_two_cpu_processes_trains_checkpoints_and_resumes(puck
     s = launch(6)  # the same command with more steps resumes from step 4 under DDP
     assert s["num_processes"] == 2 and s["step"] == 6 and s["resumed_from"].endswith("step-00000004")
     assert np.isfinite(s["last_train"]["loss"])
+
+
+def test_eval_time_limit_stops_starting_episodes_and_reports_those_run(tmp_path, capsys):
+    out = tmp_path / "tl"
+    assert main(["eval", "env.id=puck_env:make_puck", "planner=random", "episodes=3", "budget=3",
+                 "time_limit_s=0.001", f"out_dir={out}", "progress=false", "record=false"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["summary"]["episodes"] == 1 and rep["meta"]["seeds"] == [100000]
+    assert main(["eval", "env.id=puck_env:make_puck", "planner=random", "time_limit_s=5", "jobs=2",
+                 "progress=false"]) == 2
+    assert "time_limit_s=5" in capsys.readouterr().err
