@@ -439,7 +439,7 @@ def write_fit_card(out: Path, s: dict) -> Path:
              f"| num_context | {r.get('num_context')} | recipe |",
              f"| sampler_timesteps | {r.get('sampler_timesteps')} | recipe |",
              f"| probe on imagination | {r.get('probe_imagined')} | recipe |", "",
-             "## Stages", "", "| stage | steps | steps/s | wall s | note |", "|---|---|---|---|---|"]
+             "## Stages", "", "| stage | training steps | steps/s | wall s | note |", "|---|---|---|---|---|"]
     for name in STAGES:
         d = st.get(name, {})
         if not d:
@@ -447,8 +447,13 @@ def write_fit_card(out: Path, s: dict) -> Path:
         note = d.get("why", "") if d.get("status") == "skipped" else (
             f"final loss {d['final_loss']:.4g}" if d.get("final_loss") is not None else "")
         sps = d.get("steps_per_s")
-        lines.append(f"| {name} | {d.get('steps', d.get('dataset_episodes', ''))} | "
+        if name == "collect":
+            note = f"{d.get('dataset_episodes')} episodes of {d.get('steps')} steps"
+        amount = d.get("steps", "") if name in ("vae", "dynamics", "probe", "idm") else ""
+        lines.append(f"| {name} | {amount} | "
                      f"{f'{sps:.2f}' if sps else ''} | {d.get('wall_s', 0):.0f} | {note} |")
+    walls = [float(d.get("wall_s", 0.0)) for d in st.values()]
+    lines.append(f"\nStages took {sum(walls) / 60:.1f} min of the {s['minutes']:g}-min budget.")
     q = s.get("quality", {})
     if "psnr" in q:
         lines += ["", f"## Held-out quality ({q['episodes']} episodes, one chunk of {q['chunk']} steps)", "",
