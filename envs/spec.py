@@ -9,8 +9,8 @@ An env spec is one of
 
 Every command takes it as ``env.id=...`` with ``env.kwargs``. ``check_goal_image_env`` says
 what a spec must give (pixels, a goal image, a Box action space) and names the fix where it
-does not, before any slow work starts; ``env_settings`` derives the settings an env sfplan
-does not ship gets (budget, action bounds) from the env itself.
+does not, before any slow work starts; ``episode_limit`` and ``derived_budget`` give the
+budget of an env sfplan does not ship (``sfplan.config.derive_env_settings`` applies them).
 """
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def register_factory(factory: Callable[..., gym.Env]) -> str:
     if mod and name and "<" not in name:
         try:
             obj = _resolve_attr(mod, name)
-            if obj is factory or getattr(obj, "__code__", None) is getattr(factory, "__code__", False) or (
-                    callable(obj) and factory.__module__ == "__main__"):
+            # a script's module imported by its file name defines a new, equivalent object
+            if obj is factory or (callable(obj) and factory.__module__ == "__main__"):
                 return f"{mod}:{name}"
         except (ImportError, AttributeError):
             pass
@@ -121,7 +121,8 @@ def make_env(spec: str, **kwargs) -> gym.Env:
 
 def check_goal_image_env(env: gym.Env, spec: str, seed: int = 0) -> dict:
     """Reset ``env`` once and check the goal-image contract; returns what was read:
-    ``{"image_size", "action_low", "action_high", "has_state", "max_episode_steps"}``.
+    ``{"image_size", "action_low", "action_high", "state_dim", "max_episode_steps"}``
+    (``state_dim`` 0 where ``info`` has no simulator ``state``).
 
     Raises ``UserError`` naming the fix for a non-Box action space, unbounded actions, an
     observation without ``pixels``, frames that are not square (H, H, 3) uint8, or no goal
@@ -150,7 +151,8 @@ def check_goal_image_env(env: gym.Env, spec: str, seed: int = 0) -> dict:
         raise UserError(f"env.id={spec}: info has no 'is_success' (read off the simulator state); {WRAP_HINT}")
     max_steps = episode_limit(env)
     return {"image_size": int(px.shape[0]), "action_low": low.tolist(), "action_high": high.tolist(),
-            "has_state": "state" in info, "max_episode_steps": int(max_steps) if max_steps else None}
+            "state_dim": int(np.asarray(info["state"]).size) if "state" in info else 0,
+            "max_episode_steps": int(max_steps) if max_steps else None}
 
 
 def episode_limit(env: gym.Env) -> int | None:

@@ -30,11 +30,12 @@ def load_config(name: str, overrides: list[str] | None = None) -> DictConfig:
     for ``eval``, nothing but ``world_model.path=DIR``: the env recorded in the model dir."""
     overrides, user_env = _env_overrides(name, list(overrides or []))
     cfg = _compose(name, overrides)
-    if user_env is not None or model_env_kwargs(name, overrides):
+    model_kwargs = model_env_kwargs(name, overrides)
+    if user_env is not None or model_kwargs:
         with open_dict(cfg):
             if user_env is not None:
                 cfg.env = OmegaConf.merge(cfg.env, user_env)
-            for k, v in model_env_kwargs(name, overrides).items():
+            for k, v in model_kwargs.items():
                 if not any(o.split("=", 1)[0].lstrip("+") == f"env.kwargs.{k}" for o in overrides):
                     cfg.env.kwargs[k] = v
     if "env" in cfg and _has_auto(cfg.env):

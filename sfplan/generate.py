@@ -40,6 +40,7 @@ from omegaconf import DictConfig
 from sfplan.errors import UserError
 
 PSNR_CAP_DB = 100.0
+DEFAULT_ENV = "sfplan/Reacher-v0"  # with neither model= nor env.id=: the default shipped model and its env
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -276,7 +277,7 @@ def run_generate(cfg: DictConfig) -> dict:
     else:  # the model shipped for the env
         from sfplan.models import shipped_model_path
 
-        model_dir = shipped_model_path(str(env_id or "sfplan/Reacher-v0"))
+        model_dir = shipped_model_path(str(env_id or DEFAULT_ENV))
     if not (model_dir / "world_model.json").is_file() and (model_dir / "model" / "world_model.json").is_file():
         model_dir = model_dir / "model"  # a training run directory
     wm = SlowFastWorldModel.from_pretrained(model_dir, device=device, return_frames="all",
@@ -329,7 +330,7 @@ def run_generate(cfg: DictConfig) -> dict:
     else:  # a fresh episode of the task in the simulator: ground truth under correlated random actions
         H = int(cfg.get("horizon") or 48)
         trained = getattr(wm, "trained_env", None) or {}
-        task = str(env_id or trained.get("id") or "sfplan/Reacher-v0")
+        task = str(env_id or trained.get("id") or DEFAULT_ENV)
         env_kwargs = {**(trained.get("kwargs") or {}), **dict(cfg.env.get("kwargs") or {})} \
             if trained.get("id") == task else dict(cfg.env.get("kwargs") or {})
         frames, actions = simulate_episode(task, int(cfg.episode_seed), ctx_n + H, size, A, env_kwargs)

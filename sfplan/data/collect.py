@@ -203,8 +203,7 @@ def probe_env(env_id: str, env_kwargs: dict, seed: int, policy=None) -> dict:
 
     env = make_task_env(env_id, env_kwargs)
     try:
-        got = check_goal_image_env(env, env_id, seed=int(seed))
-        obs, info = env.reset(seed=int(seed))
+        got = check_goal_image_env(env, env_id, seed=int(seed))  # resets the env
         if policy is not None:
             policy.reset(env, np.random.default_rng(0))
         want = env_kwargs.get("image_size")
@@ -218,7 +217,7 @@ def probe_env(env_id: str, env_kwargs: dict, seed: int, policy=None) -> dict:
             "image_size": got["image_size"],
             "action_low": np.asarray(space.low, np.float32),
             "action_high": np.asarray(space.high, np.float32),
-            "state_dim": int(np.asarray(info["state"]).size) if "state" in info else 0,
+            "state_dim": got["state_dim"],
         }
     finally:
         env.close()

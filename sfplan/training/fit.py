@@ -162,6 +162,7 @@ class Fit:
     def _check(self) -> dict:
         """The env, made once and checked before anything slow (exit 2 with the fix)."""
         from sfplan.envs.spec import can_label_states, check_goal_image_env, make_env
+        from sfplan.world_model.oracle import can_clone
 
         if not float(self.cfg.minutes) > 0:
             raise UserError(f"minutes={self.cfg.minutes}: the whole budget in minutes, > 0 (3 gives a complete, "
@@ -175,10 +176,8 @@ class Fit:
         env = make_env(self.env_id, **self.env_kwargs)
         try:
             got = check_goal_image_env(env, self.env_id)
-            inner = env.unwrapped
             got["can_label_states"] = can_label_states(env)
-            got["cloneable"] = all(hasattr(inner, m) for m in ("get_state", "set_state", "sim_step")) and \
-                bool(getattr(inner, "is_mujoco", True))
+            got["cloneable"] = can_clone(env)
         finally:
             env.close()
         return got
@@ -267,6 +266,7 @@ class Fit:
 
         rec = st.stage(stage)
         base = [*self._train_overrides(stage), *self._stage_overrides(stage, st)]
+        stage_cfg = load_config("train", base)  # the stage's own defaults: steps (the cap), warmup_steps
         t0 = time.perf_counter()
         if "steps" not in rec:
             rate, cal_wall = self._calibrate(stage, base)
@@ -274,14 +274,13 @@ class Fit:
             if stage == "probe" and st.data["recipe"]["probe_imagined"]:
                 avail = self._plan_imagination(st, avail)
                 base = [*self._train_overrides(stage), *self._stage_overrides(stage, st)]
-            default_steps = int(load_config("train", [f"stage={stage}", "data.path=x"]).steps)
-            steps = int(np.clip(rate * max(avail, 0.0) * 0.9, 20, default_steps))
+            steps = int(np.clip(rate * max(avail, 0.0) * 0.9, 20, int(stage_cfg.steps)))
             if self.toy:
                 steps = min(steps, TOY_MAX_STEPS)
             rec.update(steps=steps, calibrated_steps_per_s=rate, calibration_s=cal_wall)
             st.save()
         steps = int(rec["steps"])
-        warm = int(load_config("train", [f"stage={stage}", "data.path=x"]).warmup_steps)
+        warm = int(stage_cfg.warmup_steps)
         ov = [*base, f"out_dir={self.work / 'runs' / stage}", f"steps={steps}",
               f"warmup_steps={min(warm, max(1, steps // 10))}", f"checkpoint_every={max(10, steps // 4)}",
               f"val_every={steps}", f"sample_every={steps}", "tensorboard=true"]

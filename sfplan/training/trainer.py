@@ -107,7 +107,8 @@ def cpu_info() -> tuple[str, str]:
 
 def hardware_summary(device: torch.device) -> str:
     cpu, isa = cpu_info()
-    s = f"{cpu} ({isa or 'no AVX2'}), {os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
+    s = (f"{cpu} ({isa or 'no AVX2'}), {os.cpu_count()} CPU cores, torch {torch.__version__} with "
+         f"{torch.get_num_threads()} threads")
     if device.type == "cuda":
         s = f"{torch.cuda.get_device_name(device)} ({s})"
     return s

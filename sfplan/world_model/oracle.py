@@ -107,6 +107,16 @@ class OracleWorldModel:
         self._env.close()
 
 
+def can_clone(env: gym.Env) -> bool:
+    """Whether ``OracleWorldModel`` can clone ``env``: it has the simulator hooks and, for a
+    ``GoalImageWrapper``, wraps a MuJoCo env (elsewhere its hooks raise)."""
+    try:
+        sim = _sim_interface(env)
+    except TypeError:
+        return False
+    return bool(getattr(sim, "is_mujoco", True))
+
+
 def _sim_interface(env: gym.Env) -> Any:
     """The object that carries the simulator hooks (usually ``env.unwrapped``)."""
     for obj in (env, getattr(env, "unwrapped", None)):
