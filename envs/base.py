@@ -38,6 +38,20 @@ from sfplan.envs.rendering import Camera, FastRenderer
 from sfplan.errors import UserError
 
 GOAL_PROTOCOLS = ("near", "far")
+#: ... and the tasks that also take stable-worldmodel's evaluation protocol (``peer``, see
+#: ``GoalImageEnv._peer_actions``)
+PEER_PROTOCOLS = (*GOAL_PROTOCOLS, "peer")
+
+
+def smooth_noise(rng: np.random.Generator, steps: int, dim: int, rho: float = 0.9, scale: float = 0.5) -> np.ndarray:
+    """Correlated (AR(1), stationary std ``scale``) random actions in [-1, 1]: (steps, dim) float64."""
+    out = np.empty((steps, dim))
+    a = np.clip(scale * rng.standard_normal(dim), -1.0, 1.0)
+    for t in range(steps):
+        a = rho * a + np.sqrt(1.0 - rho**2) * scale * rng.standard_normal(dim)
+        a = np.clip(a, -1.0, 1.0)
+        out[t] = a
+    return out
 
 
 class GoalImageEnv(gym.Env):
@@ -55,6 +69,8 @@ class GoalImageEnv(gym.Env):
     goal_protocols: tuple[str, ...] = GOAL_PROTOCOLS
     #: success threshold on ``info["distance"]`` (task units, documented per task).
     success_threshold: float = 0.0
+    #: env steps from the start to the goal under the ``peer`` protocol
+    peer_offset: int = 25
 
     def __init__(self, image_size: int = 64, goal: str = "near", render_mode: str | None = "rgb_array"):
         if goal not in self.goal_protocols:
@@ -105,6 +121,15 @@ class GoalImageEnv(gym.Env):
         """Actions (T, A) that drive the simulator from the start to a goal state under
         ``self.goal_protocol``; T is 25-50 for ``near``."""
 
+    def _peer_actions(self, rng: np.random.Generator) -> np.ndarray:
+        """``peer`` goal protocol, stable-worldmodel's evaluation: the goal is the state
+        ``peer_offset`` env steps along a trajectory of exploratory motion from the start, the
+        motion ``sfplan collect`` records by default (``correlated``: AR(1) noise, rho 0.9, std
+        0.5 in action units), taken as it comes (no redraw when it barely moved, unlike ``near``):
+        (peer_offset, A) env-rate actions."""
+        low, high = self.action_space.low, self.action_space.high
+        return low + (smooth_noise(rng, self.peer_offset, low.shape[0]) + 1.0) / 2.0 * (high - low)
+
     def _on_goal_set(self) -> None:
         """Optional: show the goal in the scene (e.g. a target marker) after it is set."""
 
@@ -123,9 +148,11 @@ class GoalImageEnv(gym.Env):
 
     def _drive_to_goal(self, rng: np.random.Generator) -> None:
         """Bring the simulator from the start to the goal state. The default replays
-        ``_goal_actions`` and records the states it passes (``_goal_path``, the source of
-        waypoint images); a task may override it (e.g. to place a "far" goal directly)."""
-        for a in self._goal_actions(rng):
+        ``_goal_actions`` (``_peer_actions`` under ``peer``) and records the states it passes
+        (``_goal_path``, the source of waypoint images); a task may override it (e.g. to place
+        a "far" goal directly)."""
+        actions = self._peer_actions(rng) if self.goal_protocol == "peer" else self._goal_actions(rng)
+        for a in actions:
             self.sim_step(np.asarray(a, dtype=np.float64))
             self._goal_path.append(self.get_state())
 

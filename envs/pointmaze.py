@@ -10,7 +10,7 @@ import mujoco
 import numpy as np
 from gymnasium_robotics.envs.maze import maps
 
-from sfplan.envs.base import MujocoGoalEnv
+from sfplan.envs.base import PEER_PROTOCOLS, MujocoGoalEnv
 from sfplan.envs.rendering import free_camera
 from sfplan.errors import UserError
 
@@ -73,11 +73,13 @@ class PointMazeGoalEnv(MujocoGoalEnv):
       ``far``: a cell among the farthest (BFS distance >= 60% of the largest from the
       start cell), reached by following the BFS path with the same controller until the
       ball rests within 0.1 m of its centre (at most 1000 steps).
+      ``peer``: 25 env steps of smooth random forces, as they come (``GoalImageEnv._peer_actions``).
     - Success: ``info["distance"]`` = ball-to-goal-ball (x, y) distance below
       ``success_threshold = 0.45`` m, gymnasium-robotics' value for PointMaze.
     """
 
     success_threshold = 0.45
+    goal_protocols = PEER_PROTOCOLS
     near_steps = (25, 50)
     near_min_moved = 0.6  # > the threshold, with a margin (25-50 steps rarely make 2x)
     far_max_steps = 1000
@@ -149,6 +151,8 @@ class PointMazeGoalEnv(MujocoGoalEnv):
         self._stale = True
 
     def _drive_to_goal(self, rng: np.random.Generator) -> None:
+        if self.goal_protocol == "peer":  # env-rate actions
+            return super()._drive_to_goal(rng)
         # _goal_actions are simulator-rate (one per 0.01 s): replay them one simulator step
         # each, recording the path once per env step (the waypoint images' time base).
         actions = self._goal_actions(rng)

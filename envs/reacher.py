@@ -7,21 +7,10 @@ import gymnasium
 import mujoco
 import numpy as np
 
-from sfplan.envs.base import MujocoGoalEnv
+from sfplan.envs.base import PEER_PROTOCOLS, MujocoGoalEnv, smooth_noise
 from sfplan.envs.rendering import free_camera
 
 REACHER_XML = os.path.join(os.path.dirname(gymnasium.__file__), "envs", "mujoco", "assets", "reacher.xml")
-
-
-def smooth_noise(rng: np.random.Generator, steps: int, dim: int, rho: float = 0.9, scale: float = 0.5) -> np.ndarray:
-    """Correlated (AR(1), stationary std ``scale``) random actions in [-1, 1]: (steps, dim) float64."""
-    out = np.empty((steps, dim))
-    a = np.clip(scale * rng.standard_normal(dim), -1.0, 1.0)
-    for t in range(steps):
-        a = rho * a + np.sqrt(1.0 - rho**2) * scale * rng.standard_normal(dim)
-        a = np.clip(a, -1.0, 1.0)
-        out[t] = a
-    return out
 
 
 class ReacherGoalEnv(MujocoGoalEnv):
@@ -35,7 +24,8 @@ class ReacherGoalEnv(MujocoGoalEnv):
     - Goal: ``near``: 25-50 steps of smooth (AR(1), rho 0.9, std 0.5) random torques from the
       start; ``far``: a uniformly random joint configuration (joint0 in [-pi, pi),
       joint1 in [-3, 3], its range), at rest. Both are redrawn (seeded) until the goal
-      fingertip is at least 2x the threshold (near) / 0.1 m (far) from the start's.
+      fingertip is at least 2x the threshold (near) / 0.1 m (far) from the start's;
+      ``peer``: 25 env steps of the same torques, as they come (``GoalImageEnv._peer_actions``).
     - Success: ``info["distance"]`` = fingertip-to-goal-fingertip distance (m) below
       ``success_threshold = 0.02`` m. Why 0.02: at 64x64 the fingertip (2 cm across)
       covers ~2.7 px, so a 2 cm miss is a ~2.7 px shift a pixel cost can see, while
@@ -48,6 +38,7 @@ class ReacherGoalEnv(MujocoGoalEnv):
     """
 
     success_threshold = 0.02
+    goal_protocols = PEER_PROTOCOLS
     near_steps = (25, 50)
     far_min_distance = 0.10
 
@@ -105,7 +96,7 @@ class ReacherGoalEnv(MujocoGoalEnv):
         return actions
 
     def _drive_to_goal(self, rng: np.random.Generator) -> None:
-        if self.goal_protocol == "near":
+        if self.goal_protocol != "far":
             return super()._drive_to_goal(rng)
         for _ in range(50):  # far: a uniformly random joint configuration, at rest
             self.data.qpos[0] = rng.uniform(-np.pi, np.pi)

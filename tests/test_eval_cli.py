@@ -293,6 +293,7 @@ def test_a_waypoint_reached_mid_chunk_ends_the_chunk():
             return PlanResult(actions=torch.ones(1, 5, 1), cost=torch.zeros(1))
 
     env, planner = Corridor(), Planner()
-    res = run_episode(env, planner, Frames(), seed=0, budget=20, execute=5, waypoints=2, record=False)
+    res = run_episode(env, planner, Frames(), seed=0, budget=20, execute=5, waypoints=2, record=False,
+                      hold_steps=1)  # stop at the goal (the corridor runs on past it)
     assert planner.calls[:3] == [(0, 3), (3, 8), (8, 12)]
     assert res.success and res.steps == 12 and res.waypoints_passed == 2

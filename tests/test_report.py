@@ -23,7 +23,7 @@ def test_write_report(tmp_path):
     res = [_ep(1, True, 10), _ep(2, False, 50), _ep(3, True, 20)]
     s = summarise(res)
     assert s["successes"] == 2 and s["success_rate"] == pytest.approx(2 / 3)
-    assert s["steps_success_mean"] == 15 and s["plan_time_per_decision_s"] == pytest.approx(0.3)
+    assert s["steps_to_success_mean"] == 15 and s["plan_time_per_decision_s"] == pytest.approx(0.3)
     write_report(tmp_path, res, {"a": 1}, {"task": "t", "seeds": [1, 2, 3]}, max_gifs=2)
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["summary"]["episodes"] == 3 and [e["success"] for e in rep["episodes"]] == [True, False, True]
@@ -50,3 +50,18 @@ def test_gif_shows_the_waypoint_being_planned_for(tmp_path):
     plain = EpisodeResult(1, True, 2, 0.0, 0.0, [0.1], [f, f], f + 200)
     episode_gif(plain, tmp_path / "p.gif", scale=1)
     assert iio.imread(tmp_path / "p.gif").shape[1:3] == (12, 18)  # real | goal only
+
+
+def test_summary_gives_every_protocol_with_steps_to_success():
+    from sfplan.eval.runner import protocol_outcomes
+
+    runs = [[False, True, False, False], [False, False, True, True, True], [False] * 5]
+    res = []
+    for seed, flags in enumerate(runs):
+        out = protocol_outcomes(flags, hold_steps=3, ended=True)
+        res.append(EpisodeResult(seed, out["hold"]["success"], len(flags) - 1, 0.1, 0.01 * seed, protocol="hold",
+                                 hold_steps=3, outcomes=out))
+    s = summarise(res)
+    assert s["protocol"] == "hold" and s["successes"] == 1 and s["steps_to_success_mean"] == 2
+    assert s["protocols"]["first"]["successes"] == 2 and s["protocols"]["first"]["steps_to_success_mean"] == 1.5
+    assert s["min_distance_median"] == pytest.approx(0.01)

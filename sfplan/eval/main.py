@@ -69,7 +69,7 @@ def _loop_kwargs(cfg: DictConfig) -> dict:
     return dict(budget=int(cfg.budget), execute=int(cfg.execute), record=bool(cfg.record),
                 waypoints=int(cfg.waypoints), subgoal_ratio=float(cfg.subgoal_ratio),
                 subgoal_threshold=cfg.get("subgoal_threshold"),
-                warm_fill=str(cfg.warm_fill))
+                warm_fill=str(cfg.warm_fill), success=str(cfg.success), hold_steps=int(cfg.hold_steps))
 
 
 _WORKER: dict = {}  # per worker process: the env, planner and world model it built once
@@ -161,6 +161,8 @@ def run_eval(cfg: DictConfig) -> dict:
         "budget": int(cfg.budget),
         "execute": int(cfg.execute),
         "waypoints": int(cfg.waypoints),
+        "success_protocol": str(cfg.success),
+        "hold_steps": int(cfg.hold_steps),
         "device": str(device),
         "seeds": seeds,
         "wall_time_s": wall,

@@ -42,19 +42,44 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
         return None
 
 
-def summarise(results: list[EpisodeResult]) -> dict[str, Any]:
+def _protocol_summary(results: list[EpisodeResult], name: str) -> dict[str, Any]:
+    """Success under protocol ``name`` over ``results``: count, rate, 95% CI, steps to success."""
     n = len(results)
-    k = sum(r.success for r in results)
-    lo, hi = wilson_interval(k, n)
-    plan_times = [t for r in results for t in r.plan_times]
+    verdicts = [r.outcomes.get(name, {"success": r.success, "steps_to_success": r.steps if r.success else None})
+                for r in results]
+    k = sum(bool(v["success"]) for v in verdicts)
+    arrive = [v["steps_to_success"] for v in verdicts if v["success"]]
     return {
-        "episodes": n,
         "successes": k,
         "success_rate": k / n if n else 0.0,
-        "success_rate_ci95": [lo, hi],
+        "success_rate_ci95": list(wilson_interval(k, n)),
+        "steps_to_success_mean": float(np.mean(arrive)) if arrive else None,
+        "steps_to_success_median": float(np.median(arrive)) if arrive else None,
+    }
+
+
+def summarise(results: list[EpisodeResult]) -> dict[str, Any]:
+    """The report's summary: success under the selected protocol (``protocol``) at the top and
+    under every protocol in ``protocols``, with steps to success and the final and minimum
+    task distances, so a near miss and a fluke read differently."""
+    n = len(results)
+    plan_times = [t for r in results for t in r.plan_times]
+    protocol = results[0].protocol if results else "first"
+    names = list(results[0].outcomes) if results and results[0].outcomes else [protocol]
+    protocols = {name: _protocol_summary(results, name) for name in names}
+    final = [r.final_distance for r in results]
+    least = [r.min_distance for r in results]
+    return {
+        "episodes": n,
+        "protocol": protocol,
+        "hold_steps": results[0].hold_steps if results else None,
+        **protocols[protocol],
+        "protocols": protocols,
         "steps_mean": float(np.mean([r.steps for r in results])) if n else 0.0,
-        "steps_success_mean": float(np.mean([r.steps for r in results if r.success])) if k else None,
-        "final_distance_mean": float(np.mean([r.final_distance for r in results])) if n else 0.0,
+        "final_distance_mean": float(np.mean(final)) if n else 0.0,
+        "final_distance_median": float(np.median(final)) if n else 0.0,
+        "min_distance_mean": float(np.mean(least)) if n else 0.0,
+        "min_distance_median": float(np.median(least)) if n else 0.0,
         "plan_time_per_decision_s": float(np.mean(plan_times)) if plan_times else 0.0,
         "plan_time_per_decision_p90_s": float(np.percentile(plan_times, 90)) if plan_times else 0.0,
         **({"waypoints_passed_mean": float(np.mean([r.waypoints_passed for r in results]))}
@@ -120,16 +145,27 @@ def _jsonable(o):
     return str(o)
 
 
+def _protocol_label(name: str, hold_steps) -> str:
+    return f"hold {hold_steps}" if name == "hold" else name
+
+
 def _headline(report: dict) -> list[tuple[str, str]]:
     s, m = report["summary"], report["meta"]
-    lo, hi = s["success_rate_ci95"]
+    protocol = s.get("protocol", "first")
+    rows = []
+    for name, p in s.get("protocols", {protocol: s}).items():
+        lo, hi = p["success_rate_ci95"]
+        arrive = p.get("steps_to_success_mean")
+        label = _protocol_label(name, s.get("hold_steps")) + (" (counted)" if name == protocol else "")
+        rows.append((f"success, {label}", f"{p['success_rate']:.1%} ({p['successes']}/{s['episodes']}), 95% CI "
+                     f"[{lo:.1%}, {hi:.1%}]" + (f", arrives at step {arrive:.1f} (mean)" if arrive is not None else "")))
     return [
         ("task", str(m.get("task"))),
         ("planner", str(m.get("planner"))),
         ("world model", str(m.get("world_model"))),
-        ("success rate", f"{s['success_rate']:.1%} ({s['successes']}/{s['episodes']}), 95% CI [{lo:.1%}, {hi:.1%}]"),
-        ("steps used (mean)", f"{s['steps_mean']:.1f} of budget {m.get('budget')}"),
-        ("final distance (mean)", f"{s['final_distance_mean']:.4f}"),
+        *rows,
+        ("steps played (mean)", f"{s['steps_mean']:.1f} of budget {m.get('budget')}"),
+        ("final / min distance (median)", f"{s['final_distance_median']:.4f} / {s['min_distance_median']:.4f}"),
         *([("waypoints passed (mean)", f"{s['waypoints_passed_mean']:.1f} of {m.get('waypoints')} (then the goal)")]
           if "waypoints_passed_mean" in s else []),
         ("plan time / decision", f"{s['plan_time_per_decision_s']:.3f} s (p90 {s['plan_time_per_decision_p90_s']:.3f} s)"),
@@ -142,11 +178,14 @@ def _headline(report: dict) -> list[tuple[str, str]]:
 def render_markdown(report: dict) -> str:
     lines = ["# sfplan eval report", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in _headline(report)]
-    lines += ["", "## Episodes", "", "| # | seed | success | steps | final distance | plan time (s) |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "## Episodes", "", "| # | seed | success | arrives at step | steps played | final distance | "
+              "min distance | plan time (s) |", "|---|---|---|---|---|---|---|---|"]
+    protocol = report["summary"].get("protocol", "first")
     for i, e in enumerate(report["episodes"]):
-        lines.append(f"| {i} | {e['seed']} | {'yes' if e['success'] else 'no'} | {e['steps']} | "
-                     f"{e['final_distance']:.4f} | {e['plan_time_mean_s']:.3f} |")
+        arrive = e.get("outcomes", {}).get(protocol, {}).get("steps_to_success")
+        lines.append(f"| {i} | {e['seed']} | {'yes' if e['success'] else 'no'} | "
+                     f"{'-' if arrive is None else arrive} | {e['steps']} | {e['final_distance']:.4f} | "
+                     f"{e['min_distance']:.4f} | {e['plan_time_mean_s']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

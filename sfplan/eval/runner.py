@@ -16,12 +16,50 @@ from sfplan.planners.subgoals import SubgoalTracker, cost_distance
 from sfplan.errors import UserError
 from sfplan.world_model.base import WorldModel
 
+#: success protocols (``sfplan eval success=...``): ``first`` counts the first step inside the
+#: task's success radius (DINO-WM's and stable-worldmodel's count); ``hold`` needs ``hold_steps``
+#: consecutive steps inside it, or being inside it when the episode ends.
+SUCCESS_PROTOCOLS = ("first", "hold")
+
+
+def check_protocol(success: str, hold_steps: int) -> None:
+    if success not in SUCCESS_PROTOCOLS:
+        raise UserError(f"success={success!r}: use one of {SUCCESS_PROTOCOLS} (first: the first step within the "
+                        "success radius; hold: hold_steps consecutive steps within it, or within it at the end)")
+    if int(hold_steps) < 1:
+        raise UserError(f"hold_steps={hold_steps}: use a positive number of consecutive steps (e.g. hold_steps=10)")
+
+
+def protocol_outcomes(in_goal: list[bool], hold_steps: int, ended: bool) -> dict[str, dict]:
+    """Each protocol's verdict on an episode's per-step success flags (``in_goal[0]``: the reset
+    state, ``in_goal[t]``: after t env steps): ``{name: {"success", "steps_to_success"}}``.
+    ``steps_to_success`` is the step the object arrived (for ``hold``, the start of the run
+    that held), None without success. ``ended``: the episode is over (budget used up or the env
+    ended it), so being inside the radius at its last step counts for ``hold``."""
+    flags = [bool(f) for f in in_goal]
+    first = flags.index(True) if True in flags else None
+    held, start = None, None
+    for t, f in enumerate(flags):
+        start = (t if start is None else start) if f else None
+        if start is not None and t - start + 1 >= hold_steps:
+            held = start
+            break
+    if held is None and ended and flags and flags[-1]:
+        held = start
+    return {"first": {"success": first is not None, "steps_to_success": first},
+            "hold": {"success": held is not None, "steps_to_success": held}}
+
+
+def _decided(in_goal: list[bool], hold_steps: int) -> bool:
+    """Both protocols have their verdict: the object has held for ``hold_steps`` steps."""
+    return len(in_goal) >= hold_steps and all(in_goal[-hold_steps:])
+
 
 @dataclass
 class EpisodeResult:
     seed: int
-    success: bool
-    steps: int  # env steps used (up to the first success, else the budget)
+    success: bool  # under the selected protocol (``protocol``)
+    steps: int  # env steps played: until the object held for hold_steps steps, else the budget
     final_distance: float
     min_distance: float
     plan_times: list[float] = field(default_factory=list)  # seconds per planning decision
@@ -32,12 +70,17 @@ class EpisodeResult:
     waypoints_passed: int = 0  # waypoints the tracker moved past (the last, the goal, is never passed)
     waypoint_images: np.ndarray | None = None  # (S, H, W, 3) uint8 when recorded with waypoints
     frame_subgoals: list[int] = field(default_factory=list)  # per recorded frame: the waypoint planned for
+    protocol: str = "first"  # the success protocol ``success`` is counted under
+    hold_steps: int = 1
+    outcomes: dict[str, dict] = field(default_factory=dict)  # every protocol's verdict (``protocol_outcomes``)
+    in_goal: list[bool] = field(default_factory=list)  # per step (0: reset): inside the success radius
 
     def summary(self) -> dict:
         return {
             "seed": self.seed,
             "success": self.success,
             "steps": self.steps,
+            "outcomes": self.outcomes,
             "final_distance": self.final_distance,
             "min_distance": self.min_distance,
             "decisions": len(self.plan_times),
@@ -60,9 +103,14 @@ def run_episode(
     subgoal_ratio: float = 0.25,
     subgoal_threshold: float | str | None = None,
     warm_fill: str = "last",
+    success: str = "first",
+    hold_steps: int = 10,
 ) -> EpisodeResult:
     """One MPC episode. ``execute`` actions of each plan run before re-planning; the
-    episode stops at the first success or when ``budget`` env steps are used.
+    episode stops once the object has stayed ``hold_steps`` consecutive steps within the
+    success radius, or when ``budget`` env steps are used. Every protocol's verdict is read
+    off that one run (``protocol_outcomes``: the steps up to the first success are the same
+    whichever protocol is counted); ``success`` names the one the result's ``success`` counts.
 
     ``waypoints > 0``: the env is reset with ``options={"waypoints": waypoints}`` and
     returns subgoal images (``info["goal_waypoints"]``, the goal last); each decision
@@ -127,9 +175,10 @@ def run_episode(
     if "history_frames" in info:  # the episode starts with a past (e.g. MemoryMaze retrace)
         history = _remember_past(info, memory, world_model if write_real else None, write_times)
     dist = [info["distance"]]
+    in_goal = [bool(info["is_success"])]
     warm = None
-    steps, success = 0, bool(info["is_success"])
-    while steps < budget and not success:
+    steps, done, ended = 0, _decided(in_goal, hold_steps), False
+    while steps < budget and not done:
         t0 = time.perf_counter()
         state = world_model.encode(np.stack(history)[None], sim_state=info["state"][None]) if needs_model else None
         target = tracker.current(state.features, goal) if tracker is not None else goal  # (1, C, h, w)
@@ -143,10 +192,12 @@ def run_episode(
             steps += 1
             chunk_frames.append(obs["pixels"])
             dist.append(info["distance"])
-            if info["is_success"]:
-                success = True
+            in_goal.append(bool(info["is_success"]))
+            if _decided(in_goal, hold_steps):
+                done = True
                 break
             if terminated or truncated:
+                ended = True
                 break
             if tracker is not None and _passes_waypoint(tracker, world_model, obs["pixels"], goal):
                 break  # re-plan for the next waypoint now: a fast robot would overshoot it otherwise
@@ -163,13 +214,14 @@ def run_episode(
             world_model.remember(np.stack([before, *chunk_frames]), num_context=1,  # (1 + k, H, W, 3)
                                  actions=np.asarray(chunk[: len(chunk_frames)], np.float32))  # (k, A)
             write_times.append(time.perf_counter() - t0)
-        if terminated or truncated:
+        if ended:
             break
         warm = shift_plan(result.actions, len(chunk_frames), fill=warm_fill,
                           action_low=env.action_space.low, action_high=env.action_space.high)
+    outcomes = protocol_outcomes(in_goal, hold_steps, ended=ended or steps >= budget)
     return EpisodeResult(
         seed=seed,
-        success=success,
+        success=outcomes[success]["success"],
         steps=steps,
         final_distance=float(dist[-1]),
         min_distance=float(np.min(dist)),
@@ -181,6 +233,10 @@ def run_episode(
         waypoints_passed=int(tracker.index.max()) if tracker is not None and tracker.index is not None else 0,
         waypoint_images=wp if tracker is not None and record else None,
         frame_subgoals=subgoals,
+        protocol=success,
+        hold_steps=int(hold_steps),
+        outcomes=outcomes,
+        in_goal=in_goal,
     )
 
 
@@ -244,13 +300,15 @@ def plan_horizon_check(planner: Planner, execute: int) -> None:
 
 def evaluate(env: gym.Env, planner: Planner, world_model: WorldModel | None, seeds: list[int], budget: int,
              execute: int, record: bool = True, memory=None, progress: bool = True, waypoints: int = 0,
-             subgoal_ratio: float = 0.25, subgoal_threshold: float | str | None = None, warm_fill: str = "last"):
+             subgoal_ratio: float = 0.25, subgoal_threshold: float | str | None = None, warm_fill: str = "last",
+             success: str = "first", hold_steps: int = 10):
     """Run one episode per seed on ``env`` (closed at the end); yields EpisodeResult as each finishes."""
     from tqdm.auto import tqdm
 
     try:
         plan_horizon_check(planner, execute)
         check_subgoal_threshold(subgoal_threshold)  # before any episode runs
+        check_protocol(success, hold_steps)
         if warm_fill not in WARM_FILLS:
             raise UserError(f"warm_fill={warm_fill!r}: use one of {WARM_FILLS} (how the shifted plan that warm-starts "
                             "the next decision is padded)")
@@ -259,7 +317,8 @@ def evaluate(env: gym.Env, planner: Planner, world_model: WorldModel | None, see
         for i, seed in enumerate(bar):
             res = run_episode(env, planner, world_model, seed, budget, execute, record=record, memory=memory,
                               waypoints=waypoints, subgoal_ratio=subgoal_ratio,
-                              subgoal_threshold=subgoal_threshold, warm_fill=warm_fill)
+                              subgoal_threshold=subgoal_threshold, warm_fill=warm_fill, success=success,
+                              hold_steps=hold_steps)
             n_success += res.success
             bar.set_postfix(success=f"{n_success}/{i + 1}", steps=res.steps)
             yield res
