@@ -40,37 +40,37 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
         for planner in ("cem", "random")
     ],
     "planners_reacher": [("reacher", p, "oracle", []) for p in ("cem", "mppi", "random_shooting", "random")],
-    # issue 5: the shipped learned models against the oracle, with and without Temp-LoRA
+    # the shipped learned models against the oracle, with and without Temp-LoRA
     "learned_near": [
         (task, planner, wm, [])
         for task in ("reacher", "pointmaze_umaze")
         for planner, wm in (("cem", "oracle"), ("cem", "learned"), ("cem", "learned+temp_lora"), ("random", "oracle"))
     ],
-    # issue 5, speed: the learned planner at about 2 s per decision (bf16 denoiser, 2 CEM iterations; the
+    # speed: the learned planner at about 2 s per decision (bf16 denoiser, 2 CEM iterations; the
     # defaults since; this cell spells them out so that it reproduces on any CPU)
     "learned_fast": [
         ("reacher", "cem", "learned", ["world_model.autocast=bfloat16", "env.search.learned.iterations=2"]),
     ],
-    # issue 5: the planners on the shipped learned Reacher model (CEM is learned_near's cell): MPPI, and the
+    # the planners on the shipped learned Reacher model (CEM is learned_near's cell): MPPI, and the
     # paper's planner (action-free video steered to the goal, actions read off by the shipped IDM)
     # scoring its video plans as generated (the paper) and by imagining their IDM actions (the default)
     "planners_learned": [("reacher", "mppi", "learned", [])]
     + [("reacher", "video_plan", "learned", [f"planner.score={s}"]) for s in ("video", "rollout")],
-    # issue 5: the learned state-probe cost (cost=probe) against the image cost on both shipped models
-    # (PointMaze UMaze's learned default since stop 19: the probe with 2 CEM iterations)
+    # the learned state-probe cost (cost=probe) against the image cost on both shipped models
+    # (PointMaze UMaze's learned default: the probe with 2 CEM iterations)
     "probe_cost": [
         (task, "cem", "learned", [f"cost={c}"] + (["env.search.learned.iterations=3"] if c == "multiscale" and
                                                   task == "pointmaze_umaze" else []))
         for task in ("reacher", "pointmaze_umaze")
         for c in ("multiscale", "probe")
     ],
-    # issue 5, long horizon: far goals across PointMaze Medium, the goal image alone vs. 10 waypoint images
+    # long horizon: far goals across PointMaze Medium, the goal image alone vs. 10 waypoint images
     "far_waypoints": [
         ("pointmaze_medium", "cem", "oracle", ["goal=far", "waypoints=10"]),
         ("pointmaze_medium", "cem", "oracle", ["goal=far"]),
         ("pointmaze_medium", "random", "oracle", ["goal=far"]),
     ],
-    # issue 5, long horizon with the learned model: PointMaze UMaze's far goals (the far arm of the U, around
+    # long horizon with the learned model: PointMaze UMaze's far goals (the far arm of the U, around
     # its wall), the goal image alone vs. 4 waypoint images; the oracle with its image cost and with the
     # shipped model's state probe reading its frames (cost=probe), the learned model (its default: the probe),
     # with and without Temp-LoRA. With the probe a waypoint counts as reached within the success radius
@@ -78,15 +78,15 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
     "far_umaze": _far_grid("pointmaze_umaze", 4) + [("pointmaze_umaze", "cem", "oracle", ["goal=far", "cost=probe", "waypoints=4", "subgoal_threshold=null"]),
          ("pointmaze_umaze", "cem", "learned+temp_lora", ["goal=far"]),
          ("pointmaze_umaze", "random", "oracle", ["goal=far"])],
-    # issue 5, long horizon with the learned model across PointMaze Medium (frame_skip=4 since stop 21; the
+    # long horizon with the learned model across PointMaze Medium (frame_skip=4; the
     # far_waypoints table was measured at 1): 10 waypoint images; the oracle with its image cost and with the
     # shipped Medium model's probe, the shipped Medium model (its default: the probe), and the goal image alone;
-    # the image cost again with subgoal_ratio=0.9 (stop 22: its distance to the ~8-px ball saturates within a
+    # the image cost again with subgoal_ratio=0.9 (its distance to the ~8-px ball saturates within a
     # few pixels, so the default ratio bound of 0.25 is never met and the tracker stays on the first waypoints)
     "far_medium": _far_grid("pointmaze_medium", 10) + [
         ("pointmaze_medium", "cem", "oracle", ["goal=far", "waypoints=10", "subgoal_ratio=0.9"]),
         ("pointmaze_medium", "random", "oracle", ["goal=far"])],
-    # issue 5, memory task: go back to the start of an outbound leg (MemoryMaze goal=retrace), 8 waypoint
+    # memory task: go back to the start of an outbound leg (MemoryMaze goal=retrace), 8 waypoint
     # images of the way back; the learned model (--world-model-path) with and without Temp-LoRA
     "memory_retrace": [
         ("memory_maze", planner, wm, ["goal=retrace", "waypoints=8"])

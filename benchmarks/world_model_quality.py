@@ -1,4 +1,4 @@
-"""Quality of a trained world model on held-out episodes (issue 3's measurements).
+"""Quality of a trained world model on held-out episodes (PSNR, SSIM, object PSNR, action adherence, state error).
 
     python benchmarks/world_model_quality.py --model sfplan/models/Reacher-v0 \
         --data data/Reacher-v0-heldout [--episodes 48] [--chunks 8] [--start 0] [--threads 2] [--out FILE.json]

@@ -1,0 +1,248 @@
+"""The results tables of README.md and benchmarks/RESULTS.md, generated from the committed JSON.
+
+    python benchmarks/tables.py           # rewrite the tables between their markers
+    python benchmarks/tables.py --check   # exit 1 when a committed table differs from the JSON
+
+Each table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` in its file. A cell
+names one or more report folders under ``benchmarks/results/`` (``sfplan eval``'s
+``report.json``); several are summed (e.g. a 50-episode result run as 20 + 30 seeds). The
+hardware of each timing is named here, since a report records the platform, not the CPU.
+``tests/test_docs.py`` runs ``--check``, so the tables cannot drift from the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+AVX2 = "AMD EPYC, 2 cores (AVX2, no AVX-512)"
+AVX512 = "AMD EPYC, 2 cores (AVX512-BF16)"
+SHARED = "2-core x86-64, shared"
+
+# Headline: per task, the default planner (CEM) with the learned world model, the simulator as
+# world model (oracle) and random actions, on the evaluation seeds (100000 + i).
+HEADLINE = [
+    dict(task="Reacher", goal="near", learned=["reacher_dynamics8/shipped_default_eval"],
+         oracle=["oracle_near/reacher__cem__oracle"], random=["oracle_near/reacher__random__oracle"],
+         time="speed_avx2/shipped_default", hw=AVX2),
+    dict(task="PointMaze UMaze", goal="near", learned=["probe_cost/pointmaze_learned_probe_it2_eval"],
+         oracle=["pointmaze_fs4/oracle"], random=["pointmaze_fs4/random"],
+         time="probe_cost/pointmaze_learned_probe_it2_eval", hw=SHARED, oracle_note="image cost"),
+    dict(task="PointMaze UMaze", goal="far, 4 waypoint images",
+         learned=["far_umaze/pointmaze_umaze__cem__learned__goal-far__waypoints-4"],
+         oracle=["far_umaze/pointmaze_umaze__cem__oracle__goal-far__cost-probe__waypoints-4"],
+         random=["far_umaze/pointmaze_umaze__random__oracle__goal-far"],
+         time="far_umaze/pointmaze_umaze__cem__learned__goal-far__waypoints-4", hw=SHARED, oracle_note="probe cost"),
+    dict(task="PointMaze Medium", goal="far, 10 waypoint images",
+         learned=["far_medium/pointmaze_medium__cem__learned__goal-far__waypoints-10",
+                  "far_medium/pmm_learned_far_w10_eval_100020"],
+         oracle=["far_medium/pointmaze_medium__cem__oracle__goal-far__cost-probe__waypoints-10"],
+         random=["far_medium/pointmaze_medium__random__oracle__goal-far"],
+         time="far_medium/pmm_learned_far_w10_eval_100020", hw=SHARED, oracle_note="probe cost"),
+    dict(task="MemoryMaze", goal="retrace, 8 waypoint images",
+         learned=["memory_retrace/memory_maze__cem__learned__goal-retrace__waypoints-8",
+                  "memory_retrace/memory_maze__cem__learned__goal-retrace__waypoints-8__seed-100010"],
+         oracle=["memory_retrace/memory_maze__cem__oracle__goal-retrace__waypoints-8"],
+         random=["memory_retrace/memory_maze__random__oracle__goal-retrace__waypoints-8"],
+         time="memory_retrace/memory_maze__cem__learned__goal-retrace__waypoints-8", hw=SHARED,
+         learned_note="not shipped"),
+    dict(task="Pusher", goal="near", learned=None, oracle=["oracle_near_20/pusher__cem__oracle"],
+         random=["oracle_near_20/pusher__random__oracle"], time=None, hw=None),
+    dict(task="robosuite Lift", goal="near", learned=None, oracle=["oracle_near_5/lift__cem__oracle"],
+         random=["oracle_near_5/lift__random__oracle"], time=None, hw=None),
+]
+
+# Planners on the learned Reacher model (near goals, evaluation seeds 100000-100049).
+PLANNERS = [
+    ("CEM, probe cost (default)", "shipped", "reacher_dynamics8/shipped_default_eval"),
+    ("CEM, image cost", "earlier weights", "learned_near_dyn4/reacher__cem__learned"),
+    ("MPPI, image cost", "earlier weights", "planners_learned/reacher__mppi__learned"),
+    ("video plan + IDM, scored by imagining the IDM's actions (`score=rollout`)", "earlier weights",
+     "planners_learned/reacher__video_plan__learned__planner-score-rollout"),
+    ("video plan + IDM, scored as generated (`score=video`, the paper)", "earlier weights",
+     "planners_learned/reacher__video_plan__learned__planner-score-video"),
+    ("CEM + Temp-LoRA (writes each executed chunk)", "earlier weights",
+     "learned_near_dyn4/reacher__cem__learned+temp_lora"),
+    ("CEM with the simulator as world model, the learned row's search, probe cost", "-",
+     "reacher_same_search/reacher_oracle_learnedrow_probe_eval"),
+    ("random actions", "-", "oracle_near/reacher__random__oracle"),
+]
+
+# Far goals: the goal image alone against waypoint images, per world model and cost.
+FAR = {
+    "far_umaze": ("PointMaze UMaze, far goals (75-step budget), evaluation seeds 100000-100049", 4, [
+        ("learned (shipped), probe cost (default)", "pointmaze_umaze__cem__learned__goal-far",
+         "pointmaze_umaze__cem__learned__goal-far__waypoints-4"),
+        ("learned + Temp-LoRA", "pointmaze_umaze__cem__learned+temp_lora__goal-far", None),
+        ("oracle, probe cost", "pointmaze_umaze__cem__oracle__goal-far__cost-probe",
+         "pointmaze_umaze__cem__oracle__goal-far__cost-probe__waypoints-4"),
+        ("oracle, image cost", "pointmaze_umaze__cem__oracle__goal-far",
+         "pointmaze_umaze__cem__oracle__goal-far__waypoints-4"),
+        ("random actions", "pointmaze_umaze__random__oracle__goal-far", None)]),
+    "far_medium": ("PointMaze Medium, far goals across the maze (150-step budget), evaluation seeds "
+                   "100000-100019", 10, [
+        ("learned (shipped), probe cost (default)", "pointmaze_medium__cem__learned__goal-far",
+         "pointmaze_medium__cem__learned__goal-far__waypoints-10"),
+        ("oracle, probe cost", "pointmaze_medium__cem__oracle__goal-far__cost-probe",
+         "pointmaze_medium__cem__oracle__goal-far__cost-probe__waypoints-10"),
+        ("oracle, image cost, `subgoal_ratio=0.9`", "pointmaze_medium__cem__oracle__goal-far",
+         "pointmaze_medium__cem__oracle__goal-far__waypoints-10__subgoal_ratio-0-9"),
+        ("random actions", "pointmaze_medium__random__oracle__goal-far", None)]),
+}
+
+# Plan time per decision of the default Reacher planner (shipped model, CEM 64 x 2, probe cost).
+SPEED = [("speed_avx2/shipped_default", AVX2, "fp32 (no bf16 instructions)"),
+         ("reacher_dynamics8/speed", AVX512, "bf16 denoiser (`world_model.autocast=auto`)")]
+
+# Held-out quality of the shipped world models (benchmarks/world_model_quality.py, one chunk).
+QUALITY = [("Reacher-v0", "wm_quality/Reacher-v0_dynamics8.json"),
+           ("PointMazeUMaze-v0", "wm_quality/PointMazeUMaze-v0.json"),
+           ("PointMazeMedium-v0", "wm_quality/PointMazeMedium-v0.json")]
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def report(folder: str) -> dict:
+    return json.loads((RESULTS / folder / "report.json").read_text())
+
+
+def success(folders: list[str] | None, link: str | None, ci: bool = False) -> str:
+    """``k/n (p%)`` over one or more report folders, linked to the first (``link``: the path
+    prefix from the page to benchmarks/results/, None for no link)."""
+    if not folders:
+        return "-"
+    k = sum(report(f)["summary"]["successes"] for f in folders)
+    n = sum(report(f)["summary"]["episodes"] for f in folders)
+    text = f"{k}/{n} ({k / n:.0%})"
+    if ci:
+        lo, hi = wilson(k, n)
+        text += f" [{lo:.0%}, {hi:.0%}]"
+    if link is not None:
+        text = f"[{text}]({link}{folders[0]}/report.json)"
+    return text
+
+
+def plan_time(folder: str) -> str:
+    r = report(folder)
+    jobs, threads = r["meta"].get("jobs", 1) or 1, r["meta"].get("torch_threads")
+    how = f"{threads} thread{'s' if threads != 1 else ''}" + (f" x {jobs} episodes at once" if jobs > 1 else "")
+    return f"{r['summary']['plan_time_per_decision_s']:.2f} s ({how})"
+
+
+def headline(link: str | None, ci: bool) -> str:
+    lines = ["| task | goal | learned | oracle | random | learned plan time / decision | CPU |",
+             "|---|---|---|---|---|---|---|"]
+    for row in HEADLINE:
+        learned = success(row["learned"], link, ci)
+        if row.get("learned_note"):
+            learned += f", {row['learned_note']}"
+        oracle = success(row["oracle"], link, ci)
+        if row.get("oracle_note"):
+            oracle += f", {row['oracle_note']}"
+        t = plan_time(row["time"]) if row["time"] else "-"
+        lines.append(f"| {row['task']} | {row['goal']} | {learned} | {oracle} | {success(row['random'], link, ci)} "
+                     f"| {t} | {row['hw'] or '-'} |")
+    return "\n".join(lines)
+
+
+def planners(link: str) -> str:
+    lines = ["| planner | dynamics weights | success [95% CI] | steps (mean) | plan time / decision |",
+             "|---|---|---|---|---|"]
+    for name, weights, folder in PLANNERS:
+        r = report(folder)
+        t = plan_time(folder) if "random" not in name else "-"
+        lines.append(f"| {name} | {weights} | {success([folder], link, True)} | {r['summary']['steps_mean']:.1f} "
+                     f"| {t} |")
+    return "\n".join(lines)
+
+
+def far(key: str, link: str) -> str:
+    title, n_wp, rows = FAR[key]
+    lines = [f"{title}:", "", f"| world model, cost | goal image only | + {n_wp} waypoint images "
+             "| waypoints passed (mean) | plan time / decision |", "|---|---|---|---|---|"]
+    for name, alone, wp in rows:
+        wps = f"{report(f'{key}/{wp}')['summary'].get('waypoints_passed_mean') or 0:.1f} of {n_wp}" if wp else "-"
+        t = plan_time(f"{key}/{wp or alone}") if "random" not in name else "-"
+        lines.append(f"| {name} | {success([f'{key}/{alone}'], link, True)} "
+                     f"| {success([f'{key}/{wp}'], link, True) if wp else '-'} | {wps} | {t} |")
+    return "\n".join(lines)
+
+
+def speed(link: str) -> str:
+    lines = ["| CPU | denoiser | plan time / decision (mean, p90) | report |", "|---|---|---|---|"]
+    for folder, cpu, how in SPEED:
+        s = report(folder)["summary"]
+        lines.append(f"| {cpu} | {how} | {s['plan_time_per_decision_s']:.2f} s, "
+                     f"{s['plan_time_per_decision_p90_s']:.2f} s | [{folder}]({link}{folder}/report.json) |")
+    return "\n".join(lines)
+
+
+def quality(link: str) -> str:
+    lines = ["| model | PSNR dB (copy-last) | object PSNR dB (copy-last) | SSIM | adherence dB (object PSNR, true - "
+             "shuffled actions) | JSON |", "|---|---|---|---|---|---|"]
+    for name, f in QUALITY:
+        q = json.loads((RESULTS / f).read_text())
+        m, c = q["one_chunk"]["model"], q["one_chunk"]["copy_last_frame"]
+        a = q["adherence_one_chunk"]
+        adh = a["true_actions"]["object_psnr"]["mean"] - a["shuffled_actions"]["object_psnr"]["mean"]
+        lines.append(f"| {name} | {m['psnr']['mean']:.2f} ({c['psnr']['mean']:.2f}) | {m['object_psnr']['mean']:.2f} "
+                     f"({c['object_psnr']['mean']:.2f}) | {m['ssim']['mean']:.3f} | {adh:+.2f} | [{Path(f).name}]"
+                     f"({link}{f}) |")
+    return "\n".join(lines)
+
+
+def tables() -> dict[Path, dict[str, str]]:
+    """{file: {table name: generated markdown}}."""
+    readme, results = ROOT / "README.md", ROOT / "benchmarks" / "RESULTS.md"
+    return {readme: {"headline": headline(None, ci=False)},
+            results: {"headline": headline("results/", ci=True), "planners": planners("results/"),
+                      "far_umaze": far("far_umaze", "results/"), "far_medium": far("far_medium", "results/"),
+                      "speed": speed("results/"), "quality": quality("results/")}}
+
+
+def render(text: str, blocks: dict[str, str]) -> str:
+    for name, body in blocks.items():
+        start, end = f"<!-- table:{name} -->", f"<!-- /table:{name} -->"
+        if start not in text or end not in text:
+            raise SystemExit(f"no {start} ... {end} markers")
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{body}\n{end}{tail}"
+    return text
+
+
+def stale() -> list[str]:
+    """The files whose committed tables differ from what the JSON gives."""
+    return [str(p.relative_to(ROOT)) for p, blocks in tables().items() if render(p.read_text(), blocks) != p.read_text()]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 when a committed table differs from the JSON")
+    args = ap.parse_args(argv)
+    if args.check:
+        bad = stale()
+        for f in bad:
+            print(f"{f}: its tables differ from benchmarks/results/ (run python benchmarks/tables.py)")
+        return 1 if bad else 0
+    for p, blocks in tables().items():
+        p.write_text(render(p.read_text(), blocks))
+        print(f"wrote {p.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
