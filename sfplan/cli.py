@@ -63,11 +63,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
         return 0
     import json
 
-    from sfplan.data.dataset import EpisodeDataset, format_summary
+    from sfplan.data.dataset import DatasetError, EpisodeDataset, format_summary
 
     with EpisodeDataset(args.path) as ds:
         s = ds.summary()
     print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    if s["problems"]:  # a dataset that is not fit to train on: the summary above, then exit status 2
+        more = f" (and {len(s['problems']) - 1} more above)" if len(s["problems"]) > 1 else ""
+        raise DatasetError(f"{s['problems'][0]}{more}")
     return 0
 
 

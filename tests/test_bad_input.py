@@ -144,3 +144,91 @@ def test_a_broken_idm_does_not_block_planners_that_do_not_use_it(model_copy):
     from sfplan.cli import _user_error_cause
 
     assert "unreadable" in str(_user_error_cause(e.value))
+
+
+# ----------------------------------------------------------------------------- datasets
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    """3 Reacher episodes x 6 steps at 32x32 in one shard."""
+    from sfplan.data import collect
+
+    out = tmp_path_factory.mktemp("data") / "reacher"
+    collect(out, "sfplan/Reacher-v0", {"image_size": 32, "goal": "near"}, episodes=3, steps=6, workers=1,
+            progress=False)
+    return out
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+
+def flip_pixel_bytes(shard: Path, n: int = 40) -> None:
+    """Flip ``n`` bytes in the middle of the first episode's pixel chunk (as a failing disk would)."""
+    import h5py
+
+    with h5py.File(shard, "r") as f:
+        name = sorted(k for k in f if k.startswith("episode_"))[0]
+        info = f[name]["pixels"].id.get_chunk_info(0)
+    raw = bytearray(shard.read_bytes())
+    mid = info.byte_offset + info.size // 2
+    for i in range(mid, mid + n):
+        raw[i] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+
+
+def set_actions(shard: Path, value: float | None) -> None:
+    """Rewrite every episode's actions in place (same file size): ``value``, or, with None,
+    the recorded actions negated."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(shard, "r+") as f:
+        for k in f:
+            a = f[k]["actions"]
+            a[...] = -a[()] if value is None else np.full(a.shape, value, np.float32)
+
+
+def test_data_info_finds_flipped_bytes_and_training_stops_on_them(small_data, tmp_path, capsys):
+    from sfplan.data import EpisodeDataset
+    from sfplan.data.dataset import DatasetError
+
+    d = _copy(small_data, tmp_path / "d")
+    assert main(["data", "info", str(d)]) == 0 and "PROBLEM" not in capsys.readouterr().out
+    shard = next(d.glob("shard-*.h5"))
+    flip_pixel_bytes(shard)
+    assert main(["data", "info", str(d)]) == 2
+    cap = capsys.readouterr()
+    assert "checksum does not match" in cap.err and shard.name in cap.err and "append=true" in cap.err
+    assert "PROBLEM" in cap.out  # the summary is still printed above the error
+    with EpisodeDataset(d) as ds, pytest.raises(DatasetError, match="checksum does not match"):
+        ds.read(0, 0, 4)  # what a training batch reads
+
+
+def test_nan_actions_are_a_problem_for_data_info_and_training(small_data, tmp_path, capsys):
+    from sfplan.training import run_train
+
+    d = _copy(small_data, tmp_path / "d")
+    set_actions(next(d.glob("shard-*.h5")), float("nan"))
+    assert main(["data", "info", str(d)]) == 2
+    cap = capsys.readouterr()
+    assert "3 of 3 episode(s)" in cap.err and "NaN/inf actions" in cap.err
+    assert "+nan" not in cap.out and "PROBLEM" in cap.out  # no "mean [+nan, +nan]" as if it were data
+    with pytest.raises(UserError, match="NaN/inf actions"):
+        run_train(load_config("train", ["stage=vae", f"data.path={d}", f"out_dir={tmp_path / 'run'}", "steps=1",
+                                        "progress=false", "tensorboard=false", "device=cpu"]))
+
+
+def test_latent_cache_key_follows_the_datasets_content(small_data, tmp_path):
+    """Same shard names, sizes and seeds, other actions: another cache file."""
+    from sfplan.data import EpisodeDataset
+    from sfplan.training.latent_cache import dataset_fingerprint
+
+    a, b = _copy(small_data, tmp_path / "a"), _copy(small_data, tmp_path / "b")
+    sa, sb = next(a.glob("shard-*.h5")), next(b.glob("shard-*.h5"))
+    set_actions(sb, None)
+    assert sa.name == sb.name and sa.stat().st_size == sb.stat().st_size
+    with EpisodeDataset(a) as da, EpisodeDataset(b) as db:
+        assert (da.seeds == db.seeds).all()
+        assert dataset_fingerprint(da) != dataset_fingerprint(db)
+        assert dataset_fingerprint(da) == dataset_fingerprint(EpisodeDataset(_copy(a, tmp_path / "a2")))
