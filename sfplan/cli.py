@@ -46,7 +46,9 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         return 0
     from sfplan.data.collect import run_collect
 
-    r = run_collect(cfg)
+    from sfplan.config import override_keys
+
+    r = run_collect(cfg, explicit=override_keys(args.overrides))
     print(f"collected {r['episodes']} episodes, {r['steps']} steps (seeds {r['seeds'][0]}-{r['seeds'][1]}) in "
           f"{r['wall_s']:.1f} s: {r['steps_per_s']:.0f} steps/s, {r['workers']} worker(s) at "
           f"{r['steps_per_s_per_worker']:.0f} steps/s each")

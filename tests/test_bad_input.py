@@ -232,3 +232,25 @@ def test_latent_cache_key_follows_the_datasets_content(small_data, tmp_path):
         assert (da.seeds == db.seeds).all()
         assert dataset_fingerprint(da) != dataset_fingerprint(db)
         assert dataset_fingerprint(da) == dataset_fingerprint(EpisodeDataset(_copy(a, tmp_path / "a2")))
+
+
+def test_append_as_the_repair_hint_prints_it_recollects_the_lost_shard(tmp_path, capsys):
+    """The hint `sfplan collect append=true episodes=N out=DIR` run as printed: the dataset's
+    env, steps, policy and seeds, not the config's defaults (Reacher 64x64, 50 steps, 200 episodes)."""
+    from sfplan.data import EpisodeDataset
+
+    out = tmp_path / "d"
+    assert main(["collect", "env.kwargs.image_size=32", "steps=4", "episodes=4", "shard_episodes=2", "workers=1",
+                 "policy=random", "seed=10", f"out={out}", "progress=false"]) == 0
+    lost = out / "shard-00012-00013.h5"
+    flip_pixel_bytes(lost)
+    assert main(["data", "info", str(out)]) == 2
+    hint = capsys.readouterr().err.split("`")[1]
+    assert hint == f"sfplan collect append=true episodes=2 out={out}"
+    lost.unlink()
+    assert main([*hint.split()[1:], "workers=1", "progress=false"]) == 0
+    with EpisodeDataset(out) as ds:
+        assert ds.seeds.tolist() == [10, 11, 12, 13] and ds.lengths.tolist() == [4] * 4
+        assert {ds.policy_of(i) for i in range(4)} == {"random"} and ds.image_size == 32
+    assert main(["collect", "append=true", "steps=50", "episodes=1", f"out={out}", "progress=false"]) == 2
+    assert "4-step episodes" in capsys.readouterr().err

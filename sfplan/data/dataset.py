@@ -302,8 +302,12 @@ class ShardInfo:
 
 
 def _fix_hint(path: Path) -> str:
+    # append=true takes the dataset's env, steps, policy and first seed, so this collects
+    # exactly the deleted shard's seeds (the first ones the dataset lacks)
+    m = SHARD_RE.match(path.name)
+    n = f"episodes={int(m.group(2)) - int(m.group(1)) + 1} " if m else ""
     return (f"delete {path} (the other shards stay usable) and re-collect those seeds with "
-            f"`sfplan collect append=true out={path.parent}`")
+            f"`sfplan collect append=true {n}out={path.parent}`")
 
 
 def _open(path: Path) -> h5py.File:
