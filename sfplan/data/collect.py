@@ -441,10 +441,13 @@ def _run_jobs(jobs: list[dict], n_workers: int, n_episodes: int, progress: bool)
         import multiprocessing as mp
         from concurrent.futures.process import BrokenProcessPool
 
+        from sfplan.procs import init_worker  # a killed collect must not leave workers writing shards
+
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         results = []
-        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_worker_init, initargs=(queue,)) as ex:
+        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=init_worker,
+                                 initargs=(os.getpid(), "sfplan.data.collect:_worker_init", queue)) as ex:
             pending = {ex.submit(collect_shard, job) for job in jobs}
             try:
                 while pending:
@@ -499,7 +502,9 @@ def append_settings(out: str | Path, explicit: set[str]) -> dict:
         return {}
     with EpisodeDataset(out) as ds:
         first = ds.shards[0].attrs
-        got = {"seed": int(ds.seeds.min())}
+        # the first seed of the run that made it (the lowest seed left may be past a lost shard)
+        seeds = [int(sh.attrs["config"]["seed"]) for sh in ds.shards if "seed" in (sh.attrs.get("config") or {})]
+        got = {"seed": min(seeds) if seeds else int(ds.seeds.min())}
     rec_steps = int(first.get("steps_per_episode") or 0)
     if not _given(explicit, *_ENV_KEYS):
         got.update(env_id=str(first["env_id"]), env_kwargs=dict(first.get("env_kwargs") or {}))

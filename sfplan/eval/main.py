@@ -2,6 +2,7 @@
 write the report."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -105,8 +106,11 @@ def _evaluate_parallel(cfg: DictConfig, seeds: list[int], jobs: int):
 
     threads = max(1, torch.get_num_threads() // jobs)
     by_seed, frames = {}, 0
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(OmegaConf.to_yaml(cfg, resolve=True), threads)) as pool:
+    from sfplan.procs import init_worker  # a killed `sfplan eval` must not leave its workers running
+
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=init_worker,
+                             initargs=(os.getpid(), "sfplan.eval.main:_init_worker",
+                                       OmegaConf.to_yaml(cfg, resolve=True), threads)) as pool:
         futures = [pool.submit(_worker_episode, s) for s in seeds]
         bar = tqdm(as_completed(futures), total=len(seeds), desc=f"episodes ({jobs} jobs)",
                    disable=not bool(cfg.progress), dynamic_ncols=True)
