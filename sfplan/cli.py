@@ -47,7 +47,9 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         return 0
     from sfplan.data.collect import run_collect
 
-    r = run_collect(cfg)
+    from sfplan.config import override_keys
+
+    r = run_collect(cfg, explicit=override_keys(args.overrides))
     print(f"collected {r['episodes']} episodes, {r['steps']} steps (seeds {r['seeds'][0]}-{r['seeds'][1]}) in "
           f"{r['wall_s']:.1f} s: {r['steps_per_s']:.0f} steps/s, {r['workers']} worker(s) at "
           f"{r['steps_per_s_per_worker']:.0f} steps/s each")
@@ -64,11 +66,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
         return 0
     import json
 
-    from sfplan.data.dataset import EpisodeDataset, format_summary
+    from sfplan.data.dataset import DatasetError, EpisodeDataset, format_summary
 
     with EpisodeDataset(args.path) as ds:
         s = ds.summary()
     print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    if s["problems"]:  # a dataset that is not fit to train on: the summary above, then exit status 2
+        more = f" (and {len(s['problems']) - 1} more above)" if len(s["problems"]) > 1 else ""
+        raise DatasetError(f"{s['problems'][0]}{more}")
     return 0
 
 

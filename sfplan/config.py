@@ -62,6 +62,11 @@ def shipped_env_configs() -> dict[str, str]:
     return out
 
 
+def override_keys(overrides: list[str]) -> set[str]:
+    """The keys a command line set (``env.id=x`` -> ``env.id``; ``env=pusher`` -> ``env``)."""
+    return {_split(o)[0] for o in overrides if "=" in o}
+
+
 def _split(o: str) -> tuple[str, str]:
     k, _, v = o.partition("=")
     return k.lstrip("+~"), v

@@ -1,4 +1,6 @@
 """Goal-image task contract: every registered MuJoCo task and GoalImageWrapper."""
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -259,3 +261,13 @@ def test_pointmaze_frame_skip_is_an_action_repeat_with_the_same_goals():
         gym.make("sfplan/PointMazeUMaze-v0", frame_skip=0)
     for env in (*envs.values(), far):
         env.close()
+
+
+def test_missing_robosuite_hint(monkeypatch):
+    """Here, not in test_robosuite_envs.py: that module is skipped where robosuite is missing,
+    the very case this checks."""
+    from sfplan.envs import robosuite_tasks
+
+    monkeypatch.setitem(sys.modules, "robosuite", None)  # import robosuite -> ImportError
+    with pytest.raises(ImportError, match=r"pip install -c constraints.txt -e .\[robosuite\]"):
+        robosuite_tasks.LiftGoalEnv()

@@ -18,7 +18,8 @@ def test_eval_end_to_end_writes_report(tmp_path):
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
     s = rep["summary"]
-    assert s["episodes"] == 2 and 0 <= s["success_rate"] <= 1
+    assert s["episodes"] == 2 and s["successes"] == sum(e["success"] for e in rep["episodes"])
+    assert s["success_rate"] == s["successes"] / 2
     lo, hi = s["success_rate_ci95"]
     assert 0 <= lo <= s["success_rate"] <= hi <= 1
     for e in rep["episodes"]:

@@ -514,7 +514,9 @@ def test_slowfast_loop_trains_and_resumes_bit_exact(data, vae_dir, tmp_path):
 def test_eval_cli_with_memory(tmp_path, capsys):
     from sfplan.cli import main
 
-    tiny_model(image_size=32).save_pretrained(tmp_path / "m")
+    wm = tiny_model(image_size=32)
+    wm.trained_env = {"id": "sfplan/Reacher-v0", "kwargs": {"image_size": 32}}
+    wm.save_pretrained(tmp_path / "m")
     args = ["eval", "world_model=learned", f"world_model.path={tmp_path / 'm'}", "env.kwargs.image_size=32",
             "episodes=1", "budget=4", "execute=2", "planner.horizon=2", "planner.num_samples=4", "planner.iterations=1",
             "record=false", "progress=false", "device=cpu", f"out_dir={tmp_path / 'e'}", "memory=temp_lora",
@@ -523,6 +525,8 @@ def test_eval_cli_with_memory(tmp_path, capsys):
     assert main([*args, "memory.write=real"]) == 0
     report = json.loads((tmp_path / "e" / "report.json").read_text())
     assert report["config"]["memory"]["write"] == "real" and report["summary"]["episodes"] == 1
+    e = report["episodes"][0]  # the memory was written after each executed chunk, not just configured
+    assert e["decisions"] == 2 and e["memory_write_mean_s"] > 0
     assert main(["eval", "planner=random", "episodes=1", "budget=2", "memory=temp_lora", "memory.write=real",
                  "progress=false", "record=false"]) == 2
     assert "needs a planner that uses a world model" in capsys.readouterr().err

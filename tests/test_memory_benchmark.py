@@ -226,27 +226,22 @@ def test_memory_benchmark_end_to_end(tiny_model_dir, tmp_path):
     assert set(res["arms"]) >= {"true return", "copy-last", "none", "slowfast_none"}
     for arm in ("none", "slowfast_none"):
         s = res["arms"][arm]["summary"]
-        assert np.isfinite([s["psnr"], s["ssim"], s["src"], s["wall_s"]]).all() and s["scene_cuts"] >= 0
+        assert np.isfinite([s["psnr"], s["ssim"], s["src"], s["wall_s"]]).all()
+        e = res["arms"][arm]["episodes"][0]  # cuts: the recorded jumps above the recorded threshold
+        assert s["scene_cuts"] == sum(j > res["cut_threshold"] for j in e["jumps"]) and len(e["jumps"]) > 0
         assert len(res["arms"][arm]["per_step"]["psnr"]) == 4
     assert res["arms"]["true return"]["summary"]["src"] > 0.999
     assert res["checkpoint_sha256"]["model"] and res["cut_threshold"] > 0
     assert "| none |" in (out / "results.md").read_text()
     assert (out / "episode_100000.gif").is_file()
-    try:
-        import sfplan.memory  # noqa: F401
-        from sfplan.world_model.learned import SlowFastWorldModel
-
-        has_memory = hasattr(SlowFastWorldModel, "attach_memory")
-    except ImportError:
-        has_memory = False
-    if has_memory:  # the memory arms ran, and the writes changed what the model imagines
-        for arm, ref in (("templora", "none"), ("slowfast", "slowfast_none")):
-            a = res["arms"][arm]
-            assert a["episodes"][0]["psnr"] != res["arms"][ref]["episodes"][0]["psnr"]
-            assert a["episodes"][0]["write_s"] > 0 and np.isfinite(a["time_overhead_pct"])
-        assert res["temp_lora"]["lr"] == 0.01 and res["temp_lora"]["steps_per_write"] == 2
-    else:  # skipped with a clear message
-        assert "Temp-LoRA API missing" in res["skipped"]["templora"]
+    # sfplan ships the memory: its arms must run (a broken import is a failure, not a skip), and
+    # the writes must change what the model imagines
+    assert not res.get("skipped"), res.get("skipped")
+    for arm, ref in (("templora", "none"), ("slowfast", "slowfast_none")):
+        a = res["arms"][arm]
+        assert a["episodes"][0]["psnr"] != res["arms"][ref]["episodes"][0]["psnr"]
+        assert a["episodes"][0]["write_s"] > 0 and np.isfinite(a["time_overhead_pct"])
+    assert res["temp_lora"]["lr"] == 0.01 and res["temp_lora"]["steps_per_write"] == 2
 
 
 def test_memory_benchmark_rejects_collection_seeds(tiny_model_dir, tmp_path):

@@ -6,7 +6,6 @@ goal is reachable), so convergence is checked against it.
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -201,7 +200,8 @@ def test_random_policy_needs_no_world_model():
 def test_config_kwargs_and_errors():
     p, _ = make(CEMPlanner, horizon=3, num_samples=8, num_elites=99, iterations=1)
     assert p.horizon == 3 and p.config.num_samples == 8
-    p.plan(PointMass().encode(X0), goal_of(GOAL))  # num_elites is clamped to N
+    res = p.plan(PointMass().encode(X0), goal_of(GOAL))  # num_elites is clamped to N: no error, a full plan
+    assert res.actions.shape == (1, 3, 2) and torch.isfinite(res.cost).all()
     with pytest.raises(TypeError, match="unknown"):
         make(CEMPlanner, horizonn=3)
     with pytest.raises(ValueError):
@@ -317,15 +317,6 @@ def test_cost_is_vectorised_over_candidates():
     full = cost(Imagination(feats, torch.tensor([2, 4, 6])), g)
     single = torch.stack([cost(Imagination(feats[:, n:n + 1], torch.tensor([2, 4, 6])), g)[:, 0] for n in range(6)], 1)
     assert torch.allclose(full, single, atol=1e-6)
-
-
-def test_cem_plan_time_small():
-    planner, wm = make(CEMPlanner, horizon=10, num_samples=64, iterations=4, seed=0)
-    state, goal = wm.encode(X0), goal_of(GOAL)
-    planner.plan(state, goal)
-    t0 = time.perf_counter()
-    planner.plan(state, goal)
-    assert time.perf_counter() - t0 < 0.5
 
 
 def test_closed_loop_mpc_with_shifted_warm_start():

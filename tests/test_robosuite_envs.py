@@ -136,11 +136,3 @@ def test_fast_controller_matches_robosuite():
             state = results[0]
     finally:
         sim.fast_controller = True
-
-
-def test_missing_robosuite_hint(monkeypatch):
-    from sfplan.envs import robosuite_tasks
-
-    monkeypatch.setitem(sys.modules, "robosuite", None)  # import robosuite -> ImportError
-    with pytest.raises(ImportError, match=r"pip install -c constraints.txt -e .\[robosuite\]"):
-        robosuite_tasks.LiftGoalEnv()

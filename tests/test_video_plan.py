@@ -203,7 +203,9 @@ def test_stage_idm_trains_and_resumes_bit_exact(data, vae_model, tmp_path):
     assert torch.allclose(idm.action_low, torch.tensor([-1.0, -1.0])) and len(list(tmp_path.glob("*/latents-*")))
     val = full["idm_val"]  # held-out action MSE and R^2 per action dim
     assert {"action_mse", "action_mse_normalized", "action_r2_0", "action_r2_1", "action_r2_mean"} <= set(val)
-    assert np.isfinite(val["action_mse"]) and val["action_mse_normalized"] <= 4.0
+    # Reacher's actions span [-1, 1], so the normaliser is the identity there: the two MSEs agree
+    # unless the IDM's normaliser is not the action bounds'
+    assert np.isfinite(val["action_mse"]) and val["action_mse_normalized"] == pytest.approx(val["action_mse"], rel=1e-5)
     card = (tmp_path / "full" / "model_card.md").read_text()
     assert "InverseDynamicsModel" in card and "held-out actions" in card and "planner=video_plan" in card
 
@@ -384,14 +386,12 @@ def test_planner_runs_in_the_mpc_loop():
         res = run_episode(env, planner, wm, seed=100000, budget=6, execute=3, record=False)
     finally:
         env.close()
-    assert res.steps == 6 or res.success
-    assert len(res.plan_times) == 2 or res.success
+    assert not res.success  # untrained toy models on this seed: the budget is always used up
+    assert res.steps == 6 and len(res.plan_times) == 2  # two decisions of 3 executed steps each
 
 
 def test_planner_imagines_with_the_attached_temp_lora_memory_and_never_writes_it():
     pytest.importorskip("peft")
-    if not hasattr(SlowFastWorldModel, "attach_memory"):
-        pytest.skip("this world model has no Temp-LoRA memory API")
     wm = tiny_wm()
     wm.idm = tiny_idm(num_frames=3)
     _randomize(wm.idm, scale=0.05)
@@ -418,6 +418,7 @@ def test_eval_cli_with_video_plan(tmp_path):
     from sfplan.cli import main
 
     wm = tiny_wm()
+    wm.trained_env = {"id": "sfplan/Reacher-v0", "kwargs": {"image_size": 16}}
     wm.save_pretrained(tmp_path / "wm")
     idm = IDMConfig(**TINY_IDM).build()
     idm.set_action_normalizer([-1.0, -1.0], [1.0, 1.0])
@@ -429,7 +430,10 @@ def test_eval_cli_with_video_plan(tmp_path):
                  "cost=multiscale", f"out_dir={out}"]) == 0  # cost: the tiny model has no state probe
     rep = json.loads((out / "report.json").read_text())
     assert rep["config"]["planner"]["num_videos"] == 2
-    assert "VideoPlanPlanner" in json.dumps(rep)
+    assert rep["meta"]["planner"] == "VideoPlanPlanner"  # the planner that ran, not the echoed config
+    e = rep["episodes"][0]
+    assert not e["success"] and e["steps"] == 4 and e["decisions"] == 2 and e["plan_time_mean_s"] > 0
+    assert rep["meta"]["imagined_frames"] > 0  # it generated videos with the world model
 
 
 def test_video_plan_needs_latent_features():

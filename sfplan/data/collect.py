@@ -4,8 +4,9 @@ Usage::
 
     sfplan collect                                  # Reacher, 200 x 50 steps, correlated noise
     sfplan collect env=pusher policy=goal episodes=500 workers=4 out=data/pusher
-    sfplan collect append=true episodes=100 out=data/pusher   # more episodes, fresh seeds
+    sfplan collect append=true episodes=100 out=data/pusher   # more episodes like those there, fresh seeds
     # after a crash or Ctrl-C: append=true episodes=<lost> collects exactly the lost seeds
+    # (append takes the dataset's env, steps, policy and first seed unless given)
     sfplan data info data/pusher
 
 Python::
@@ -440,10 +441,13 @@ def _run_jobs(jobs: list[dict], n_workers: int, n_episodes: int, progress: bool)
         import multiprocessing as mp
         from concurrent.futures.process import BrokenProcessPool
 
+        from sfplan.procs import init_worker  # a killed collect must not leave workers writing shards
+
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         results = []
-        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_worker_init, initargs=(queue,)) as ex:
+        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=init_worker,
+                                 initargs=(os.getpid(), "sfplan.data.collect:_worker_init", queue)) as ex:
             pending = {ex.submit(collect_shard, job) for job in jobs}
             try:
                 while pending:
@@ -479,8 +483,42 @@ def _drain(queue, bar) -> None:
             bar.update(n)
 
 
-def run_collect(cfg) -> dict:
-    """`sfplan collect`: run ``collect`` from a composed ``configs/collect.yaml``."""
+#: keys of `sfplan collect` that name the env (any of them given: the env is not inherited)
+_ENV_KEYS = ("env", "image_size", "goal")
+
+
+def _given(explicit: set[str], *names: str) -> bool:
+    return any(k == n or k.startswith(n + ".") for k in explicit for n in names)
+
+
+def append_settings(out: str | Path, explicit: set[str]) -> dict:
+    """``append=true`` onto the dataset at ``out``: the settings the command line leaves out
+    are the dataset's (env and its kwargs, steps, policy and its parameters, first seed), so
+    `sfplan collect append=true out=DIR` adds episodes like the ones there and, after lost
+    shards, collects exactly their seeds. A ``steps=`` other than the dataset's is refused:
+    it would mix episode lengths. Returns the settings to use ({} for a new dataset)."""
+    out = Path(out)
+    if not out.is_dir() or not list_shards(out):
+        return {}
+    with EpisodeDataset(out) as ds:
+        first = ds.shards[0].attrs
+        # the first seed of the run that made it (the lowest seed left may be past a lost shard)
+        seeds = [int(sh.attrs["config"]["seed"]) for sh in ds.shards if "seed" in (sh.attrs.get("config") or {})]
+        got = {"seed": min(seeds) if seeds else int(ds.seeds.min())}
+    rec_steps = int(first.get("steps_per_episode") or 0)
+    if not _given(explicit, *_ENV_KEYS):
+        got.update(env_id=str(first["env_id"]), env_kwargs=dict(first.get("env_kwargs") or {}))
+    if rec_steps:
+        got["steps"] = rec_steps
+    if not _given(explicit, "policy", "policies"):
+        got.update(policy=str(first.get("policy")), policy_kwargs=dict(first.get("policy_kwargs") or {}))
+    return got
+
+
+def run_collect(cfg, explicit: set[str] | None = None) -> dict:
+    """`sfplan collect`: run ``collect`` from a composed ``configs/collect.yaml``. ``explicit``:
+    the keys the command line set; with ``append=true`` the others come from the dataset
+    (``append_settings``)."""
     from omegaconf import OmegaConf
 
     c = OmegaConf.to_container(cfg, resolve=True)
@@ -489,11 +527,23 @@ def run_collect(cfg) -> dict:
         env_kwargs["image_size"] = int(c["image_size"])
     policies = c.get("policies") or {}
     policy = str(c["policy"])
+    policy_kwargs = dict(policies.get(policy) or {})
+    env_id, steps, seed = c["env"]["id"], int(c["steps"]), int(c["seed"])
     out = c.get("out") or os.path.join("data", c["env"]["id"].split("/")[-1].replace(":", "_"))
+    if c.get("append"):
+        explicit = set(explicit or ())
+        rec = append_settings(out, explicit)
+        if "steps" in rec and "steps" in explicit and steps != rec["steps"]:
+            raise UserError(f"append=true: {out} holds {rec['steps']}-step episodes, steps={steps} would mix episode "
+                            f"lengths: drop steps= (append takes the dataset's settings) or collect into another out=")
+        env_id, env_kwargs = rec.get("env_id", env_id), rec.get("env_kwargs", env_kwargs)
+        policy, policy_kwargs = rec.get("policy", policy), rec.get("policy_kwargs", policy_kwargs)
+        steps = rec.get("steps", steps)
+        seed = seed if "seed" in explicit else rec.get("seed", seed)
     return collect(
-        out, c["env"]["id"], env_kwargs,
-        episodes=int(c["episodes"]), steps=int(c["steps"]), policy=policy,
-        policy_kwargs=dict(policies.get(policy) or {}), workers=c.get("workers", 1), seed=int(c["seed"]),
+        out, env_id, env_kwargs,
+        episodes=int(c["episodes"]), steps=steps, policy=policy,
+        policy_kwargs=policy_kwargs, workers=c.get("workers", 1), seed=seed,
         shard_episodes=int(c.get("shard_episodes", 50)), append=bool(c.get("append", False)),
         progress=bool(c.get("progress", True)), config=c,
     )

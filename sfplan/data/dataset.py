@@ -21,6 +21,7 @@ Schema of a shard (format ``sfplan.episodes``, version 1)::
         policy (str)  policy_kwargs (JSON str)              steps_per_episode (int)
         seeds (int64 (N,))           n_episodes (int)       n_steps (int)
         created (ISO 8601 str)       source (str: "collect" | "minari:<id>")
+        checksums = "fletcher32"     [absent in shards written before checksums]
     /episode_<seed:05d>/             attrs: seed, length L
         pixels       uint8   (L+1, H, W, 3)   frame t is the observation before action t
         actions      float32 (L, A)           the clipped actions actually stepped
@@ -36,7 +37,10 @@ Schema of a shard (format ``sfplan.episodes``, version 1)::
         distance     float32 (L+1,)           info["distance"]            [optional]
 
 Pixels are chunked by episode (one chunk per episode, capped at ~1 MiB of frames so a
-clip read decompresses little) with gzip level 1; the rest is small. Seeds are unique
+clip read decompresses little) with gzip level 1; the rest is small. Every dataset carries
+HDF5's fletcher32 checksum per chunk: a flipped byte fails the read of its chunk (a
+``DatasetError`` naming the shard and the fix), in training and in ``sfplan data info``,
+which reads every chunk. Seeds are unique
 across the dataset and stay below ``EVAL_SEED_START`` (100000): evaluation uses seeds from
 there on, so no evaluation start state or goal is ever in the training data.
 
@@ -76,6 +80,7 @@ ROOT_ATTRS = ("format", "format_version", "env_id", "env_kwargs", "image_size", 
               "policy", "seeds", "n_episodes", "n_steps")
 GZIP_LEVEL = 1
 CHUNK_BYTES = 1 << 20
+CHECKSUM = "fletcher32"  # HDF5's per-chunk checksum filter
 
 
 class DatasetError(UserError):
@@ -188,23 +193,23 @@ class ShardWriter:
         g.attrs["length"] = ep.length
         frame_bytes = int(np.prod(ep.pixels.shape[1:]))
         chunk_t = max(1, min(ep.pixels.shape[0], CHUNK_BYTES // frame_bytes))
-        g.create_dataset("pixels", data=ep.pixels, chunks=(chunk_t, *ep.pixels.shape[1:]),
-                         compression="gzip", compression_opts=GZIP_LEVEL)
-        g.create_dataset("actions", data=np.asarray(ep.actions, np.float32))
-        g.create_dataset("rewards", data=np.asarray(ep.rewards, np.float32))
-        g.create_dataset("terminations", data=np.asarray(ep.terminations, bool))
-        g.create_dataset("truncations", data=np.asarray(ep.truncations, bool))
+        put = functools.partial(g.create_dataset, fletcher32=True)  # a checksum per chunk
+        put("pixels", data=ep.pixels, chunks=(chunk_t, *ep.pixels.shape[1:]), compression="gzip",
+            compression_opts=GZIP_LEVEL)
+        put("actions", data=np.asarray(ep.actions, np.float32))
+        put("rewards", data=np.asarray(ep.rewards, np.float32))
+        put("terminations", data=np.asarray(ep.terminations, bool))
+        put("truncations", data=np.asarray(ep.truncations, bool))
         if ep.states is not None:
-            g.create_dataset("states", data=np.asarray(ep.states, np.float64), compression="gzip",
-                             compression_opts=GZIP_LEVEL)
+            put("states", data=np.asarray(ep.states, np.float64), compression="gzip", compression_opts=GZIP_LEVEL)
         if ep.goal_pixels is not None:
-            g.create_dataset("goal_pixels", data=np.asarray(ep.goal_pixels, np.uint8))
+            put("goal_pixels", data=np.asarray(ep.goal_pixels, np.uint8))
         if ep.goal_state is not None:
-            g.create_dataset("goal_state", data=np.asarray(ep.goal_state, np.float64))
+            put("goal_state", data=np.asarray(ep.goal_state, np.float64))
         if ep.is_success is not None:
-            g.create_dataset("is_success", data=np.asarray(ep.is_success, bool))
+            put("is_success", data=np.asarray(ep.is_success, bool))
         if ep.distance is not None:
-            g.create_dataset("distance", data=np.asarray(ep.distance, np.float32))
+            put("distance", data=np.asarray(ep.distance, np.float32))
         self.seeds.append(int(ep.seed))
         self.n_steps += ep.length
 
@@ -225,6 +230,7 @@ class ShardWriter:
         a["policy_kwargs"] = _json(m.get("policy_kwargs") or {})
         a["steps_per_episode"] = int(m.get("steps_per_episode", 0))
         a["source"] = str(m.get("source", "collect"))
+        a["checksums"] = CHECKSUM
         a["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         a["seeds"] = np.asarray(self.seeds, np.int64)
         a["n_episodes"] = len(self.seeds)
@@ -296,8 +302,12 @@ class ShardInfo:
 
 
 def _fix_hint(path: Path) -> str:
+    # append=true takes the dataset's env, steps, policy and first seed, so this collects
+    # exactly the deleted shard's seeds (the first ones the dataset lacks)
+    m = SHARD_RE.match(path.name)
+    n = f"episodes={int(m.group(2)) - int(m.group(1)) + 1} " if m else ""
     return (f"delete {path} (the other shards stay usable) and re-collect those seeds with "
-            f"`sfplan collect append=true out={path.parent}`")
+            f"`sfplan collect append=true {n}out={path.parent}`")
 
 
 def _open(path: Path) -> h5py.File:
@@ -310,6 +320,8 @@ def _open(path: Path) -> h5py.File:
 
 def _first_line(e: BaseException) -> str:
     s = str(e).strip()
+    if "filter returned failure" in s:  # fletcher32 (or gzip) refused a chunk
+        return "a checksum does not match: bytes of the file changed on disk"
     return s.splitlines()[0] if s else type(e).__name__
 
 
@@ -615,12 +627,57 @@ class EpisodeDataset:
                 f"env={self.meta['env_id']}, image_size={self.image_size})")
 
     # ---- summary -------------------------------------------------------------------
-    def summary(self) -> dict:
-        """What `sfplan data info` prints: counts, sizes, env, policies, action stats."""
+    def nonfinite_actions(self) -> dict[int, int]:
+        """Episode seed -> number of NaN/inf action values, for the episodes that have any
+        (actions only are read)."""
+        out = {}
+        for i in range(len(self)):
+            n = int((~np.isfinite(self.read_actions(i))).sum())
+            if n:
+                out[int(self._seeds[i])] = n
+        return out
+
+    def check_actions(self) -> None:
+        """Raise a DatasetError naming the episodes whose actions are NaN/inf (training on
+        them would turn every step into a skipped one)."""
+        bad = self.nonfinite_actions()
+        if bad:
+            raise DatasetError(_nonfinite_message(self.path, bad, len(self)))
+
+    def verify(self) -> list[str]:
+        """Read every dataset of every episode, so each chunk's checksum is checked; returns
+        the problems found (corrupt episodes, shards without checksums), each with its fix."""
+        problems, unchecked = [], []
+        for si, shard in enumerate(self.shards):
+            rows = [ei for s, ei in self._index if s == si]
+            try:
+                f = self._file(si)
+                if f.attrs.get("checksums") is None:
+                    unchecked.append(shard.path.name)
+                for ei in rows:
+                    g = f[episode_key(int(shard.seeds[ei]))]
+                    for k in g:
+                        g[k][()]
+            except (OSError, ValueError, KeyError) as e:
+                problems.append(f"shard {shard.path} is corrupt ({_first_line(e)}); {_fix_hint(shard.path)}")
+        if unchecked:
+            problems.append(f"{len(unchecked)} shard(s) ({', '.join(unchecked[:3])}{', ...' if len(unchecked) > 3 else ''}) "
+                            f"carry no checksums (written by an older sfplan): flipped bytes there go unnoticed; "
+                            f"re-collect them to have them checked")
+        return problems
+
+    def summary(self, verify: bool = True) -> dict:
+        """What `sfplan data info` prints: counts, sizes, env, policies, action stats and, with
+        ``verify``, the problems found reading every chunk (``verify``) and the actions."""
         lengths = self.lengths
         seeds = self.seeds
         acts = [self.read_actions(i) for i in range(len(self))]
         A = np.concatenate(acts) if acts else np.zeros((0, self.action_dim), np.float32)
+        problems = self.verify() if verify else []
+        bad = self.nonfinite_actions()
+        if bad:
+            problems.append(_nonfinite_message(self.path, bad, len(self)))
+        finite = A[np.isfinite(A).all(1)]
         policies: dict[str, dict] = {}  # one row per (policy, kwargs)
         for si, _ in self._index:
             a = self.shards[si].attrs
@@ -646,8 +703,10 @@ class EpisodeDataset:
             "policies": sorted(policies.values(), key=lambda r: (r["policy"], _json(r["kwargs"]))),
             "action_low": self.meta["action_low"].tolist(),
             "action_high": self.meta["action_high"].tolist(),
-            "actions": {"mean": A.mean(0).tolist(), "std": A.std(0).tolist(), "min": A.min(0).tolist(),
-                        "max": A.max(0).tolist()} if len(A) else None,
+            "actions": {"mean": finite.mean(0).tolist(), "std": finite.std(0).tolist(),
+                        "min": finite.min(0).tolist(), "max": finite.max(0).tolist()} if len(finite) else None,
+            "nonfinite_action_episodes": len(bad),
+            "problems": problems,
             "state_dim": self.meta["state_dim"],
             "sfplan_versions": sorted({str(s.attrs.get("sfplan_version")) for s in self.shards}),
             "format_version": FORMAT_VERSION,
@@ -664,6 +723,14 @@ class EpisodeDataset:
         except (OSError, ValueError) as e:
             raise DatasetError(f"cannot read episode {seed} from {shard.path}: {_first_line(e)}; "
                                f"{_fix_hint(shard.path)}") from None
+
+
+def _nonfinite_message(path, bad: dict[int, int], n_episodes: int) -> str:
+    seeds = sorted(bad)
+    shown = ", ".join(map(str, seeds[:5])) + (", ..." if len(seeds) > 5 else "")
+    return (f"dataset {path}: {len(seeds)} of {n_episodes} episode(s) (seeds {shown}) have NaN/inf actions "
+            f"({sum(bad.values())} values): the policy or env that wrote them is broken; re-collect into a new "
+            f"out= (or delete those episodes' shards and `sfplan collect append=true out={path}`)")
 
 
 def _seed_hash(seed: int, salt: int) -> float:
@@ -769,9 +836,11 @@ def format_summary(s: dict) -> str:
     if s["actions"]:
         a = s["actions"]
         lines.append(f"             mean {vec(a['mean'])}  std {vec(a['std'])}  min {vec(a['min'])}  "
-                     f"max {vec(a['max'])}")
+                     f"max {vec(a['max'])}" + ("  (finite steps only)" if s.get("nonfinite_action_episodes") else ""))
     lines.append(f"state dim:   {s['state_dim']}")
     lines.append(f"written by:  sfplan {', '.join(s['sfplan_versions'])} (format v{s['format_version']})")
+    for p in s.get("problems", []):
+        lines.append(f"PROBLEM:     {p}")
     if s["leftover_temp_files"]:
         lines.append(f"note:        {s['leftover_temp_files']} unfinished temp file(s) of an interrupted collect "
                      f"(ignored; the next `sfplan collect` removes them)")

@@ -2,6 +2,7 @@
 write the report."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -105,8 +106,11 @@ def _evaluate_parallel(cfg: DictConfig, seeds: list[int], jobs: int):
 
     threads = max(1, torch.get_num_threads() // jobs)
     by_seed, frames = {}, 0
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(OmegaConf.to_yaml(cfg, resolve=True), threads)) as pool:
+    from sfplan.procs import init_worker  # a killed `sfplan eval` must not leave its workers running
+
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=init_worker,
+                             initargs=(os.getpid(), "sfplan.eval.main:_init_worker",
+                                       OmegaConf.to_yaml(cfg, resolve=True), threads)) as pool:
         futures = [pool.submit(_worker_episode, s) for s in seeds]
         bar = tqdm(as_completed(futures), total=len(seeds), desc=f"episodes ({jobs} jobs)",
                    disable=not bool(cfg.progress), dynamic_ncols=True)
@@ -117,19 +121,45 @@ def _evaluate_parallel(cfg: DictConfig, seeds: list[int], jobs: int):
     return [by_seed[s] for s in seeds], frames
 
 
+def check_eval_values(cfg: DictConfig) -> dict:
+    """Validate the run's numbers before anything slow starts (env, model, workers); returns
+    them as ints. Seeds below the evaluation range only get a note: tuning runs use them on
+    purpose (benchmarks/RESULTS.md), and the report records which range it measured."""
+    import sys
+
+    from sfplan.data.dataset import EVAL_SEED_START
+    from sfplan.errors import UserError, whole_number
+
+    what = {"episodes": (1, "episodes to run"), "budget": (1, "env steps per episode"),
+            "execute": (1, "actions executed per plan"), "waypoints": (0, "subgoal images before the goal (0: none)"),
+            "jobs": (1, "worker processes (1: run in this process)"), "seed": (0, "the first episode's seed"),
+            "max_gifs": (0, "episodes recorded as GIFs")}
+    v = {k: whole_number(k, cfg.get(k), low, w) for k, (low, w) in what.items()}
+    if cfg.get("time_limit_s") is not None:
+        try:
+            limit = float(cfg.time_limit_s)
+        except (TypeError, ValueError):
+            limit = -1.0
+        if v["jobs"] > 1 or not limit > 0:
+            raise UserError(f"time_limit_s={cfg.time_limit_s}: a positive number of seconds, with jobs=1")
+    if v["seed"] < EVAL_SEED_START:
+        last = v["seed"] + v["episodes"] - 1
+        print(f"sfplan eval: note: seeds {v['seed']}-{last} lie below {EVAL_SEED_START}, where `sfplan collect` "
+              f"draws training episodes: this measures tuning or training episodes, not held-out ones (use "
+              f"seed>={EVAL_SEED_START} for a result to report)", file=sys.stderr)
+    return v
+
+
 def run_eval(cfg: DictConfig) -> dict:
     """Runs the evaluation described by a composed ``eval`` config; returns the report dict.
     ``jobs > 1`` runs the episodes in that many worker processes (same per-episode results)."""
-    from sfplan.errors import UserError
+    from sfplan.data.dataset import EVAL_SEED_START
 
+    values = check_eval_values(cfg)
     device = resolve_device(cfg.device)
     cfg = cfg.copy()
     OmegaConf.update(cfg, "device", str(device))
-    jobs = int(cfg.get("jobs", 1))
-    if jobs < 1:
-        raise UserError(f"jobs={jobs}: use jobs=1 (one process) or more worker processes")
-    if cfg.get("time_limit_s") is not None and (jobs > 1 or float(cfg.time_limit_s) <= 0):
-        raise UserError(f"time_limit_s={cfg.time_limit_s}: a positive number of seconds, with jobs=1")
+    jobs = values["jobs"]
     env, planner, world_model = _build(cfg)  # env closed by evaluate()
     planner_cls = type(planner)
     seeds = [int(cfg.seed) + i for i in range(int(cfg.episodes))]
@@ -165,6 +195,7 @@ def run_eval(cfg: DictConfig) -> dict:
         "hold_steps": int(cfg.hold_steps),
         "device": str(device),
         "seeds": seeds,
+        "seed_range": "evaluation" if values["seed"] >= EVAL_SEED_START else "collection (tuning/training)",
         "wall_time_s": wall,
         "imagined_frames": imagined,
         "jobs": jobs,

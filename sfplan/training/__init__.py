@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from sfplan.errors import UserError
+from sfplan.device import resolve_device
+from sfplan.errors import UserError, positive_number, whole_number
 
 MIXED_PRECISION = ("auto", "no", "bf16")
 
@@ -47,10 +48,11 @@ def _check(cfg: DictConfig) -> None:
     if cfg.stage not in STAGES:
         raise UserError(f"stage={cfg.stage!r}: choose one of {', '.join(STAGES)}")
     for k in ("steps", "batch_size", "checkpoint_every", "log_every", "nan_tolerance"):
-        if cfg[k] is None or int(cfg[k]) < 1:
-            raise UserError(f"{k} must be >= 1, got {cfg[k]}")
-    if not float(cfg.lr) > 0:
-        raise UserError(f"lr must be > 0, got {cfg.lr}")
+        whole_number(k, cfg[k], 1, "a count of steps or items")
+    for k in ("warmup_steps", "val_every", "sample_every", "keep_checkpoints", "seed"):
+        whole_number(k, cfg.get(k) or 0, 0, "a count (0: off)" if k != "seed" else "the run's seed")
+    positive_number("lr", cfg.lr, "the peak learning rate")
+    resolve_device(cfg.device)  # a device that is not there fails before any data is read
     if str(cfg.mixed_precision) not in MIXED_PRECISION:
         raise UserError(f"mixed_precision={cfg.mixed_precision!r}: choose one of {', '.join(MIXED_PRECISION)} "
                         f"(fp16 needs loss scaling and is not supported: use bf16)")
@@ -62,12 +64,7 @@ def make_accelerator(cfg: DictConfig):
     torch's CPU autocast)."""
     from accelerate import Accelerator
 
-    from sfplan.device import resolve_device
-
-    try:
-        device = resolve_device(cfg.device)
-    except RuntimeError as e:
-        raise UserError(str(e)) from None
+    device = resolve_device(cfg.device)
     mp = str(cfg.mixed_precision)
     if mp == "auto":
         mp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"

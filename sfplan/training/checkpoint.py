@@ -25,7 +25,9 @@ directory either is complete or does not exist. Older checkpoints beyond
 ``keep_checkpoints`` are renamed away before they are deleted, so a crash during the
 clean-up never leaves a half-deleted checkpoint under a valid name. On load every file is
 checked against the sha256 recorded in ``trainer_state.json``; a mismatch raises a
-``CheckpointError`` that names the fix.
+``CheckpointError`` that names the fix. A checkpoint counts as good only when its weights
+are finite and below ``WEIGHT_LIMIT`` (``weight_problem``): the trainer writes no other,
+and a loaded one that is not raises.
 """
 from __future__ import annotations
 
@@ -49,6 +51,9 @@ from sfplan.errors import UserError
 FORMAT = "sfplan.train_checkpoint/1"
 CKPT_RE = re.compile(r"^step-(\d{8})$")
 FILES = ("model.safetensors", "ema.safetensors", "training_state.pt")
+#: Largest |value| a good checkpoint's weights may hold. Every shipped model's weights stay
+#: below 2; a diverging run's reach 1e30 while its loss is still finite. Far from both.
+WEIGHT_LIMIT = 1e6
 
 
 class CheckpointError(UserError):
@@ -165,6 +170,22 @@ def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, ema_mode
     return final
 
 
+def weight_problem(state: dict[str, torch.Tensor]) -> str | None:
+    """Why a state dict is not good weights (NaN/inf, or a value beyond WEIGHT_LIMIT), or None."""
+    worst, where = 0.0, None
+    for k, v in state.items():
+        if not v.is_floating_point() or v.numel() == 0:
+            continue
+        if not bool(torch.isfinite(v).all()):
+            return f"{k} holds NaN/inf"
+        m = float(v.detach().abs().max())
+        if m > worst:
+            worst, where = m, k
+    if worst > WEIGHT_LIMIT:
+        return f"largest |weight| {worst:.3g} in {where}, beyond {WEIGHT_LIMIT:g}: the run diverged"
+    return None
+
+
 @dataclass
 class LoadedCheckpoint:
     path: Path
@@ -211,4 +232,11 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
         state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
     except Exception as e:
         raise _corrupt(path, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}", older) from None
+    for name, weights in (("model", model), ("ema", ema)):
+        bad = weight_problem(weights)
+        if bad:  # written by a run that diverged (or an sfplan that did not check): never resume into it
+            alt = (f"delete it to resume from the previous checkpoint {older[-1].name}" if older
+                   else "delete it to start over")
+            raise CheckpointError(f"checkpoint {path} does not hold good weights ({name}: {bad}): {alt} with a "
+                                  f"lower lr, or train into a new out_dir (resume=never)")
     return LoadedCheckpoint(path, int(meta["step"]), model, ema, state, meta)

@@ -2,7 +2,7 @@
 (frozen) VAE, stored in one safetensors file beside the run.
 
 File ``OUT/latents-<key>.safetensors``; ``key`` hashes the VAE weights and latent
-scale/shift and the dataset's shards (names, sizes, seeds), so another VAE or more data
+scale/shift and the dataset's shards (names and bytes), so another VAE or other data
 gives another file. Tensors::
 
     latents        float32 (N_frames, C, h, w)   scaled posterior means, episodes back to back
@@ -58,10 +58,27 @@ def vae_fingerprint(vae: FrameAutoencoder) -> str:
 
 
 def dataset_fingerprint(ds) -> str:
+    """sha256 over the shards' names and bytes: a dataset rewritten with other content under
+    the same names, sizes and seeds (e.g. NaN actions) gets another cache, never the old one."""
     h = hashlib.sha256()
     for s in ds.shards:
-        h.update(f"{Path(s.path).name}:{os.path.getsize(s.path)}:{s.seeds.tolist()}".encode())
+        h.update(f"{Path(s.path).name}:{_file_sha256(Path(s.path))}".encode())
     return h.hexdigest()
+
+
+_FILE_SHA: dict[tuple, str] = {}  # (path, inode, size, mtime_ns) -> sha256: each shard hashed once per process
+
+
+def _file_sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _FILE_SHA:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _FILE_SHA[key] = h.hexdigest()
+    return _FILE_SHA[key]
 
 
 def cache_path(out_dir: Path, ds, vae: FrameAutoencoder) -> Path:

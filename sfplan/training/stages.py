@@ -61,6 +61,7 @@ def open_dataset(cfg):
 
     path = cfg.data.path
     ds = EpisodeDataset(Path(str(path)).expanduser())
+    ds.check_actions()  # NaN actions would make every step a skipped one (or poison a latent cache)
     train, val = ds.split(float(cfg.data.val_fraction), salt=int(cfg.data.split_salt))
     if len(train) == 0:
         raise UserError(f"dataset {ds.path} has no training episodes after holding out val_fraction="

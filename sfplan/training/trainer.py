@@ -44,6 +44,7 @@ from sfplan.training.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    weight_problem,
 )
 from sfplan.training.ema import EMA
 
@@ -226,6 +227,7 @@ class Trainer:
                 raise UserError(f"checkpoint {resume_path} does not fit this model ({str(e).splitlines()[0][:200]}): "
                                 f"train into a new out_dir") from None
             sched.load_state_dict(ck.training_state["lr_scheduler"])
+            _apply_new_optimizer_settings(cfg, ck.meta.get("config") or {}, opt, sched, is_main)
             ema.num_updates = int(ck.training_state["ema_updates"])
             set_rng_state(ck.training_state["rng"])
             step = ck.step
@@ -252,6 +254,7 @@ class Trainer:
         last_val: dict[str, float] = history.get("last_val", {})
         last_sample: dict[str, float] = history.get("last_sample", {})
         nan_streak, nan_first, last_bad = 0, None, None
+        last_loss = 0.0  # loss of the last step taken (checked before each checkpoint)
         last_saved = step if resume_path is not None else None
         train_time, steps_done = 0.0, 0
         t_window, n_window = time.perf_counter(), 0
@@ -270,6 +273,18 @@ class Trainer:
 
         def checkpoint(at: int) -> Path | None:
             nonlocal last_saved
+            bad = weight_problem(model.state_dict()) or weight_problem(ema.model.state_dict())
+            if bad is None and not math.isfinite(last_loss):
+                bad = f"the last loss is {last_loss}"
+            if bad:  # a checkpoint counts as good only with sane weights and loss: write none
+                last = list_checkpoints(self.ckpt_root)
+                where = (f"the last good checkpoint {last[-1][1]} (step {last[-1][0]}) is kept" if last
+                         else "no checkpoint was written yet")
+                raise TrainingDiverged(
+                    f"training stopped at step {at}: the weights are no longer sane ({bad}); no checkpoint was "
+                    f"written for this step and {where}. Fix: lower lr (now {cfg.lr}) or raise warmup_steps (now "
+                    f"{cfg.warmup_steps}), keep grad_clip on (now {grad_clip}); then run again with the new lr and "
+                    f"resume=auto to continue from the last good checkpoint (the new lr applies on resume).")
             path = None
             if is_main:
                 path = save_checkpoint(self.ckpt_root, at, model, ema.model,
@@ -329,6 +344,7 @@ class Trainer:
                         sched.step()
                         opt_p.zero_grad(set_to_none=True)
                         ema.update(model)
+                        last_loss = float(loss.detach().float().cpu())
                         step += 1
                         nan_streak, nan_first = 0, None
                         for k, v in logs.items():
@@ -439,6 +455,21 @@ def _add_gif(writer, tag: str, gif: bytes, hw: tuple[int, int], step: int) -> No
 
     img = Summary.Image(height=int(hw[0]), width=int(hw[1]), colorspace=3, encoded_image_string=gif)
     writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=img)]), step)
+
+
+def _apply_new_optimizer_settings(cfg: DictConfig, old: dict, opt, sched, verbose: bool) -> None:
+    """Resuming with another ``lr`` or ``weight_decay``: apply them from the first resumed step
+    (the optimizer's saved state would keep the old ones while the card records the new)."""
+    lr, wd = float(cfg.lr), float(cfg.weight_decay)
+    old_lr, old_wd = old.get("lr"), old.get("weight_decay")
+    if (old_lr is None or float(old_lr) == lr) and (old_wd is None or float(old_wd) == wd):
+        return  # unchanged: keep the restored state bit for bit
+    sched.base_lrs = [lr] * len(opt.param_groups)
+    for g, f in zip(opt.param_groups, sched.lr_lambdas):
+        g["initial_lr"], g["lr"], g["weight_decay"] = lr, lr * f(sched.last_epoch), wd
+    if verbose:
+        print(f"resuming with lr={lr:g} weight_decay={wd:g} (the checkpoint trained with lr={old_lr} "
+              f"weight_decay={old_wd}): applied from this step on", file=sys.stderr)
 
 
 def _any(acc, flag: bool) -> bool:

@@ -21,8 +21,8 @@ embedding) -> A. About 0.47M parameters at the defaults; on one (shared) CPU thr
 
 Saved with ``save_pretrained`` (``config.json`` + ``diffusion_pytorch_model.safetensors``,
 the action normaliser inside the weights). A world model directory may hold one in
-``<world model>/idm/``; ``load_world_model`` then attaches it as ``world_model.idm``
-(``attach_idm_if_present``).
+``<world model>/idm/``; ``world_model.idm`` of a loaded world model reads it on first use
+(so a broken IDM stops only the planners that use it).
 """
 from __future__ import annotations
 
@@ -235,14 +235,6 @@ def load_idm(path: str | Path, device: str | torch.device | None = None) -> Inve
             return m.to(device) if device is not None else m
     raise UserError(f"no inverse dynamics model at {p} (expected config.json + "
                     f"diffusion_pytorch_model.safetensors): {IDM_HINT}")
-
-
-def attach_idm_if_present(world_model, directory: str | Path) -> InverseDynamicsModel | None:
-    """Set ``world_model.idm`` to the IDM in ``<directory>/idm/`` (on the world model's
-    device), or to None when there is none. Called by ``SlowFastWorldModel.from_pretrained``."""
-    d = Path(directory) / IDM_SUBDIR
-    world_model.idm = load_idm(d, getattr(world_model, "device", None)) if _is_idm_dir(d) else None
-    return world_model.idm
 
 
 def save_idm_into(idm: InverseDynamicsModel, world_model_dir: str | Path) -> Path:

@@ -145,11 +145,14 @@ class SlowFastWorldModel:
         self.checkpoint_sha256: str | None = None
         self.imagined_frames = 0  # imagined env steps, summed over candidates (throughput reports)
         self.memory = None  # TempLoRAMemory once attach_memory() ran
-        self.probe = None  # StateProbe (sfplan.world_model.probe) for cost=probe, from <dir>/probe/
+        # parts only some planners and costs use, loaded from <directory>/<part>/ on first use
+        # (``idm``, ``probe``), so a broken IDM stops planner=video_plan and not planner=cem
+        self._parts: dict[str, object] = {}
         # The task the model was trained on, {"id": env id, "kwargs": env kwargs that shape
         # the frames and dynamics (goal excluded)}; saved as "env" in world_model.json and
-        # checked by `sfplan eval` (check_env_matches). None: unknown (older checkpoints).
+        # checked by `sfplan eval` (check_env_matches). None: unknown (eval refuses the model).
         self.trained_env: dict | None = None
+        self.directory: str | None = None  # where from_pretrained read it: its idm/ and probe/ load from there
         self._cast_copy: tuple[tuple, torch.nn.Module] | None = None  # (fp32 weights' key, copy)
 
     # ------------------------------------------------------------------ construction
@@ -407,15 +410,44 @@ class SlowFastWorldModel:
             ) from None
         model = cls(vae, diffusion, sched, cfg, device)
         model.trained_env = meta.get("env")
+        model.directory = str(d)
         model.checkpoint_sha256 = checkpoint_sha256(d)
-        if (d / "idm").is_dir():  # inverse dynamics model for planner=video_plan -> model.idm
-            from sfplan.world_model.idm import attach_idm_if_present
+        return model  # idm/ and probe/ load on first use (the properties below)
 
-            attach_idm_if_present(model, d)
-        from sfplan.world_model.probe import attach_probe_if_present
+    def _part(self, name: str):
+        """``<directory>/<name>/`` loaded once, on first use; None where there is none. A part
+        that fails to load raises (a UserError naming the fix) each time it is asked for."""
+        if name not in self._parts:
+            d = Path(self.directory) / name if self.directory else None
+            if d is None or not d.is_dir():
+                self._parts[name] = None
+            elif name == "idm":  # inverse dynamics model for planner=video_plan
+                from sfplan.world_model.idm import load_idm
 
-        attach_probe_if_present(model, d)  # <d>/probe/ (cost=probe) -> model.probe, where there is one
-        return model
+                self._parts[name] = load_idm(d, self.device)
+            else:  # the state probe of cost=probe
+                from sfplan.world_model.probe import load_probe
+
+                self._parts[name] = load_probe(d, self.device)
+        return self._parts[name]
+
+    @property
+    def idm(self):
+        """The InverseDynamicsModel of ``<directory>/idm/`` (planner=video_plan), or None."""
+        return self._part("idm")
+
+    @idm.setter
+    def idm(self, model) -> None:
+        self._parts["idm"] = model
+
+    @property
+    def probe(self):
+        """The StateProbe of ``<directory>/probe/`` (cost=probe), or None."""
+        return self._part("probe")
+
+    @probe.setter
+    def probe(self, model) -> None:
+        self._parts["probe"] = model
 
 
 def checkpoint_sha256(directory: str | Path) -> str:
@@ -439,10 +471,15 @@ def trained_env_of(env_id: str, env_kwargs: dict) -> dict:
 def check_env_matches(model: "SlowFastWorldModel", env_id: str, env_kwargs: dict) -> None:
     """Raise UserError when ``model`` was trained on another task or other env settings
     (e.g. PointMaze's ``frame_skip``) than ``env_id(**env_kwargs)``: its imagined futures
-    would silently be those of another simulator. Models that do not record it pass."""
+    would silently be those of another simulator. A model that does not record its task is
+    refused too: nothing then stops it planning on any task."""
     trained = getattr(model, "trained_env", None)
-    if not trained:
-        return
+    if not trained or not trained.get("id"):
+        where = getattr(model, "directory", None) or "the world model"
+        raise UserError(f"{where}/world_model.json does not record the task the model was trained on (no \"env\"): "
+                        f"add \"env\": {json.dumps(trained_env_of(env_id, env_kwargs))} to it if it was trained on "
+                        f"this env (the task and settings of its training data: `sfplan data info <dataset>`), or "
+                        f"re-save it with `sfplan train stage=dynamics`")
     here = trained_env_of(env_id, env_kwargs)
     if trained.get("id") != here["id"]:
         raise UserError(f"the world model was trained on {trained.get('id')}, not {env_id}: pick the env it was "

@@ -23,8 +23,8 @@ matters, so no global pooling). 0.64M parameters at the defaults (2.5 MB); 512 l
 while two other jobs ran: cheap with a final-frame cost, noticeable with a mean over frames.
 
 Saved with ``save_pretrained`` (``config.json`` + ``diffusion_pytorch_model.safetensors``).
-A world model directory may hold one in ``<world model>/probe/``; ``load_world_model`` then
-attaches it as ``world_model.probe``.
+A world model directory may hold one in ``<world model>/probe/``; ``world_model.probe`` of a
+loaded world model reads it on first use.
 """
 from __future__ import annotations
 
@@ -144,16 +144,10 @@ def save_probe_into(probe: StateProbe, world_model_dir: str | Path) -> Path:
 
 def load_probe(directory: str | Path, device: str | torch.device = "cpu") -> StateProbe:
     d = Path(directory).expanduser()
-    if not (d / "config.json").is_file():
-        raise UserError(f"no state probe at {d}: {PROBE_HINT}")
-    try:
-        return StateProbe.from_pretrained(str(d)).to(device).eval()
+    if not (d / "config.json").is_file() or not (d / "diffusion_pytorch_model.safetensors").is_file():
+        raise UserError(f"no state probe at {d} (expected config.json + diffusion_pytorch_model.safetensors; "
+                        f"sfplan reads weights from safetensors only, never pickles): {PROBE_HINT}")
+    try:  # use_safetensors: diffusers would otherwise fall back to a pickled .bin
+        return StateProbe.from_pretrained(str(d), use_safetensors=True).to(device).eval()
     except Exception as e:  # corrupt or foreign files
         raise UserError(f"the state probe at {d} is unreadable ({type(e).__name__}: {e}); {PROBE_HINT}") from e
-
-
-def attach_probe_if_present(world_model, directory: str | Path) -> None:
-    """``<directory>/probe/`` -> ``world_model.probe`` (on the model's device), if it exists."""
-    d = Path(directory) / PROBE_SUBDIR
-    if d.is_dir():
-        world_model.probe = load_probe(d, world_model.device)
