@@ -34,6 +34,19 @@ def _far_grid(task: str, waypoints: int) -> list[tuple[str, str, str, list[str]]
 
 # (task config, planner config, world model config, extra overrides)
 SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
+    # the headline table: random / oracle / learned under each task's default success protocol
+    "headline": [
+        (task, planner, wm, [])
+        for task in ("pointmaze_umaze", "reacher")
+        for planner, wm in (("random", "oracle"), ("cem", "learned"), ("cem", "oracle"))
+    ],
+    # stable-worldmodel's evaluation: the goal 25 steps of exploratory motion ahead, a 50-step budget,
+    # success at the first step within the radius
+    "peer": [
+        (task, planner, wm, ["goal=peer", "budget=50", "success=first"])
+        for task in ("reacher", "pointmaze_umaze")
+        for planner, wm in (("random", "oracle"), ("cem", "learned"), ("cem", "oracle"))
+    ],
     "oracle_near": [
         (task, planner, "oracle", [])
         for task in ("reacher", "pointmaze_umaze", "pusher", "pointmaze_medium", "lift")
@@ -128,15 +141,20 @@ def imagined_fps(rep: dict) -> float | None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| task | planner | world model | success | 95% CI | steps (mean) | plan time / decision (s) "
-             "| imagined frames/s | episodes |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | planner | world model | protocol | success | 95% CI | first | steps to success (mean) "
+             "| steps (mean) | plan time / decision (s) | imagined frames/s | episodes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["summary"]
         lo, hi = s["success_rate_ci95"]
         fps = r.get("imagined_frames_per_s")
-        lines.append(f"| {r['task']} | {r['planner']} | {r['world_model']} | {s['success_rate']:.0%} | "
-                     f"[{lo:.0%}, {hi:.0%}] | {s['steps_mean']:.1f} / {r['budget']} | "
+        protocol = s.get("protocol", "first")
+        first = s.get("protocols", {}).get("first", s)
+        arrive = s.get("steps_to_success_mean")
+        lines.append(f"| {r['task']} | {r['planner']} | {r['world_model']} | "
+                     f"{'hold ' + str(s['hold_steps']) if protocol == 'hold' else protocol} | {s['success_rate']:.0%} | "
+                     f"[{lo:.0%}, {hi:.0%}] | {first['success_rate']:.0%} | {'-' if arrive is None else f'{arrive:.1f}'} | "
+                     f"{s['steps_mean']:.1f} / {r['budget']} | "
                      f"{s['plan_time_per_decision_s']:.3f} | {f'{fps:.0f}' if fps else '-'} | {s['episodes']} |")
     return "\n".join(lines)
 

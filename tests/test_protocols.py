@@ -78,3 +78,25 @@ def test_runner_plays_on_until_the_object_holds_and_reports_both():
     brush = run_episode(_Line(), _Script([1, 1, 1, 1, 1, 1, 1, 1]), None, seed=0, budget=8, execute=2,
                         record=False, success="hold", hold_steps=3)
     assert brush.outcomes["first"]["success"] and not brush.success and brush.steps == 8
+
+
+@pytest.mark.parametrize("task", ["sfplan/Reacher-v0", "sfplan/PointMazeUMaze-v0"])
+def test_peer_goal_is_25_steps_of_exploratory_motion_ahead(task):
+    from sfplan.envs import make_env
+
+    env = make_env(task, goal="peer")
+    obs, info = env.reset(seed=100000)
+    u = env.unwrapped
+    assert len(u._goal_path) == u.peer_offset == 25  # one recorded state per env step
+    start = u.get_state()
+    # the goal is where those 25 env steps lead: replaying the recorded path's last state reproduces the goal image
+    u.set_state(u._goal_path[-1])
+    u._on_goal_set()
+    assert np.array_equal(u.render_pixels(), obs["desired_goal"])
+    u.set_state(start)
+    u._on_goal_set()
+    again, _ = env.reset(seed=100000)
+    assert np.array_equal(again["desired_goal"], obs["desired_goal"])  # seeded
+    other, _ = env.reset(seed=100001)
+    assert not np.array_equal(other["desired_goal"], obs["desired_goal"])
+    env.close()
