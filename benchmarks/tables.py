@@ -27,12 +27,12 @@ SHARED = "2-core x86-64, shared"
 # Headline: per task, the default planner (CEM) with the learned world model, the simulator as
 # world model (oracle) and random actions, on the evaluation seeds (100000 + i).
 HEADLINE = [
-    dict(task="Reacher", goal="near", learned=["reacher_dynamics8/shipped_default_eval"],
-         oracle=["oracle_near/reacher__cem__oracle"], random=["oracle_near/reacher__random__oracle"],
-         time="speed_avx2/shipped_default", hw=AVX2),
-    dict(task="PointMaze UMaze", goal="near", learned=["probe_cost/pointmaze_learned_probe_it2_eval"],
-         oracle=["pointmaze_fs4/oracle"], random=["pointmaze_fs4/random"],
-         time="probe_cost/pointmaze_learned_probe_it2_eval", hw=SHARED, oracle_note="image cost"),
+    dict(task="Reacher", goal="near", learned=["headline/reacher__cem__learned"],
+         oracle=["headline/reacher__cem__oracle"], random=["headline/reacher__random__oracle"],
+         time="headline/reacher__cem__learned", hw=AVX2),
+    dict(task="PointMaze UMaze", goal="near", learned=["headline/pointmaze_umaze__cem__learned"],
+         oracle=["headline/pointmaze_umaze__cem__oracle"], random=["headline/pointmaze_umaze__random__oracle"],
+         time="headline/pointmaze_umaze__cem__learned", hw=AVX2, oracle_note="image cost"),
     dict(task="PointMaze UMaze", goal="far, 4 waypoint images",
          learned=["far_umaze/pointmaze_umaze__cem__learned__goal-far__waypoints-4"],
          oracle=["far_umaze/pointmaze_umaze__cem__oracle__goal-far__cost-probe__waypoints-4"],
@@ -142,9 +142,15 @@ def plan_time(folder: str) -> str:
     return f"{r['summary']['plan_time_per_decision_s']:.2f} s ({how})"
 
 
+def protocol(folders: list[str] | None) -> str:
+    """The success protocol a report counts (reports from before protocols existed counted ``first``)."""
+    s = report(folders[0])["summary"] if folders else {}
+    return f"hold {s['hold_steps']}" if s.get("protocol") == "hold" else "first"
+
+
 def headline(link: str | None, ci: bool) -> str:
-    lines = ["| task | goal | learned | oracle | random | learned plan time / decision | CPU |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| task | goal | success | learned | oracle | random | learned plan time / decision | CPU |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in HEADLINE:
         learned = success(row["learned"], link, ci)
         if row.get("learned_note"):
@@ -153,7 +159,8 @@ def headline(link: str | None, ci: bool) -> str:
         if row.get("oracle_note"):
             oracle += f", {row['oracle_note']}"
         t = plan_time(row["time"]) if row["time"] else "-"
-        lines.append(f"| {row['task']} | {row['goal']} | {learned} | {oracle} | {success(row['random'], link, ci)} "
+        lines.append(f"| {row['task']} | {row['goal']} | {protocol(row['random'])} | {learned} | {oracle} "
+                     f"| {success(row['random'], link, ci)} "
                      f"| {t} | {row['hw'] or '-'} |")
     return "\n".join(lines)
 

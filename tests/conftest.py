@@ -6,6 +6,11 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one; "
+                            "benchmarks/gpu_check.py runs them with -m cuda)")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Toy tensors gain nothing from intra-op threads, and on a shared 2-core machine a
