@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
+
+from sfplan.eval.report import wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -25,14 +26,15 @@ AVX512 = "AMD EPYC, 2 cores (AVX512-BF16)"
 SHARED = "2-core x86-64, shared"
 
 # Headline: per task, the default planner (CEM) with the learned world model, the simulator as
-# world model (oracle) and random actions, on the evaluation seeds (100000 + i).
+# world model (oracle) and random actions, on the evaluation seeds (100000 + i). Plan times come
+# from runs on an otherwise idle machine (the same planner settings as the success runs).
 HEADLINE = [
     dict(task="Reacher", goal="near", learned=["headline/reacher__cem__learned"],
          oracle=["headline/reacher__cem__oracle"], random=["headline/reacher__random__oracle"],
-         time="headline/reacher__cem__learned", hw=AVX2),
+         time="speed_avx2/shipped_default", hw=AVX2),
     dict(task="PointMaze UMaze", goal="near", learned=["headline/pointmaze_umaze__cem__learned"],
          oracle=["headline/pointmaze_umaze__cem__oracle"], random=["headline/pointmaze_umaze__random__oracle"],
-         time="headline/pointmaze_umaze__cem__learned", hw=AVX2, oracle_note="image cost"),
+         time="probe_cost/pointmaze_learned_probe_it2_eval", hw=SHARED, oracle_note="image cost"),
     dict(task="PointMaze UMaze", goal="far, 4 waypoint images",
          learned=["far_umaze/pointmaze_umaze__cem__learned__goal-far__waypoints-4"],
          oracle=["far_umaze/pointmaze_umaze__cem__oracle__goal-far__cost-probe__waypoints-4"],
@@ -105,16 +107,6 @@ QUALITY = [("Reacher-v0", "wm_quality/Reacher-v0_dynamics8.json"),
            ("PointMazeMedium-v0", "wm_quality/PointMazeMedium-v0.json")]
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
-
-
 def report(folder: str) -> dict:
     return json.loads((RESULTS / folder / "report.json").read_text())
 
@@ -128,7 +120,7 @@ def success(folders: list[str] | None, link: str | None, ci: bool = False) -> st
     n = sum(report(f)["summary"]["episodes"] for f in folders)
     text = f"{k}/{n} ({k / n:.0%})"
     if ci:
-        lo, hi = wilson(k, n)
+        lo, hi = wilson_interval(k, n)
         text += f" [{lo:.0%}, {hi:.0%}]"
     if link is not None:
         text = f"[{text}]({link}{folders[0]}/report.json)"
