@@ -198,11 +198,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(md)
     if args.out:
         from sfplan.io import atomic_write_text
+        from sfplan.paths import portable, scrub_paths
 
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, json.dumps(res, indent=2) + "\n")
-        atomic_write_text(out.with_suffix(".md"), md)
+        atomic_write_text(out, json.dumps(portable(res), indent=2) + "\n")
+        atomic_write_text(out.with_suffix(".md"), scrub_paths(md))
     return res
 
 

@@ -383,6 +383,9 @@ def run(args: argparse.Namespace) -> dict:
                  "cpus": os.cpu_count()},
         "arms": res_arms, "skipped": skipped,
     }
+    from sfplan.paths import portable
+
+    res = portable(res)  # committed: no machine paths
     atomic_write_text(out / "results.json", json.dumps(res, indent=2) + "\n")
     atomic_write_text(out / "results.md", render_markdown(res))
     if args.videos and videos:

@@ -391,7 +391,9 @@ def run_generate(cfg: DictConfig) -> dict:
                    "ssim_per_chunk": [float(np.mean(v["ssim"][i:i + C])) for i in range(0, H, C)]}
             for name, v in per.items()}
         result["table"] = format_table(per, list(range(1, H + 1)), C)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    from sfplan.paths import portable
+
+    (out / "metrics.json").write_text(json.dumps(portable(result), indent=2) + "\n")
     return result
 
 

@@ -473,7 +473,9 @@ def write_fit_card(out: Path, s: dict) -> Path:
         if st["eval"].get("skipped"):
             lines.append(f"\nNot run: {', '.join(st['eval']['skipped'])} (the env cannot be cloned).")
     path = out / "model" / "README.md"
-    path.write_text("\n".join(lines) + "\n")
+    from sfplan.paths import scrub_paths
+
+    path.write_text(scrub_paths("\n".join(lines) + "\n"))  # the card travels with the model
     return path
 
 
