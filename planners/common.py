@@ -48,7 +48,7 @@ def as_bounds(action_low, action_high, device: torch.device | str | None = None)
 
 
 def resolve_planner_device(world_model, action_low) -> torch.device:
-    """The world model's device; else the bounds' device (RandomPolicy has no model)."""
+    """The world model's device; else the bounds' device (RandomPlanner has no model)."""
     dev = getattr(world_model, "device", None)
     if dev is not None:
         return torch.device(dev)

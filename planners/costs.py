@@ -365,11 +365,17 @@ class ProbeCost(_FrameCost):
         return ((y - g[:, None, None]).norm(dim=-1) / float(self.config.scale)).to(features.device)
 
 
+COSTS = {
+    "pixel_mse": PixelMSECost,
+    "multiscale": MultiScaleCost,
+    "latent_l2": LatentL2Cost,
+    "probe": ProbeCost,  # a learned reading of the task's descriptor (needs <world model>/probe/)
+}
+
+
 def make_cost(name: str, **config):
     """``COSTS[name](**config)``: the Hydra target of ``cost=task`` (the default), where the
     task's search row names the cost (``configs/env/*.yaml`` ``search.<kind>.cost``)."""
-    from sfplan.planners import COSTS
-
     if name not in COSTS:
         raise ValueError(f"unknown cost {name!r}: choose one of {', '.join(COSTS)}")
     return COSTS[name](**config)

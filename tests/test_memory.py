@@ -319,19 +319,19 @@ def test_save_pretrained_with_memory_saves_the_base_weights(tmp_path):
 
 
 # ----------------------------------------------------------------------------- generate
-def test_rollout_with_memory_matches_rollout_when_nothing_is_learned():
-    from sfplan.generate import rollout, rollout_with_memory
+def test_imagine_video_with_memory_matches_imagine_video_when_nothing_is_learned():
+    from sfplan.world_model.imagine import imagine_video, imagine_video_with_memory
 
     wm = tiny_model(return_frames="all")
     ctx, acts = frames(1), np.random.default_rng(0).uniform(-1, 1, (5, 2)).astype(np.float32)
-    ref = rollout(wm, ctx, acts)
+    ref = imagine_video(wm, ctx, acts)
     mem = wm.attach_memory(TempLoRAConfig(rank=4, steps_per_write=0))  # writes fill the buffer only
-    out, info = rollout_with_memory(wm, ctx, acts)
+    out, info = imagine_video_with_memory(wm, ctx, acts)
     assert np.array_equal(out, ref) and info["writes"] == 2  # chunks of 2: 3 chunks, the last not written
     mem.config.steps_per_write = 2
     mem.config.lr = 1e-2
     wm.reset_memory()
-    out2, info2 = rollout_with_memory(wm, ctx, acts)
+    out2, info2 = imagine_video_with_memory(wm, ctx, acts)
     assert np.array_equal(out2[:2], ref[:2]) and not np.array_equal(out2, ref)  # chunk 1 before any write
     assert info2["write_s_total"] > 0 and len(info2["write_loss_first"]) == 2
 

@@ -21,7 +21,7 @@ from sfplan.planners import (
     PixelMSECost,
     Planner,
     PlanResult,
-    RandomPolicy,
+    RandomPlanner,
     RandomShootingPlanner,
     shift_plan,
 )
@@ -187,9 +187,9 @@ def test_warm_start_speeds_up_cem():
 
 # ---------------------------------------------------------------- random policy
 
-def test_random_policy_needs_no_world_model():
-    assert RandomPolicy.needs_world_model is False
-    p = RandomPolicy(world_model=None, cost=None, action_low=LOW.numpy(), action_high=HIGH.numpy(), horizon=7, seed=0)
+def test_random_planner_needs_no_world_model():
+    assert RandomPlanner.needs_world_model is False
+    p = RandomPlanner(world_model=None, cost=None, action_low=LOW.numpy(), action_high=HIGH.numpy(), horizon=7, seed=0)
     res = p.plan(None, None)
     assert res.actions.shape == (1, 7, 2)
     assert torch.all(res.actions >= LOW) and torch.all(res.actions <= HIGH)
