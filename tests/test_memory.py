@@ -142,33 +142,27 @@ def test_masked_write_lowers_the_masked_loss_and_needs_actions():
 
 
 @pytest.mark.parametrize("loss", ["action_free", "masked"])
-def test_sampler_noise_levels_and_reversed_clips(loss, monkeypatch):
-    """noise_levels=sampler draws every step's timesteps among the sampler's; reverse=True
-    adds one pass over each clip played backwards (masked: under the null condition)."""
+def test_reversed_clips(loss, monkeypatch):
+    """reverse=True adds one pass over each clip played backwards (masked: under the null condition)."""
     wm = tiny_model()
-    levels = wm.sampler_timesteps()
-    assert levels.tolist() == sorted(set(levels.tolist()), reverse=True) and len(levels) == wm.config.num_steps
     mem = wm.attach_memory(TempLoRAConfig(rank=4, steps_per_write=3, timesteps_per_step=4, loss=loss,
-                                          noise_levels="sampler", reverse=True, max_write_frames=8))
+                                          reverse=True, max_write_frames=8))
     calls = []
     for name in ("action_free_loss", "masked_loss"):
         orig = getattr(wm, name)
 
         def spy(x, *a, _orig=orig, **kw):
-            calls.append((x.detach().clone(), kw.get("timesteps"), kw.get("p_uncond")))
+            calls.append((x.detach().clone(), kw.get("p_uncond")))
             return _orig(x, *a, **kw)
         monkeypatch.setattr(wm, name, spy)
     z, acts = latents(wm, T=5), torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
     mem.write(z, actions=acts, num_context=1)
     assert len(calls) == 2 * 3  # one window: 3 steps forward, 3 backward
-    for i, (x, t, p_uncond) in enumerate(calls):
-        assert x.shape[0] == 4 and set(t.tolist()) <= set(levels.tolist())
+    for i, (x, p_uncond) in enumerate(calls):
+        assert x.shape[0] == 4
         assert torch.equal(x[0], z if i < 3 else z.flip(0))
         if loss == "masked":
             assert p_uncond == (0.0 if i < 3 else 1.0)
-    assert len({v for _, t, _ in calls for v in t.tolist()}) == len(levels)  # both levels drawn
-    with pytest.raises(ValueError, match="noise_levels"):
-        TempLoRAConfig(noise_levels="low").validate()
 
 
 def test_negated_reverse_actions_condition_the_backward_clip(monkeypatch):
