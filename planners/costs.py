@@ -16,7 +16,7 @@ wider first search (CEM ``cold_num_samples``): Reacher's oracle, w = 0.7, 86% ->
 alone, 88% with 512 first-plan candidates. And pad the warm start with a neutral action
 (``sfplan eval warm_fill=mid``): a shifted plan whose tail repeats a braking torque ends
 far off, so the terminal term rejects it for a fresh plan that arrives only at the new
-horizon's end, again and again (90% with it; ``benchmarks/RESULTS.md``).
+horizon's end, again and again (90% with it; ``docs/notes/2026-12-06-oracle-planning.md``).
 
 All costs are vectorised over B, N and K (no Python loops over candidates).
 """

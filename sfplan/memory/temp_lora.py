@@ -63,7 +63,7 @@ class TempLoRAConfig:
         context, noised new frames, the true actions, loss on the new frames only; writes
         then need the actions between the clip's frames). ``masked`` trains the LoRA on
         the input the model sees when it imagines; on MemoryMaze the action-free update
-        made imagination worse (benchmarks/RESULTS.md, memory benchmark).
+        made imagination worse (docs/notes/2026-12-06-memory-temp-lora.md).
     forward: each written clip is trained on in time order (the paper). False, with
         ``reverse``: backward clips only.
     reverse: each written clip is also trained on played backwards (time reversed), for

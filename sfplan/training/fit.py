@@ -482,7 +482,7 @@ def write_fit_card(out: Path, s: dict) -> Path:
 def run_fit(cfg: DictConfig) -> dict:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("sfplan fit collects and evaluates in one process: run it plainly, or run its training "
-                        "stages under DDP with `accelerate launch -m sfplan.cli train ...` (see README, Training)")
+                        "stages under DDP with `accelerate launch -m sfplan.cli train ...` (see docs/gpu.md)")
     return Fit(cfg).run()
 
 
