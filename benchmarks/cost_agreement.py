@@ -9,8 +9,7 @@ of its length; seeds from ``--seed``, tuning range by default):
 
 - **dynamics**: the planner's own cost (``sfplan eval``'s cost, built from the same config)
   of N candidate chunks, imagined by the learned model, against the same cost of the chunks
-  as the simulator plays them (the true frames, encoded like observations: with the
-  model's VAE, or as pixels with ``world_model.cost_space=pixels``);
+  as the simulator plays them (the true frames, encoded like observations by the model's VAE);
 - **cost function**: that true cost against the task's own distance after the chunk (for
   Reacher the fingertip's distance to the goal fingertip, in metres).
 
@@ -20,7 +19,7 @@ around the mid action, clipped to the box). Per state: Spearman rank correlation
 minus the best candidate's, normalised by the median candidate's (0: the best candidate was
 picked, 1: no better than a typical random one), and the regret of the **elite mean**: the
 mean action sequence of the ``planner.num_elites`` lowest-cost candidates (what CEM refits
-to, and executes with ``planner.returns=mean``), played in the simulator. Writes a JSON with the config, the
+to), played in the simulator. Writes a JSON with the config, the
 per-state figures and the means, and prints a markdown table.
 """
 from __future__ import annotations
@@ -130,7 +129,7 @@ def run(args, overrides: list[str]) -> dict:
                     learned = learned + cost(im, goal)[0].float().cpu() / args.noise_draws  # (N,)
                 steps = [int(k) for k in im.steps.tolist()]
                 frames, dist = true_rollouts(env, sim, cand, steps)
-                # the true frames in the cost's space (latents, or pixels with cost_space=pixels)
+                # the true frames in the cost's space: the model's latents
                 z = wm.encode(frames.reshape(-1, 1, *frames.shape[2:])).features  # (N*K, C, h, w)
                 z = z.reshape(N, len(steps), *z.shape[1:])[None].to(im.features.dtype)  # (1, N, K, C, h, w)
                 true = cost(Imagination(features=z, steps=im.steps), goal)[0].float().cpu()
@@ -198,11 +197,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(md)
     if args.out:
         from sfplan.io import atomic_write_text
+        from sfplan.paths import portable, scrub_paths
 
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, json.dumps(res, indent=2) + "\n")
-        atomic_write_text(out.with_suffix(".md"), md)
+        atomic_write_text(out, json.dumps(portable(res), indent=2) + "\n")
+        atomic_write_text(out.with_suffix(".md"), scrub_paths(md))
     return res
 
 

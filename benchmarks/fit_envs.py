@@ -61,7 +61,9 @@ def run(args) -> dict:
            "hardware": fit["hardware"], "stages": fit["stages"], "recipe": fit["recipe"],
            "quality": fit.get("quality"), "model_mb": model_mb, "eval": evals}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=1))
+    from sfplan.paths import portable
+
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(portable(res), indent=1))
     return res
 
 

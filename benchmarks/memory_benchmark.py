@@ -7,7 +7,7 @@ saw earlier in the episode?
 
 Task: ``sfplan/MemoryMaze-v0`` (arena painted anew each episode, camera following the
 agent; see ``envs/memory_maze.py``). Each episode (seed 100000 + i) is a retrace episode
-(``sfplan.data.policies.retrace_rollout``): n steps out, then back along the same path,
+(``sfplan.data.collect.retrace_rollout``): n steps out, then back along the same path,
 so return frame n + j shows the place of outbound frame n - j. The model imagines the
 whole return leg from the turn-around frame (its last ``context_frames`` real frames) with
 the true return actions, chunk by chunk; the far part of the return shows scenery that
@@ -131,7 +131,7 @@ class PeakMemory:
 def make_episodes(env_id: str, env_kwargs: dict, seeds: list[int], out_steps: int, mode: str) -> list:
     """The true retrace episodes (``sfplan.data.dataset.Episode``, 2n steps each)."""
     from sfplan.data.collect import make_task_env
-    from sfplan.data.policies import retrace_rollout
+    from sfplan.data.collect import retrace_rollout
 
     env = make_task_env(env_id, env_kwargs)
     try:
@@ -383,10 +383,13 @@ def run(args: argparse.Namespace) -> dict:
                  "cpus": os.cpu_count()},
         "arms": res_arms, "skipped": skipped,
     }
+    from sfplan.paths import portable
+
+    res = portable(res)  # committed: no machine paths
     atomic_write_text(out / "results.json", json.dumps(res, indent=2) + "\n")
     atomic_write_text(out / "results.md", render_markdown(res))
     if args.videos and videos:
-        from sfplan.generate import side_by_side, write_video
+        from sfplan.video import side_by_side, write_video
 
         for i in range(min(args.videos, len(episodes))):
             ep = episodes[i]

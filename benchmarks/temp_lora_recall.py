@@ -34,6 +34,7 @@ import torch
 
 from sfplan.data import EpisodeDataset
 from sfplan.eval.video_metrics import psnr
+from sfplan.paths import portable, portable_path
 from sfplan.world_model.learned import load_world_model
 
 from memory_benchmark import parse_memory_settings  # benchmarks/ is on sys.path when run as a script
@@ -125,12 +126,12 @@ def main(argv=None) -> dict:
     table = "\n".join([f"held-out {len(eps)} episodes of {args.data}, context {ctx}, chunk {C}; "
                        f"{torch.get_num_threads()} thread(s), {wm.device}", "", *lines])
     print(table)
-    res = {"model": str(args.model), "checkpoint_sha256": wm.checkpoint_sha256, "data": str(args.data),
+    res = {"model": portable_path(args.model), "checkpoint_sha256": wm.checkpoint_sha256, "data": portable_path(args.data),
            "episodes": len(eps), "seeds": [int(e.seed) for e in eps], "threads": torch.get_num_threads(),
            "cpu": platform.processor() or platform.machine(), "rows": rows, "table": table}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(portable(res), indent=2) + "\n")
     return res
 
 

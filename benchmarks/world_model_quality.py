@@ -44,6 +44,7 @@ import torch
 from sfplan.data import EpisodeDataset
 from sfplan.eval.quality import object_psnr
 from sfplan.eval.video_metrics import psnr, ssim
+from sfplan.paths import portable, portable_path
 from sfplan.world_model.learned import load_world_model
 
 
@@ -152,7 +153,7 @@ def main(argv=None) -> dict:
 
     first = slice(0, C)
     res = {
-        "model": str(args.model), "checkpoint_sha256": wm.checkpoint_sha256, "data": str(args.data),
+        "model": portable_path(args.model), "checkpoint_sha256": wm.checkpoint_sha256, "data": portable_path(args.data),
         "episodes": B, "seeds": [int(e.seed) for e in eps], "context_frames": ctx_n, "start": S0, "chunk_size": C,
         "chunks": args.chunks, "sampler": wm.config.sampler, "num_steps": wm.config.num_steps,
         "device": str(wm.device), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
@@ -223,7 +224,7 @@ def main(argv=None) -> dict:
     print(table)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(portable(res), indent=2) + "\n")
         out_npz = Path(args.out).with_suffix(".npz")
         np.savez_compressed(out_npz, truth=truth[:4], pred=pred[:4], shuffled=pred_shuf[:4], context=context[:4])
     return res

@@ -9,6 +9,7 @@ from .base import Cost, Planner, PlanResult
 from .cem import CEMConfig, CEMPlanner
 from .common import shift_plan
 from .costs import (
+    COSTS,
     LatentL2Cost,
     LatentL2CostConfig,
     MultiScaleCost,
@@ -19,7 +20,7 @@ from .costs import (
     ProbeCostConfig,
 )
 from .mppi import MPPIConfig, MPPIPlanner
-from .random_policy import RandomPolicy, RandomPolicyConfig
+from .random_planner import RandomPlanner, RandomPlannerConfig
 from .random_shooting import RandomShootingConfig, RandomShootingPlanner
 from .subgoals import SubgoalTracker, cost_distance
 from .video_plan import VideoPlanConfig, VideoPlanPlanner
@@ -28,16 +29,10 @@ PLANNERS = {
     "cem": CEMPlanner,
     "mppi": MPPIPlanner,
     "random_shooting": RandomShootingPlanner,
-    "random": RandomPolicy,
+    "random": RandomPlanner,
     "video_plan": VideoPlanPlanner,  # the paper's planner: needs the learned world model + an IDM
 }
 
-COSTS = {
-    "pixel_mse": PixelMSECost,
-    "multiscale": MultiScaleCost,
-    "latent_l2": LatentL2Cost,
-    "probe": ProbeCost,  # a learned reading of the task's descriptor (needs <world model>/probe/)
-}
 
 __all__ = [
     "COSTS",
@@ -59,8 +54,8 @@ __all__ = [
     "ProbeCost",
     "ProbeCostConfig",
     "Planner",
-    "RandomPolicy",
-    "RandomPolicyConfig",
+    "RandomPlanner",
+    "RandomPlannerConfig",
     "RandomShootingConfig",
     "RandomShootingPlanner",
     "VideoPlanConfig",

@@ -48,7 +48,7 @@ def as_bounds(action_low, action_high, device: torch.device | str | None = None)
 
 
 def resolve_planner_device(world_model, action_low) -> torch.device:
-    """The world model's device; else the bounds' device (RandomPolicy has no model)."""
+    """The world model's device; else the bounds' device (RandomPlanner has no model)."""
     dev = getattr(world_model, "device", None)
     if dev is not None:
         return torch.device(dev)
@@ -113,32 +113,6 @@ class SeedCounter:
         if seed is not None:
             self.seed = int(seed)
         self.calls = 0
-
-
-def sample_noise(shape: tuple[int, ...], beta: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Unit-variance Gaussian noise (..., H, A); ``beta > 0`` makes it coloured along H
-    (power spectrum ~ 1/f^beta, as in iCEM), so sampled action sequences are smoother.
-
-    shape: (B, N, H, A). beta = 0 is white noise.
-    """
-    *lead, H, A = shape
-    if beta <= 0 or H < 2:
-        return torch.randn(shape, generator=generator, device=device)
-    f = torch.fft.rfftfreq(H, device=device)  # (F,) F = H//2 + 1
-    f = torch.clamp(f, min=1.0 / H)  # the DC bin gets the lowest frequency's power
-    scale = f ** (-beta / 2.0)  # (F,) amplitude spectrum
-    spec_shape = (*lead, A, f.numel())
-    re = torch.randn(spec_shape, generator=generator, device=device) * scale
-    im = torch.randn(spec_shape, generator=generator, device=device) * scale
-    im[..., 0] = 0  # DC (and Nyquist, for even H) bins are real
-    two_sided = torch.full_like(scale, 4.0)  # interior bins appear twice, re and im
-    two_sided[0] = 1.0
-    if H % 2 == 0:
-        im[..., -1] = 0
-        two_sided[-1] = 1.0
-    sigma = torch.sqrt(torch.sum(two_sided * scale**2)) / H  # exact std of irfft's output
-    y = torch.fft.irfft(torch.complex(re, im), n=H) / sigma  # (..., A, H)
-    return y.transpose(-1, -2).contiguous()  # (..., H, A)
 
 
 def imagine_and_score(world_model, cost, state: WorldState, goal: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

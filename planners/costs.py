@@ -1,17 +1,13 @@
 """Costs: imagined features vs a goal -> (B, N), lower is better.
 
 Every cost compares each imagined frame with the goal, giving (B, N, K), then reduces over
-the K imagined frames (``Imagination.steps`` gives their env-step offsets):
+the K imagined frames:
 
 - ``reduce="last"``: the final frame only (the frames before it are not even compared);
-- ``reduce="mean"``: all K frames equally;
-- ``reduce="discounted"``: weights ``gamma ** (step - 1)``, normalised to sum to 1, so
-  reaching the goal sooner scores better.
+- ``reduce="mean"``: all K frames equally.
 
 ``terminal_weight`` w in [0, 1] mixes in the final frame as a terminal cost:
-``(1 - w) * reduce(frames) + w * last``; ``terminal_frames`` m > 1 makes the terminal term
-the mean of the last m scored frames, so a plan must arrive *and stay* (one that sweeps
-through the goal pose on the very last frame does not score as arrived). A running cost
+``(1 - w) * reduce(frames) + w * last``. A running cost
 ("mean") alone prefers the plan that gets *near* the goal fastest, even when it ends in
 a look-alike basin it cannot leave (Reacher: the elbow folded the mirrored way, 4 px off);
 "last" alone ignores how the plan gets there and overshoots. The mix is the usual stage +
@@ -20,7 +16,7 @@ wider first search (CEM ``cold_num_samples``): Reacher's oracle, w = 0.7, 86% ->
 alone, 88% with 512 first-plan candidates. And pad the warm start with a neutral action
 (``sfplan eval warm_fill=mid``): a shifted plan whose tail repeats a braking torque ends
 far off, so the terminal term rejects it for a fresh plan that arrives only at the new
-horizon's end, again and again (90% with it; ``benchmarks/RESULTS.md``).
+horizon's end, again and again (90% with it; ``docs/notes/2026-12-06-oracle-planning.md``).
 
 All costs are vectorised over B, N and K (no Python loops over candidates).
 """
@@ -36,25 +32,7 @@ from sfplan.world_model.base import Imagination
 
 from .common import make_config
 
-REDUCTIONS = ("last", "mean", "discounted")
-
-
-def frame_weights(K: int, reduce: str, gamma: float, steps: torch.Tensor | None, device) -> torch.Tensor:
-    """Weights over the K imagined frames: (K,), summing to 1."""
-    if reduce == "last":
-        w = torch.zeros(K, device=device)
-        w[-1] = 1.0
-        return w
-    if reduce == "mean":
-        return torch.full((K,), 1.0 / K, device=device)
-    if reduce == "discounted":
-        if steps is not None and steps.numel() == K:
-            t = steps.to(device=device, dtype=torch.float32) - 1.0  # 1-based env steps -> exponents
-        else:
-            t = torch.arange(K, device=device, dtype=torch.float32)
-        w = torch.as_tensor(float(gamma), device=device) ** t
-        return w / w.sum()
-    raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+REDUCTIONS = ("last", "mean")
 
 
 def _check_shapes(features: torch.Tensor, goal) -> torch.Tensor:
@@ -83,12 +61,8 @@ class _FrameCost:
         self.config = make_config(self.config_cls, config, overrides)
         if self.config.reduce not in REDUCTIONS:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {self.config.reduce!r}")
-        if not 0.0 < float(self.config.gamma) <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1], got {self.config.gamma}")
         if not 0.0 <= float(self.config.terminal_weight) <= 1.0:
             raise ValueError(f"terminal_weight must be in [0, 1], got {self.config.terminal_weight}")
-        if int(self.config.terminal_frames) < 1:
-            raise ValueError(f"terminal_frames must be >= 1, got {self.config.terminal_frames}")
 
     def frame_distance(self, diff: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -105,17 +79,15 @@ class _FrameCost:
         """imagined.features: (B, N, K, C, h, w) (or the tensor itself); goal: (B, C, h, w)
         -> cost (B, N)."""
         feats = imagined.features if isinstance(imagined, Imagination) else imagined
-        steps = imagined.steps if isinstance(imagined, Imagination) else None
         if self.config.reduce == "last":
             return self.per_frame(feats[:, :, -1:], goal)[..., 0]  # skip frames that get weight 0
         d = self.per_frame(feats, goal)  # (B, N, K)
         K = d.shape[-1]
-        w = frame_weights(K, self.config.reduce, self.config.gamma, steps, d.device)  # (K,)
+        w = torch.full((K,), 1.0 / K, device=d.device)  # (K,) reduce="mean"
         tw = float(self.config.terminal_weight)
         if tw > 0.0:
-            m = min(int(self.config.terminal_frames), K)
             term = torch.zeros(K, device=d.device)
-            term[K - m:] = 1.0 / m  # the last m scored frames
+            term[-1] = 1.0
             w = (1.0 - tw) * w + tw * term
         return (d * w).sum(-1)
 
@@ -125,16 +97,14 @@ class _FrameCost:
 
 @dataclass
 class PixelMSECostConfig:
-    reduce: str = "last"  # last | mean | discounted (over the K imagined frames)
-    gamma: float = 0.9  # discount for reduce="discounted"
-    terminal_weight: float = 0.0  # w: (1 - w) * reduce + w * last frame(s)
-    terminal_frames: int = 1  # m: the terminal term is the mean of the last m scored frames
+    reduce: str = "last"  # last | mean (over the K imagined frames)
+    terminal_weight: float = 0.0  # w: (1 - w) * reduce + w * last frame
 
 
 class PixelMSECost(_FrameCost):
     """Mean squared error over (C, h, w) between each imagined frame and the goal.
 
-    ``PixelMSECost(reduce="last", gamma=0.9, terminal_weight=0.0, terminal_frames=1)``. Saturates once the
+    ``PixelMSECost(reduce="last", terminal_weight=0.0)``. Saturates once the
     object in view no longer overlaps its goal position; see ``MultiScaleCost`` for far goals.
     """
 
@@ -147,16 +117,14 @@ class PixelMSECost(_FrameCost):
 @dataclass
 class LatentL2CostConfig:
     reduce: str = "last"
-    gamma: float = 0.9
     terminal_weight: float = 0.0
-    terminal_frames: int = 1
     squared: bool = True  # True: mean squared difference; False: Euclidean norm over (C, h, w)
 
 
 class LatentL2Cost(_FrameCost):
     """L2 distance in a learned latent space (features from ``WorldModel.encode``).
 
-    ``LatentL2Cost(reduce="last", gamma=0.9, terminal_weight=0.0, terminal_frames=1, squared=True)``. With
+    ``LatentL2Cost(reduce="last", terminal_weight=0.0, squared=True)``. With
     ``squared=True`` it is the same number as ``PixelMSECost``, named for latents so configs
     say what they compare; ``squared=False`` gives the (unnormalised) Euclidean norm, which
     grows linearly with the distance instead of quadratically.
@@ -176,16 +144,14 @@ class MultiScaleCostConfig:
     kernel_size: int | None = None  # odd; None = 2 * ceil(3 * sigma) + 1
     weights: Sequence[float] | None = None  # one per level; None = 4 ** level
     reduce: str = "last"
-    gamma: float = 0.9
     terminal_weight: float = 0.0
-    terminal_frames: int = 1
 
 
 class MultiScaleCost(_FrameCost):
     """MSE summed over a Gaussian pyramid, so a far goal still gives a signal.
 
     ``MultiScaleCost(levels=4, sigma=2.0, kernel_size=None, weights=None, reduce="last",
-    gamma=0.9, terminal_weight=0.0, terminal_frames=1)``.
+    terminal_weight=0.0)``.
 
     Plain pixel MSE is flat once a small object no longer overlaps its goal position.
     Level 0 here is that MSE; level l >= 1 is the MSE of level l-1 blurred (Gaussian,
@@ -259,9 +225,7 @@ class MultiScaleCost(_FrameCost):
 @dataclass
 class ProbeCostConfig:
     reduce: str = "mean"
-    gamma: float = 0.9
     terminal_weight: float = 0.0
-    terminal_frames: int = 1
     scale: float = 1.0  # distances are divided by this (e.g. the task's success radius): any unit, same ranking
     batch_size: int = 8192  # latents per probe call (bounds memory at large B x N x K)
     # world model dir whose VAE + probe read the frames where the planner's world model has no
@@ -273,10 +237,10 @@ class ProbeCost(_FrameCost):
     """Distance between the task descriptors a ``StateProbe`` reads off each imagined latent
     and off the goal's: (B, N, K) in the task's units / ``scale``.
 
-    ``ProbeCost(reduce="mean", gamma=0.9, terminal_weight=0.0, terminal_frames=1, scale=1.0)``,
+    ``ProbeCost(reduce="mean", terminal_weight=0.0, scale=1.0)``,
     then ``bind(world_model, task)`` (``sfplan eval`` does it) takes the world model's probe
     (``<world model>/probe/``, trained by ``sfplan train stage=probe``) for its latents. Pixel
-    frames (the oracle's, or ``world_model.cost_space=pixels``) are first encoded by a VAE:
+    frames (the oracle's) are first encoded by a VAE:
     that of ``model`` (a learned world model dir with a probe; for the oracle, null = the
     task's shipped model), so the oracle can plan with the same learned cost as the learned
     model (5.8 ms per 64x64 frame on one CPU thread: affordable with a final-frame cost).
@@ -300,20 +264,16 @@ class ProbeCost(_FrameCost):
         from sfplan.world_model.probe import PROBE_HINT, load_probe
 
         own_vae, own_probe = getattr(world_model, "vae", None), getattr(world_model, "probe", None)
-        pixels = own_vae is None or getattr(world_model.config, "cost_space", "latent") != "latent"
+        pixels = own_vae is None  # a model without a VAE (the oracle) imagines pixel frames
         no_probe = (f"cost=probe needs a world model with a state probe (<world model>/probe/); "
                     f"{type(world_model).__name__} has none: {PROBE_HINT}, ")
         if not pixels:  # latents of the world model's own VAE: only its own probe reads them
             if own_probe is None:
                 raise UserError(no_probe + "or pick another cost (cost=multiscale)")
             if self.config.model is not None:
-                raise UserError("cost.model names the probe for pixel frames (world_model=oracle or "
-                                "world_model.cost_space=pixels); a learned model's latents are read by its own "
-                                "probe (<world model>/probe/): drop cost.model")
+                raise UserError("cost.model names the probe for pixel frames (world_model=oracle); a learned "
+                                "model's latents are read by its own probe (<world model>/probe/): drop cost.model")
             self.probe, self.vae = own_probe, None
-            return self
-        if self.config.model is None and own_probe is not None:  # learned model scoring decoded pixels
-            self.probe, self.vae = own_probe, own_vae
             return self
         if self.config.model is None and task is None:
             raise UserError(no_probe + "or name a model that has one (cost.model=<world model dir>), or pick another "
@@ -365,11 +325,17 @@ class ProbeCost(_FrameCost):
         return ((y - g[:, None, None]).norm(dim=-1) / float(self.config.scale)).to(features.device)
 
 
+COSTS = {
+    "pixel_mse": PixelMSECost,
+    "multiscale": MultiScaleCost,
+    "latent_l2": LatentL2Cost,
+    "probe": ProbeCost,  # a learned reading of the task's descriptor (needs <world model>/probe/)
+}
+
+
 def make_cost(name: str, **config):
     """``COSTS[name](**config)``: the Hydra target of ``cost=task`` (the default), where the
     task's search row names the cost (``configs/env/*.yaml`` ``search.<kind>.cost``)."""
-    from sfplan.planners import COSTS
-
     if name not in COSTS:
         raise ValueError(f"unknown cost {name!r}: choose one of {', '.join(COSTS)}")
     return COSTS[name](**config)

@@ -11,7 +11,7 @@ import torch
 from sfplan.world_model.base import WorldState
 
 from .base import PlanResult
-from .common import SamplingPlanner, imagine_and_score, sample_noise, update_best
+from .common import SamplingPlanner, imagine_and_score, update_best
 
 NORMALIZATIONS = ("min", "range")
 
@@ -24,7 +24,6 @@ class MPPIConfig:
     temperature: float = 0.05  # lambda of the softmax over -cost / lambda
     normalize: str = "range"  # "min": cost - min; "range": (cost - min) / (max - min), scale-free lambda
     noise_std: float = 0.5  # perturbation std, as a fraction of (high - low)
-    noise_beta: float = 0.0  # 0 = white noise; > 0 = coloured (smoother) along H
     alpha: float = 0.0  # smoothing: mean = alpha * old + (1 - alpha) * weighted mean
     include_mean: bool = True  # candidate 0 is the current mean (the warm start at iteration 0)
     seed: int = 0
@@ -35,7 +34,7 @@ class MPPIPlanner(SamplingPlanner):
 
     ``MPPIPlanner(world_model, cost, action_low, action_high, config=None, *, horizon=10,
     num_samples=64, iterations=4, temperature=0.05, normalize="range", noise_std=0.5,
-    noise_beta=0.0, alpha=0.0, include_mean=True, seed=0)``.
+    alpha=0.0, include_mean=True, seed=0)``.
 
     Costs are shifted by their per-row minimum before the softmax (numerically stable; the
     best candidate gets exp(0)). With ``normalize="range"`` (default) they are also divided
@@ -88,7 +87,7 @@ class MPPIPlanner(SamplingPlanner):
         first_best = None
         ess = 0.0
         for _ in range(c.iterations):
-            noise = sample_noise((B, N, H, A), c.noise_beta, gen, self.device)  # (B, N, H, A)
+            noise = torch.randn((B, N, H, A), generator=gen, device=self.device)
             cand = self.clip(mean[:, None] + std * noise)  # (B, N, H, A)
             if c.include_mean:
                 cand[:, 0] = self.clip(mean)

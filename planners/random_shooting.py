@@ -11,7 +11,7 @@ import torch
 from sfplan.world_model.base import WorldState
 
 from .base import PlanResult
-from .common import SamplingPlanner, imagine_and_score, sample_noise, update_best
+from .common import SamplingPlanner, imagine_and_score, update_best
 
 
 @dataclass
@@ -60,7 +60,7 @@ class RandomShootingPlanner(SamplingPlanner):
         if warm is not None:
             n_warm = int(round(c.warm_fraction * N))
             if n_warm > 0:
-                noise = sample_noise((B, n_warm, H, A), 0.0, gen, self.device)
+                noise = torch.randn((B, n_warm, H, A), generator=gen, device=self.device)
                 cand[:, :n_warm] = self.clip(warm[:, None] + c.warm_std * self.action_range * noise)
             if c.include_warm_start:
                 cand[:, 0] = warm

@@ -110,9 +110,6 @@ class VideoPlanPlanner:
         self.device = resolve_planner_device(world_model, action_low)
         self.action_low, self.action_high = as_bounds(action_low, action_high, self.device)  # (A,)
         self.action_dim = int(self.action_low.numel())
-        if world_model.config.cost_space != "latent":
-            raise UserError("planner=video_plan steers generation with latent goals: use the world model's "
-                            "cost_space=latent (world_model.cost_space=latent)")
         if idm is None and c.idm_path:
             from sfplan.world_model.idm import load_idm
 
@@ -174,8 +171,7 @@ class VideoPlanPlanner:
         """Steps 1-3 of a decision: state from ``SlowFastWorldModel.encode`` (context (B, T',
         C, h, w)); goal (B or 1, C, h, w) or waypoints (B or 1, S, C, h, w) -> (actions
         (B, K, H, A) read off the K videos by the IDM and clipped to the box, videos (B, K,
-        H, C, h, w), the subgoal latent planned for (B, C, h, w), subgoal index (B,)).
-        Also what ``CEMPlanner(video_proposals=K)`` seeds its search with."""
+        H, C, h, w), the subgoal latent planned for (B, C, h, w), subgoal index (B,))."""
         from sfplan.world_model.sampler import sample_chunk_to_goal
 
         c, wm = self.config, self.world_model

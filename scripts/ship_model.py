@@ -33,6 +33,7 @@ import json
 import shutil
 from pathlib import Path
 
+from sfplan.paths import portable_path, scrub_paths
 from sfplan.training.checkpoint import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,8 +100,8 @@ def ship_probe_only(task: str, probe_run: Path) -> None:
     atomic_dir(dst / "probe", lambda d: shutil.copytree(probe_run / "model", d, dirs_exist_ok=True))
     head, sections = split_card((dst / "README.md").read_text())
     kept = [sec for sec in sections if not sec.startswith(f"## {PROBE_TITLE}")]
-    atomic_write_text(dst / "README.md", "\n".join([head.rstrip("\n") + "\n", *kept,
-                                                   card_section(probe_run, PROBE_TITLE)]))
+    atomic_write_text(dst / "README.md", scrub_paths("\n".join([head.rstrip("\n") + "\n", *kept,
+                                                               card_section(probe_run, PROBE_TITLE)])))
     print(f"shipped {dst / 'probe'}")
 
 
@@ -154,7 +155,7 @@ def main(argv=None) -> None:
     if args.quality is not None:
         q = json.loads(args.quality.read_text())
         parts.append("## Held-out quality (`benchmarks/world_model_quality.py`)\n\n"
-                     f"Held-out dataset `{q['data']}`, seeds {q['seeds'][0]}-{q['seeds'][-1]} (never trained on); "
+                     f"Held-out dataset `{portable_path(q['data'])}`, seeds {q['seeds'][0]}-{q['seeds'][-1]} (never trained on); "
                      f"device {q['device']}, {q['threads']} thread(s).\n\n" + q["table"] + "\n")
     lineage = [c for c in carried if c.startswith("## Lineage")]
     parts.extend(lineage)
@@ -171,7 +172,8 @@ def main(argv=None) -> None:
         parts.append(card_section(args.probe_run, PROBE_TITLE))
     else:
         parts.extend(c for c in carried if c.startswith(f"## {PROBE_TITLE}"))
-    (tmp / "README.md").write_text("\n".join(parts))
+    # the card ships in the repo: no machine paths, also from cards written before they were portable
+    (tmp / "README.md").write_text(scrub_paths("\n".join(parts)))
     if dst.exists():
         old = MODELS / f".{args.task}.old"
         shutil.rmtree(old, ignore_errors=True)

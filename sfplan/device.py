@@ -30,7 +30,7 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         raise UserError(
             f"device={spec!r} was requested but this torch has no CUDA device "
             f"(torch {torch.__version__}). Use device=auto or device=cpu, or install a CUDA "
-            "build of torch (see README, 'Using a GPU')."
+            "build of torch (see docs/gpu.md)."
         )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise UserError(f"device={spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "

@@ -18,7 +18,7 @@ frames. Written to ``out_dir``:
   ``image=``), upscaled ``scale`` x;
 - ``frames.npz``: ``generated`` (H, S, S, 3) uint8 (and ``ground_truth``);
 - with ``memory=temp_lora``: every chunk (with its clean context) is written into
-  Temp-LoRA fast weights before the next is imagined (``rollout_with_memory``);
+  Temp-LoRA fast weights before the next is imagined (``imagine_video_with_memory``);
   ``metrics.json`` then reports the memory's settings and its write time per chunk;
 - ``metrics.json``: PSNR and SSIM per horizon step for the model and for the copy-last-
   frame baseline (the last known frame held still), their means over the rollout and
@@ -38,126 +38,14 @@ import torch
 from omegaconf import DictConfig
 
 from sfplan.errors import UserError
+from sfplan.video import side_by_side, write_video
+from sfplan.world_model.imagine import imagine_video, imagine_video_with_memory
 
 PSNR_CAP_DB = 100.0
 DEFAULT_ENV = "sfplan/Reacher-v0"  # with neither model= nor env.id=: the default shipped model and its env
 
 
 # ----------------------------------------------------------------------------- helpers
-@torch.no_grad()
-def rollout(wm, context: np.ndarray, actions: np.ndarray) -> np.ndarray:
-    """Imagine len(actions) steps after the context frames.
-
-    wm: SlowFastWorldModel with ``return_frames="all"``. context: (T, H, W, 3) uint8 real
-    frames (the last is "now"; the model keeps its last ``context_frames``). actions:
-    (K, A); ``actions[k]`` yields imagined frame k. Returns (K, H, W, 3) uint8."""
-    if wm.config.return_frames != "all":
-        raise ValueError("rollout needs a world model with return_frames='all'")
-    state = wm.encode(np.asarray(context)[None])  # context (1, T', C, h, w)
-    acts = torch.as_tensor(np.asarray(actions, np.float32))[None, None]  # (1, 1, K, A)
-    im = wm.imagine(state, acts)  # features (1, 1, K, C, h, w)
-    return wm.decode(im.features[0, 0]).numpy()  # (K, H, W, 3)
-
-
-@torch.no_grad()
-def rollout_with_memory(wm, context: np.ndarray, actions: np.ndarray,
-                        truth: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
-    """``rollout`` chunk by chunk, writing each chunk into ``wm.memory`` (Temp-LoRA) before
-    the next one is imagined. The memory is taken as it is (``wm.reset_memory()`` first
-    for a fresh episode).
-
-    What is written follows ``wm.memory.config.write``: ``generated`` (the imagined chunk,
-    as in the paper) or ``real`` (the ground-truth frames ``truth`` (K, H, W, 3) of the
-    chunk). The first write carries the encoded real context in front of the chunk; later
-    writes take their clean context from the memory's buffer. The last chunk is not written
-    (nothing imagines after it). The noise is drawn from one generator seeded with
-    ``noise_seed`` across the chunks, so with the memory disabled (or never written) the
-    frames equal ``rollout``'s. Returns (frames (K, H, W, 3) uint8, info: per-write logs
-    and times)."""
-    from sfplan.world_model.base import WorldState
-
-    mem = wm.memory
-    if mem is None:
-        raise ValueError("rollout_with_memory needs a world model with a memory (wm.attach_memory(...))")
-    if wm.config.return_frames != "all":
-        raise ValueError("rollout_with_memory needs a world model with return_frames='all'")
-    mode = mem.config.write
-    if mode == "real" and truth is None:
-        raise UserError("memory.write=real writes the ground-truth frames: start from a dataset episode "
-                        "(data=<dataset> episode=K), or use memory.write=generated")
-    acts = torch.as_tensor(np.asarray(actions, np.float32))  # (K, A)
-    K = acts.shape[0]
-    state = wm.encode(np.asarray(context)[None])  # context (1, T', C, h, w)
-    mem.prime(state.context[0])  # the real context: in front of the first written chunk
-    real = wm.vae.encode(np.asarray(truth)) if mode == "real" else None  # (K, C, h, w)
-    gen = torch.Generator("cpu").manual_seed(int(wm.config.noise_seed))
-    lats, writes = [], []
-    t_imagine = 0.0
-    for s in range(0, K, wm.chunk_size):
-        k = min(wm.chunk_size, K - s)
-        t0 = time.perf_counter()
-        z = wm.imagine(state, acts[None, None, s: s + k], generator=gen).features[0, 0]  # (k, C, h, w)
-        t_imagine += time.perf_counter() - t0
-        lats.append(z)
-        if s + k < K:  # the chunk and its actions; the memory puts the frame it holds last in front
-            new = z if mode == "generated" else real[s: s + k].to(z.device)
-            writes.append(mem.write(new, actions=acts[s: s + k]))
-        nxt = torch.cat([state.context.to(z.device), z[None]], dim=1)[:, -wm.context_frames:]  # (1, T', C, h, w)
-        state = WorldState(features=nxt[:, -1], context=nxt)
-    frames = wm.decode(torch.cat(lats)).numpy()  # (K, H, W, 3)
-    wt = [w["time_s"] for w in writes]
-    info = {"write": mode, "writes": len(writes), "write_s_total": float(sum(wt)),
-            "write_s_per_chunk": float(np.mean(wt)) if wt else 0.0, "imagine_s": t_imagine,
-            "write_loss_first": [w["loss_first"] for w in writes], "write_loss_last": [w["loss_last"] for w in writes],
-            "lora_parameters": mem.num_parameters, "state_bytes": mem.state_bytes()}
-    return frames, info
-
-
-def _label(width: int, text: str) -> np.ndarray:
-    from PIL import Image, ImageDraw, ImageFont
-
-    img = Image.new("RGB", (width, 12), (0, 0, 0))
-    ImageDraw.Draw(img).text((2, 0), text, fill=(255, 255, 255), font=ImageFont.load_default())
-    return np.asarray(img)
-
-
-def side_by_side(columns: list[np.ndarray], labels: list[str] | None = None, scale: int = 1,
-                 gap: int = 2) -> np.ndarray:
-    """columns: each (T_i, H, W, 3) uint8 -> (T, H', W', 3) video with the columns side
-    by side (shorter ones hold their last frame), upscaled ``scale`` x, labels on top."""
-    T = max(len(c) for c in columns)
-    cols = []
-    for c in columns:
-        c = np.asarray(c)
-        if len(c) < T:
-            c = np.concatenate([c, np.repeat(c[-1:], T - len(c), axis=0)])
-        c = c.repeat(scale, axis=1).repeat(scale, axis=2)
-        cols.append(c)
-    if labels:
-        cols = [np.concatenate([np.broadcast_to(_label(c.shape[2], lab), (T, 12, c.shape[2], 3)), c], axis=1)
-                for c, lab in zip(cols, labels)]
-    sep = np.full((T, cols[0].shape[1], gap, 3), 255, np.uint8)
-    parts = []
-    for i, c in enumerate(cols):
-        parts += [c] if i == 0 else [sep, c]
-    return np.concatenate(parts, axis=2)
-
-
-def write_video(path: Path, frames: np.ndarray, fps: int = 8) -> None:
-    """(T, H, W, 3) uint8 -> mp4 (H.264, dims padded to even) or gif, by suffix (imageio v3)."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    frames = np.ascontiguousarray(frames)
-    if path.suffix == ".gif":
-        iio.imwrite(path, frames, duration=1000 / fps, loop=0)
-        return
-    T, H, W, _ = frames.shape
-    if H % 2 or W % 2:
-        frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)))
-    iio.imwrite(path, frames, fps=fps, codec="libx264", macro_block_size=1)
-
-
 def _cap(x: list[float]) -> list[float]:
     return [min(float(v), PSNR_CAP_DB) for v in x]
 
@@ -356,9 +244,9 @@ def run_generate(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     mem_info = None
     if memory is None:
-        gen = rollout(wm, context, actions)  # (H, S, S, 3)
+        gen = imagine_video(wm, context, actions)  # (H, S, S, 3)
     else:
-        gen, mem_info = rollout_with_memory(wm, context, actions, truth)  # (H, S, S, 3), logs
+        gen, mem_info = imagine_video_with_memory(wm, context, actions, truth)  # (H, S, S, 3), logs
     wall = time.perf_counter() - t0
     H = len(gen)
     scale, fps = int(cfg.scale), int(cfg.fps)
@@ -391,9 +279,10 @@ def run_generate(cfg: DictConfig) -> dict:
                    "ssim_per_chunk": [float(np.mean(v["ssim"][i:i + C])) for i in range(0, H, C)]}
             for name, v in per.items()}
         result["table"] = format_table(per, list(range(1, H + 1)), C)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    from sfplan.paths import portable
+
+    (out / "metrics.json").write_text(json.dumps(portable(result), indent=2) + "\n")
     return result
 
 
-__all__ = ["run_generate", "rollout", "rollout_with_memory", "side_by_side", "write_video", "frame_metrics",
-           "format_table"]
+__all__ = ["run_generate", "frame_metrics", "format_table"]

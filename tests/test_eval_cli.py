@@ -149,7 +149,7 @@ def test_waypoints_on_an_env_without_them_names_the_fix():
 
 def test_an_episode_with_a_past_feeds_it_to_the_memory_first():
     from sfplan.eval.runner import run_episode
-    from sfplan.planners import RandomPolicy
+    from sfplan.planners import RandomPlanner
 
     class Recorder:
         def __init__(self):
@@ -164,7 +164,7 @@ def test_an_episode_with_a_past_feeds_it_to_the_memory_first():
     env = gym.make("sfplan/MemoryMaze-v0", goal="retrace", image_size=32)
     _, info = env.reset(seed=11)
     mem = Recorder()
-    res = run_episode(env, RandomPolicy(None, None, -np.ones(2), np.ones(2), horizon=4), None, seed=11, budget=8,
+    res = run_episode(env, RandomPlanner(None, None, -np.ones(2), np.ones(2), horizon=4), None, seed=11, budget=8,
                       execute=4, memory=mem)
     past, acts = mem.writes[0]
     np.testing.assert_array_equal(past, info["history_frames"][1:])  # the outbound leg, before any step

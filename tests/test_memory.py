@@ -142,33 +142,27 @@ def test_masked_write_lowers_the_masked_loss_and_needs_actions():
 
 
 @pytest.mark.parametrize("loss", ["action_free", "masked"])
-def test_sampler_noise_levels_and_reversed_clips(loss, monkeypatch):
-    """noise_levels=sampler draws every step's timesteps among the sampler's; reverse=True
-    adds one pass over each clip played backwards (masked: under the null condition)."""
+def test_reversed_clips(loss, monkeypatch):
+    """reverse=True adds one pass over each clip played backwards (masked: under the null condition)."""
     wm = tiny_model()
-    levels = wm.sampler_timesteps()
-    assert levels.tolist() == sorted(set(levels.tolist()), reverse=True) and len(levels) == wm.config.num_steps
     mem = wm.attach_memory(TempLoRAConfig(rank=4, steps_per_write=3, timesteps_per_step=4, loss=loss,
-                                          noise_levels="sampler", reverse=True, max_write_frames=8))
+                                          reverse=True, max_write_frames=8))
     calls = []
     for name in ("action_free_loss", "masked_loss"):
         orig = getattr(wm, name)
 
         def spy(x, *a, _orig=orig, **kw):
-            calls.append((x.detach().clone(), kw.get("timesteps"), kw.get("p_uncond")))
+            calls.append((x.detach().clone(), kw.get("p_uncond")))
             return _orig(x, *a, **kw)
         monkeypatch.setattr(wm, name, spy)
     z, acts = latents(wm, T=5), torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
     mem.write(z, actions=acts, num_context=1)
     assert len(calls) == 2 * 3  # one window: 3 steps forward, 3 backward
-    for i, (x, t, p_uncond) in enumerate(calls):
-        assert x.shape[0] == 4 and set(t.tolist()) <= set(levels.tolist())
+    for i, (x, p_uncond) in enumerate(calls):
+        assert x.shape[0] == 4
         assert torch.equal(x[0], z if i < 3 else z.flip(0))
         if loss == "masked":
             assert p_uncond == (0.0 if i < 3 else 1.0)
-    assert len({v for _, t, _ in calls for v in t.tolist()}) == len(levels)  # both levels drawn
-    with pytest.raises(ValueError, match="noise_levels"):
-        TempLoRAConfig(noise_levels="low").validate()
 
 
 def test_negated_reverse_actions_condition_the_backward_clip(monkeypatch):
@@ -319,19 +313,19 @@ def test_save_pretrained_with_memory_saves_the_base_weights(tmp_path):
 
 
 # ----------------------------------------------------------------------------- generate
-def test_rollout_with_memory_matches_rollout_when_nothing_is_learned():
-    from sfplan.generate import rollout, rollout_with_memory
+def test_imagine_video_with_memory_matches_imagine_video_when_nothing_is_learned():
+    from sfplan.world_model.imagine import imagine_video, imagine_video_with_memory
 
     wm = tiny_model(return_frames="all")
     ctx, acts = frames(1), np.random.default_rng(0).uniform(-1, 1, (5, 2)).astype(np.float32)
-    ref = rollout(wm, ctx, acts)
+    ref = imagine_video(wm, ctx, acts)
     mem = wm.attach_memory(TempLoRAConfig(rank=4, steps_per_write=0))  # writes fill the buffer only
-    out, info = rollout_with_memory(wm, ctx, acts)
+    out, info = imagine_video_with_memory(wm, ctx, acts)
     assert np.array_equal(out, ref) and info["writes"] == 2  # chunks of 2: 3 chunks, the last not written
     mem.config.steps_per_write = 2
     mem.config.lr = 1e-2
     wm.reset_memory()
-    out2, info2 = rollout_with_memory(wm, ctx, acts)
+    out2, info2 = imagine_video_with_memory(wm, ctx, acts)
     assert np.array_equal(out2[:2], ref[:2]) and not np.array_equal(out2, ref)  # chunk 1 before any write
     assert info2["write_s_total"] > 0 and len(info2["write_loss_first"]) == 2
 

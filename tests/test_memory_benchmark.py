@@ -17,7 +17,7 @@ from gymnasium.utils.env_checker import check_env
 import sfplan.envs  # noqa: F401  (registers sfplan/*)
 from sfplan.cli import main
 from sfplan.data import EpisodeDataset, make_policy
-from sfplan.data.policies import retrace_rollout
+from sfplan.data.collect import retrace_rollout
 from sfplan.envs import TASKS
 from sfplan.eval.memory_metrics import (RandomConvFeatures, calibrate_cut_threshold, frame_jumps, return_leg_metrics,
                                         scene_cuts, scene_revisit_consistency)

@@ -7,7 +7,6 @@ goal is reachable), so convergence is checked against it.
 from __future__ import annotations
 
 
-import numpy as np
 import pytest
 import torch
 
@@ -21,11 +20,10 @@ from sfplan.planners import (
     PixelMSECost,
     Planner,
     PlanResult,
-    RandomPolicy,
+    RandomPlanner,
     RandomShootingPlanner,
     shift_plan,
 )
-from sfplan.planners.common import sample_noise
 from sfplan.world_model.base import Imagination, WorldState
 
 D = 2
@@ -187,9 +185,9 @@ def test_warm_start_speeds_up_cem():
 
 # ---------------------------------------------------------------- random policy
 
-def test_random_policy_needs_no_world_model():
-    assert RandomPolicy.needs_world_model is False
-    p = RandomPolicy(world_model=None, cost=None, action_low=LOW.numpy(), action_high=HIGH.numpy(), horizon=7, seed=0)
+def test_random_planner_needs_no_world_model():
+    assert RandomPlanner.needs_world_model is False
+    p = RandomPlanner(world_model=None, cost=None, action_low=LOW.numpy(), action_high=HIGH.numpy(), horizon=7, seed=0)
     res = p.plan(None, None)
     assert res.actions.shape == (1, 7, 2)
     assert torch.all(res.actions >= LOW) and torch.all(res.actions <= HIGH)
@@ -208,15 +206,6 @@ def test_config_kwargs_and_errors():
         CEMPlanner(PointMass(), PixelMSECost(), [1.0, 1.0], [0.0, 2.0])
     with pytest.raises(ValueError, match="warm_start"):
         make(CEMPlanner, horizon=3)[0].plan(PointMass().encode(X0), goal_of(GOAL), warm_start=torch.zeros(1, 4, 2))
-
-
-def test_coloured_noise_unit_variance_and_smooth():
-    g = torch.Generator().manual_seed(0)
-    white = sample_noise((4000, 1, 10, 2), 0.0, g, torch.device("cpu"))
-    col = sample_noise((4000, 1, 10, 2), 2.0, g, torch.device("cpu"))
-    assert col.std().item() == pytest.approx(1.0, abs=0.05)
-    # Coloured noise changes less from one step to the next.
-    assert col.diff(dim=2).abs().mean() < 0.7 * white.diff(dim=2).abs().mean()
 
 
 # ---------------------------------------------------------------- costs
@@ -263,8 +252,6 @@ def test_reduce_modes():
     im = Imagination(feats, torch.arange(1, 4))
     assert PixelMSECost(reduce="last")(im, g).item() == pytest.approx(3.0)
     assert PixelMSECost(reduce="mean")(im, g).item() == pytest.approx(2.0)
-    w = np.array([1.0, 0.5, 0.25])
-    assert PixelMSECost(reduce="discounted", gamma=0.5)(im, g).item() == pytest.approx(float((w * [1, 2, 3]).sum() / w.sum()))
     assert LatentL2Cost(squared=False)(im, g).item() == pytest.approx(3.0**0.5)
     with pytest.raises(ValueError):
         PixelMSECost(reduce="max")
@@ -287,31 +274,9 @@ def test_terminal_weight_lets_the_endpoint_decide():
             PixelMSECost(reduce="mean", terminal_weight=bad)
 
 
-def test_terminal_frames_ask_the_plan_to_arrive_and_stay():
-    # A sweeps through the goal on the last frame; B arrives a frame earlier and stays.
-    # The last frame alone cannot tell them apart; the mean of the last two frames can.
-    g = torch.zeros(1, 1, 1, 1)
-    per_frame = torch.tensor([[1.0, 2.0, 0.0], [2.0, 0.2, 0.0]])  # (N=2, K=3)
-    im = Imagination(per_frame.sqrt().reshape(1, 2, 3, 1, 1, 1), torch.arange(1, 4))
-    last = PixelMSECost(reduce="mean", terminal_weight=1.0)(im, g)[0]
-    two = PixelMSECost(reduce="mean", terminal_weight=1.0, terminal_frames=2)(im, g)[0]
-    assert torch.equal(last, torch.zeros(2)) and two.argmin() == 1
-    assert two.tolist() == pytest.approx([1.0, 0.1])
-    mixed = MultiScaleCost(levels=1, reduce="mean", terminal_weight=0.7, terminal_frames=2)(im, g)[0]
-    assert mixed.tolist() == pytest.approx([0.3 * 1.0 + 0.7 * 1.0, 0.3 * 2.2 / 3 + 0.7 * 0.1])
-    # m = 1 is the final frame; m beyond K takes every frame
-    assert torch.equal(PixelMSECost(reduce="mean", terminal_weight=0.7, terminal_frames=1)(im, g),
-                       PixelMSECost(reduce="mean", terminal_weight=0.7)(im, g))
-    assert PixelMSECost(reduce="last", terminal_weight=1.0, terminal_frames=9)(im, g).tolist() == [[0.0, 0.0]]
-    assert PixelMSECost(reduce="mean", terminal_weight=1.0, terminal_frames=9)(im, g)[0].tolist() == pytest.approx(
-        [1.0, 2.2 / 3])
-    with pytest.raises(ValueError, match="terminal_frames"):
-        PixelMSECost(reduce="mean", terminal_weight=0.5, terminal_frames=0)
-
-
 def test_cost_is_vectorised_over_candidates():
     # Each candidate's cost equals what it gets when scored alone.
-    cost = MultiScaleCost(levels=3, reduce="discounted")
+    cost = MultiScaleCost(levels=3, reduce="mean")
     g = torch.rand(2, 2, 16, 16)
     feats = torch.rand(2, 6, 3, 2, 16, 16)
     full = cost(Imagination(feats, torch.tensor([2, 4, 6])), g)
@@ -331,22 +296,7 @@ def test_closed_loop_mpc_with_shifted_warm_start():
     assert torch.allclose(x, goal, atol=0.05)
 
 
-# ---------------------------------------------------------------- iCEM, episodes, subgoals
-
-def test_cem_keep_elites_carries_the_best_into_the_next_iteration():
-    planner, wm = make(CEMPlanner, horizon=5, num_samples=16, iterations=3, num_elites=4, keep_elites=0.5, seed=0)
-    planner.plan(wm.encode(X0), goal_of(GOAL))
-    for prev, nxt in zip(wm.calls[:-1], wm.calls[1:]):
-        costs = true_cost(X0, prev[0], GOAL)  # (N,)
-        best2 = prev[0, torch.argsort(costs)[:2]]  # round(0.5 * 4) = 2 kept, best first
-        assert torch.equal(nxt[0, -2:], best2)
-    # Without it, no candidate of one iteration reappears in the next (bar the mean's row).
-    plain, wm2 = make(CEMPlanner, horizon=5, num_samples=16, iterations=2, num_elites=4, seed=0)
-    plain.plan(wm2.encode(X0), goal_of(GOAL))
-    assert not any(torch.equal(wm2.calls[1][0, i], wm2.calls[0][0, j]) for i in range(1, 16) for j in range(16))
-    with pytest.raises(ValueError, match="keep_elites"):
-        make(CEMPlanner, keep_elites=1.5)
-
+# ---------------------------------------------------------------- CEM, episodes, subgoals
 
 def test_cem_cold_num_samples_widens_only_the_first_plan():
     # No warm start: the wider draw, every iteration; a warm-started re-plan: num_samples.
@@ -361,21 +311,11 @@ def test_cem_cold_num_samples_widens_only_the_first_plan():
         make(CEMPlanner, cold_num_samples=-1)
 
 
-def test_cem_returns_mean_is_the_refit_mean_with_its_elites_cost():
-    planner, wm = make(CEMPlanner, horizon=10, num_samples=32, iterations=3, num_elites=8, alpha=0.1,
-                       returns="mean", seed=0)
-    res = planner.plan(wm.encode(X0), goal_of(GOAL))
-    last = wm.calls[-1][0]  # (N, H, A): row 0 is the mean the last iteration sampled around
-    costs = true_cost(X0, last, GOAL)
-    order = torch.argsort(costs)[:8]
-    assert torch.allclose(res.actions[0], 0.1 * last[0] + 0.9 * last[order].mean(0), atol=1e-6)
-    assert torch.allclose(res.cost, costs[order].mean()[None], atol=1e-6)
-    # The default returns the best candidate ever imagined, a different plan from the same draws.
-    best, wm2 = make(CEMPlanner, horizon=10, num_samples=32, iterations=3, num_elites=8, alpha=0.1, seed=0)
-    b = best.plan(wm2.encode(X0), goal_of(GOAL))
-    assert torch.allclose(b.cost, true_cost(X0, b.actions, GOAL)) and not torch.allclose(b.actions, res.actions)
-    with pytest.raises(ValueError, match="returns"):
-        make(CEMPlanner, returns="median")
+def test_cem_returns_the_best_candidate_it_imagined_with_its_cost():
+    best, wm = make(CEMPlanner, horizon=10, num_samples=32, iterations=3, num_elites=8, alpha=0.1, seed=0)
+    b = best.plan(wm.encode(X0), goal_of(GOAL))
+    assert torch.allclose(b.cost, true_cost(X0, b.actions, GOAL))
+    assert any(torch.equal(b.actions[0], c[0, i]) for c in wm.calls for i in range(c.shape[1]))
 
 
 @pytest.mark.parametrize("name", SEARCH_PLANNERS)

@@ -172,3 +172,35 @@ def test_probe_only_ship_adds_then_replaces_the_probe_and_its_card_section(tmp_p
     with pytest.raises(SystemExit, match="--dynamics-run.*--probe-run"):
         ship.main(["--task", "T-v0"])
     assert not [p for p in dst.glob(".*")]  # no temporary folders left
+
+
+def test_shipped_card_holds_no_absolute_path(tmp_path, monkeypatch):
+    """The quality JSON's dataset and the stage cards' paths reach the committed card portable."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    models = tmp_path / "models"
+    ship = _ship_module(models)
+    elsewhere = "/scratch/some-machine/data/T-v0-heldout"
+    card = f"# Model card\n- dataset: `{elsewhere}`\n- command: `sfplan train vae={tmp_path / 'vae-run' / 'model'}`\n"
+    run = _run(tmp_path / "dyn", b"vae v1", card)
+    vae_run = tmp_path / "vae-run"
+    vae_run.mkdir()
+    (vae_run / "model_card.md").write_text("# card\nvae card\n")
+    q = tmp_path / "q.json"
+    q.write_text(json.dumps({"data": elsewhere, "seeds": [1, 2], "device": "cpu", "threads": 1, "table": "t"}))
+    ship.main(["--task", "T-v0", "--dynamics-run", str(run), "--vae-run", str(vae_run), "--quality", str(q)])
+    text = (models / "T-v0" / "README.md").read_text()
+    assert "/scratch/" not in text and str(tmp_path) not in text
+    assert "`<...>/data/T-v0-heldout`" in text and "vae=vae-run/model" in text
+
+
+def test_portable_paths():
+    from sfplan.paths import portable, portable_path, scrub_paths
+
+    cwd = Path.cwd()
+    assert portable_path(cwd / "outputs" / "x") == "outputs/x" and portable_path("data/x") == "data/x"
+    assert portable_path("/scratch/a/b") == "<...>/a/b" and portable_path("/mnt/b") == "<...>/b"
+    assert scrub_paths("sfplan train data.path=/srv/u/d/e lr 1/2 see https://x.org/a") == \
+        "sfplan train data.path=<...>/d/e lr 1/2 see https://x.org/a"
+    assert portable({"a": ["/srv/x/y", 3], "b": None}) == {"a": ["<...>/x/y", 3], "b": None}

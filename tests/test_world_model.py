@@ -334,29 +334,6 @@ def test_warm_start_widens_the_action_encoder_without_changing_outputs(tmp_path)
         warm_start(new, tmp_path / "nowhere", verbose=False)
 
 
-def test_pixel_cost_space_decodes_what_the_latent_space_imagines():
-    from sfplan.planners import CEMPlanner, MultiScaleCost
-
-    lat_wm, pix_wm = tiny_model(), tiny_model(cost_space="pixels")
-    frames = tiny_frames(B=1, T=2)
-    acts = torch.rand(1, 3, 4, lat_wm.diffusion.config.action_dim) * 2 - 1  # (B, N, H, A)
-    s_lat, s_pix = lat_wm.encode(frames), pix_wm.encode(frames)
-    assert torch.equal(s_lat.context, s_pix.context)  # the model imagines from latents either way
-    assert s_pix.features.shape == (1, 3, 16, 16) and float(s_pix.features.max()) <= 1.0
-    assert torch.allclose(s_pix.features * 255, torch.as_tensor(frames[:, -1]).permute(0, 3, 1, 2).float())
-    im_lat, im_pix = lat_wm.imagine(s_lat, acts), pix_wm.imagine(s_pix, acts)
-    assert im_pix.features.shape == (1, 3, im_lat.features.shape[2], 3, 16, 16)
-    decoded = lat_wm.vae.decode(im_lat.features).permute(0, 1, 2, 5, 3, 4).float() / 255  # same noise, same weights
-    assert torch.allclose(im_pix.features, decoded)
-    # A sampling planner runs on pixel features unchanged (goal encoded the same way).
-    goal = pix_wm.encode(tiny_frames(B=1, T=1, seed=3)).features
-    res = CEMPlanner(pix_wm, MultiScaleCost(levels=2), -np.ones(acts.shape[-1]), np.ones(acts.shape[-1]), horizon=4,
-                     num_samples=4, iterations=1).plan(s_pix, goal)
-    assert res.actions.shape == (1, 4, acts.shape[-1]) and torch.isfinite(res.cost).all()
-    with pytest.raises(ValueError, match="cost_space"):
-        tiny_model(cost_space="rgb")
-
-
 def test_autocast_auto_follows_the_hardware(monkeypatch):
     from sfplan.world_model import learned
 

@@ -122,7 +122,7 @@ from sfplan.data.dataset import (
     shard_name,
     temp_files,
 )
-from sfplan.data.policies import make_policy
+from sfplan.data.policies import RetracePolicy, make_policy
 from sfplan.errors import UserError
 
 #: Policy rng stream: ``default_rng([POLICY_STREAM, seed])``, apart from the env's ``seed``.
@@ -195,6 +195,20 @@ def rollout(env, policy, seed: int, steps: int) -> Episode:
         distance=None if any(d is None for d in dist) else np.asarray(dist, np.float32),
         policy=policy.name,
     )
+
+
+def retrace_rollout(env, seed: int, out_steps: int = 32, mode: str = "auto"):
+    """One out-and-back episode of ``2 * out_steps`` steps with ``RetracePolicy``, as
+    ``sfplan collect policy=retrace`` records it (same seeds, same frames).
+
+    Returns an ``sfplan.data.dataset.Episode``: ``pixels`` (2n+1, H, W, 3) uint8 with the
+    turn-around at frame n, ``actions`` (2n, A) (``actions[n:]`` are the return leg's),
+    ``states`` (2n+1, S)."""
+    ep = rollout(env, RetracePolicy(out_steps=out_steps, mode=mode), int(seed), 2 * int(out_steps))
+    if ep.length != 2 * int(out_steps):
+        raise UserError(f"the env ended the retrace episode after {ep.length} of {2 * out_steps} steps: raise its "
+                        f"max_episode_steps or lower out_steps")
+    return ep
 
 
 def probe_env(env_id: str, env_kwargs: dict, seed: int, policy=None) -> dict:

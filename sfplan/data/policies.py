@@ -33,7 +33,7 @@ Policies (``policy=`` in ``configs/collect.yaml``, parameters under ``policies.<
   frame ``2n - t`` repeats outbound frame ``t``; ``negate`` plays the outbound actions
   negated in reverse order (any task; close only where the dynamics are nearly
   reversible); ``auto`` is ``track`` where the task supports it, else ``negate``.
-  ``retrace_rollout`` runs one such episode (used by ``benchmarks/memory_benchmark.py``).
+  ``sfplan.data.collect.retrace_rollout`` runs one such episode (``benchmarks/memory_benchmark.py``).
 """
 from __future__ import annotations
 
@@ -238,22 +238,6 @@ class RetracePolicy(CorrelatedPolicy):
 
 
 POLICIES: dict[str, type[Policy]] = {p.name: p for p in (RandomPolicy, CorrelatedPolicy, GoalPolicy, RetracePolicy)}
-
-
-def retrace_rollout(env, seed: int, out_steps: int = 32, mode: str = "auto"):
-    """One out-and-back episode of ``2 * out_steps`` steps with ``RetracePolicy``, as
-    ``sfplan collect policy=retrace`` records it (same seeds, same frames).
-
-    Returns an ``sfplan.data.dataset.Episode``: ``pixels`` (2n+1, H, W, 3) uint8 with the
-    turn-around at frame n, ``actions`` (2n, A) (``actions[n:]`` are the return leg's),
-    ``states`` (2n+1, S)."""
-    from sfplan.data.collect import rollout  # collect imports this module
-
-    ep = rollout(env, RetracePolicy(out_steps=out_steps, mode=mode), int(seed), 2 * int(out_steps))
-    if ep.length != 2 * int(out_steps):
-        raise UserError(f"the env ended the retrace episode after {ep.length} of {2 * out_steps} steps: raise its "
-                        f"max_episode_steps or lower out_steps")
-    return ep
 
 
 def make_policy(name: str, **kwargs) -> Policy:

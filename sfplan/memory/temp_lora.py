@@ -37,7 +37,6 @@ import torch
 ADAPTER_NAME = "temp_lora"
 WRITE_MODES = ("generated", "real")
 LOSSES = ("action_free", "masked")
-NOISE_LEVELS = ("uniform", "sampler")
 REVERSE_ACTIONS = ("unconditional", "negate")
 
 
@@ -64,11 +63,7 @@ class TempLoRAConfig:
         context, noised new frames, the true actions, loss on the new frames only; writes
         then need the actions between the clip's frames). ``masked`` trains the LoRA on
         the input the model sees when it imagines; on MemoryMaze the action-free update
-        made imagination worse (benchmarks/RESULTS.md, memory benchmark).
-    noise_levels: where each step's noise levels are drawn: ``uniform`` over the training
-        schedule (the paper), or ``sampler``: among the few timesteps the world model's
-        sampler evaluates the denoiser at (e.g. 999 and 499 for 2 DPM-Solver++ steps), the
-        only ones imagination ever queries.
+        made imagination worse (docs/notes/2026-12-06-memory-temp-lora.md).
     forward: each written clip is trained on in time order (the paper). False, with
         ``reverse``: backward clips only.
     reverse: each written clip is also trained on played backwards (time reversed), for
@@ -96,7 +91,6 @@ class TempLoRAConfig:
     max_write_frames: int | None = None
     seed: int = 0
     loss: str = "action_free"
-    noise_levels: str = "uniform"
     forward: bool = True
     reverse: bool = False
     reverse_actions: str = "unconditional"
@@ -132,8 +126,6 @@ class TempLoRAConfig:
             raise ValueError(f"Temp-LoRA lr must be > 0, got {self.lr}")
         if self.loss not in LOSSES:
             raise ValueError(f"Temp-LoRA loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.noise_levels not in NOISE_LEVELS:
-            raise ValueError(f"Temp-LoRA noise_levels must be one of {NOISE_LEVELS}, got {self.noise_levels!r}")
         if not (self.forward or self.reverse):
             raise ValueError("Temp-LoRA forward=false needs reverse=true: a write must train on the clip in some "
                              "direction")
@@ -398,18 +390,14 @@ class TempLoRAMemory:
         ``null_condition``); returns the losses."""
         R = int(self.config.timesteps_per_step)
         x = clip[None].expand(R, *clip.shape)  # (R, T, C, h, w): R noise levels of the same clip
-        # (S,) the sampler's timesteps, read per clip: its settings may change between episodes
-        levels = self.world_model.sampler_timesteps() if self.config.noise_levels == "sampler" else None
         out = []
         for _ in range(int(self.config.steps_per_write)):
-            t = None if levels is None else levels[torch.randint(len(levels), (R,), generator=self._gen)]
             with torch.enable_grad():
                 if actions is None:
-                    loss, _ = self.world_model.action_free_loss(x, timesteps=t, generator=self._gen)
+                    loss, _ = self.world_model.action_free_loss(x, generator=self._gen)
                 else:
                     loss, _ = self.world_model.masked_loss(x, actions[None].expand(R, *actions.shape), num_context,
-                                                           generator=self._gen, p_uncond=1.0 if null_condition else 0.0,
-                                                           timesteps=t)
+                                                           generator=self._gen, p_uncond=1.0 if null_condition else 0.0)
                 # gradients w.r.t. the LoRA tensors only: base weights get no .grad even when
                 # they require grad (the slow-fast loop trains them in the same graph later)
                 grads = torch.autograd.grad(loss, self._params)

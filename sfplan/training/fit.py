@@ -473,14 +473,16 @@ def write_fit_card(out: Path, s: dict) -> Path:
         if st["eval"].get("skipped"):
             lines.append(f"\nNot run: {', '.join(st['eval']['skipped'])} (the env cannot be cloned).")
     path = out / "model" / "README.md"
-    path.write_text("\n".join(lines) + "\n")
+    from sfplan.paths import scrub_paths
+
+    path.write_text(scrub_paths("\n".join(lines) + "\n"))  # the card travels with the model
     return path
 
 
 def run_fit(cfg: DictConfig) -> dict:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("sfplan fit collects and evaluates in one process: run it plainly, or run its training "
-                        "stages under DDP with `accelerate launch -m sfplan.cli train ...` (see README, Training)")
+                        "stages under DDP with `accelerate launch -m sfplan.cli train ...` (see docs/gpu.md)")
     return Fit(cfg).run()
 
 

@@ -1,4 +1,7 @@
-"""``model_card.md`` (and ``training_summary.json``) beside a finished run's ``model/``."""
+"""``model_card.md`` (and ``training_summary.json``) beside a finished run's ``model/``.
+
+Both get shared and committed, so every path in them is portable (``sfplan.paths``): relative
+to the directory the command ran in, never a machine's absolute path."""
 from __future__ import annotations
 
 import json
@@ -6,6 +9,8 @@ import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from sfplan.paths import portable, scrub_paths
 
 
 def _fmt(v) -> str:
@@ -118,8 +123,9 @@ def write_model_card(out_dir: Path, cfg, result: dict, data: dict, hardware: str
         "",
     ]
     path = out_dir / "model_card.md"
-    path.write_text("\n".join(lines))
+    path.write_text(scrub_paths("\n".join(lines)))
     summary = {**{k: v for k, v in result.items()}, "data": data, "hardware": hardware, "command": cmd,
                "mixed_precision": mp, "num_processes": world, "git_commit": git_commit()}
-    (out_dir / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    summary = portable(json.loads(json.dumps(summary, default=str)))
+    (out_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return path

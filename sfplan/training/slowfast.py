@@ -251,7 +251,7 @@ class SlowFastStage(DynamicsStage):
         from dataclasses import replace
 
         from sfplan.eval.video_metrics import psnr
-        from sfplan.generate import rollout_with_memory
+        from sfplan.world_model.imagine import imagine_video_with_memory
 
         logs, images, videos = super().sample(ema_model, step, out_dir)
         if not logs:
@@ -267,7 +267,7 @@ class SlowFastStage(DynamicsStage):
         wm.config = replace(old, return_frames="all")
         try:
             wm.reset_memory(int(self.cfg.seed))
-            fake, _ = rollout_with_memory(wm, real[:ctx], acts, truth=real[ctx:])  # (H, H, W, 3)
+            fake, _ = imagine_video_with_memory(wm, real[:ctx], acts, truth=real[ctx:])  # (H, H, W, 3)
         finally:
             wm.config = old
         p = psnr(fake, real[ctx:])

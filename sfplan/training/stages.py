@@ -366,7 +366,8 @@ class DynamicsStage(_Stage):
         """Imagine ``sample_horizon`` steps of a fixed held-out episode from its first
         context frames; real | imagined frames side by side."""
         from sfplan.eval.video_metrics import psnr
-        from sfplan.generate import rollout, side_by_side
+        from sfplan.video import side_by_side
+        from sfplan.world_model.imagine import imagine_video
 
         src = self.val_ds if len(self.val_ds) else self.train_ds
         ctx = self.wm_config.context_frames
@@ -379,7 +380,7 @@ class DynamicsStage(_Stage):
         acts = src.read_actions(i)[ctx - 1: ctx - 1 + H]  # (H, A)
         was_training = ema_model.training
         wm = self.world_model(ema_model, return_frames="all")
-        fake = rollout(wm, real[:ctx], acts)  # (H, H, W, 3)
+        fake = imagine_video(wm, real[:ctx], acts)  # (H, H, W, 3)
         ema_model.train(was_training)
         video = side_by_side([real, np.concatenate([real[:ctx], fake])], ["real", "model"])
         p = psnr(fake, real[ctx:])

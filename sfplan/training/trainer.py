@@ -428,7 +428,7 @@ class Trainer:
         return _scalar_mean(vals)
 
     def _sample(self, ema_model, step: int, writer) -> dict[str, float]:
-        from sfplan.generate import write_video
+        from sfplan.video import write_video
 
         with self.acc.autocast():
             logs, images, videos = self.stage.sample(ema_model, step, self.out_dir / "samples")

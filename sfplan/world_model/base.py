@@ -56,7 +56,7 @@ class WorldModel(Protocol):
         """features: (..., C, h, w) -> frames (..., H, W, 3) uint8."""
 
 
-# ---- pixel features: what the oracle imagines, and the learned model with cost_space="pixels"
+# ---- pixel features: what the oracle imagines
 def frames_to_features(frames: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [0, 1] on ``device``."""
     x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)

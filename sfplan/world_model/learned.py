@@ -29,10 +29,9 @@ import torch
 
 from sfplan.device import resolve_device
 from sfplan.errors import UserError
-from sfplan.world_model.base import Imagination, WorldState, frames_to_features
+from sfplan.world_model.base import Imagination, WorldState
 from sfplan.world_model.vae import FrameAutoencoder, VAEConfig
 
-COST_SPACES = ("latent", "pixels")
 AUTOCAST = (None, "none", "bfloat16", "float16", "auto")
 
 
@@ -80,11 +79,6 @@ class SlowFastWorldModelConfig:
     noise_seed: each ``imagine`` call redraws the same noise from this seed, so the model
         is a deterministic function of (state, actions) across CEM iterations;
         ``resample_noise=True`` draws fresh noise per call instead.
-    cost_space: what ``encode``/``imagine`` hand the cost as ``features``: ``latent`` (the
-        VAE latents, (C, h, w); nothing is decoded in the planning loop) or ``pixels`` (the
-        imagined latents decoded, (3, H, W) in [0, 1], and the real frames likewise: pixel
-        costs such as the multi-scale pyramid then see images, at one VAE decode per
-        scored frame). The context the model imagines from is latent either way.
     autocast: ``bfloat16`` runs the denoiser under torch.autocast in imagine (sampler
         arithmetic stays fp32); ``auto`` does so where the hardware has bf16 instructions
         (``resolve_autocast``; what ``sfplan eval`` uses). On the project CPU (AVX512-BF16) the denoiser forward goes
@@ -109,7 +103,6 @@ class SlowFastWorldModelConfig:
     resample_noise: bool = False
     autocast: str | None = None  # None | bfloat16 | float16 | auto
     cast_weights: bool = False  # imagine with the weights stored in the autocast dtype (a copy)
-    cost_space: str = "latent"  # latent | pixels
 
 
 class SlowFastWorldModel:
@@ -128,8 +121,6 @@ class SlowFastWorldModel:
         if self.config.return_frames not in ("chunk_ends", "all", "last"):
             raise ValueError(f"return_frames must be chunk_ends, all or last, got {self.config.return_frames!r}")
         resolve_autocast(self.config.autocast, torch.device("cpu"))  # validates the setting early
-        if self.config.cost_space not in COST_SPACES:
-            raise ValueError(f"cost_space must be one of {COST_SPACES}, got {self.config.cost_space!r}")
         if self.config.context_frames < 1 or self.config.chunk_size < 1:
             raise ValueError("context_frames and chunk_size must be >= 1")
         if self.config.context_frames + self.config.chunk_size > diffusion.config.max_frames:
@@ -190,8 +181,8 @@ class SlowFastWorldModel:
     @torch.no_grad()
     def encode(self, frames: np.ndarray | torch.Tensor, sim_state: np.ndarray | None = None) -> WorldState:
         """frames (B, T, H, W, 3) uint8 (or (B, H, W, 3)) -> WorldState(features (B, C, h, w)
-        latent of the latest frame (``cost_space="pixels"``: the frame itself, (B, 3, H, W) in
-        [0, 1]), context (B, T', C, h, w) the last T' <= context_frames latents).
+        latent of the latest frame, context (B, T', C, h, w) the last T' <= context_frames
+        latents). Costs compare latents: nothing is decoded in the planning loop.
         ``sim_state`` is ignored."""
         frames = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
         if frames.ndim == 4:
@@ -199,15 +190,12 @@ class SlowFastWorldModel:
         if frames.ndim != 5 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be (B, T, H, W, 3) uint8, got {tuple(frames.shape)}")
         lat = self.vae.encode(frames[:, -self.context_frames :])  # (B, T', C, h, w)
-        if self.config.cost_space == "pixels":
-            return WorldState(features=frames_to_features(frames[:, -1], self.device), context=lat)
         return WorldState(features=lat[:, -1], context=lat)
 
     @torch.no_grad()
     def imagine(self, state: WorldState, actions: torch.Tensor,
                 generator: torch.Generator | None = None) -> Imagination:
-        """actions (B, N, H, A) -> Imagination(features (B, N, K, C, h, w), steps (K,));
-        with ``cost_space="pixels"`` the K frames decoded: (B, N, K, 3, H_img, W_img) in [0, 1].
+        """actions (B, N, H, A) -> Imagination(features (B, N, K, C, h, w), steps (K,)).
 
         Autoregressive over chunks of ``chunk_size`` steps; each chunk is one batched
         sampler call over B*N rows; the N candidates of an env share their noise.
@@ -251,8 +239,6 @@ class SlowFastWorldModel:
         steps = self._returned_steps(H)
         self.imagined_frames += B * N * H
         feats = lat[:, :, [s - 1 for s in steps]]  # (B, N, K, C, h, w)
-        if self.config.cost_space == "pixels":
-            feats = frames_to_features(self.vae.decode(feats), self.device)  # (B, N, K, 3, H, W)
         return Imagination(features=feats, steps=torch.tensor(steps))
 
     @property
@@ -339,13 +325,6 @@ class SlowFastWorldModel:
         """Slow-learning loss on a clip: latents (B, T, C, h, w), actions (B, T, A) -> (loss, logs)."""
         return self.diffusion.masked_loss(latents, actions, self.train_scheduler, num_context, generator, p_uncond,
                                           timesteps=timesteps)
-
-    def sampler_timesteps(self) -> torch.Tensor:
-        """The training-schedule timesteps the few-step sampler evaluates the denoiser at
-        (``num_steps`` of them, e.g. [999, 499] for DPM-Solver++ x 2, trailing spacing)."""
-        from sfplan.world_model.sampler import sampler_timesteps
-
-        return sampler_timesteps(self.scheduler, self.config.num_steps)
 
     def action_free_loss(self, latents: torch.Tensor, timesteps=None, noise=None, generator=None):
         """Temp-LoRA's loss: latents (B, T, C, h, w), whole clip noised, null condition -> (loss, logs)."""

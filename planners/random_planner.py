@@ -15,29 +15,29 @@ from .common import SamplingPlanner
 
 
 @dataclass
-class RandomPolicyConfig:
+class RandomPlannerConfig:
     horizon: int = 10
     seed: int = 0
 
 
-class RandomPolicy(SamplingPlanner):
+class RandomPlanner(SamplingPlanner):
     """Uniform random actions in [low, high]; never encodes, imagines or scores.
 
-    ``RandomPolicy(world_model=None, cost=None, action_low=..., action_high=...,
+    ``RandomPlanner(world_model=None, cost=None, action_low=..., action_high=...,
     config=None, *, horizon=10, seed=0)``. ``needs_world_model = False`` (a class
     attribute) tells the runner to skip ``encode``/``imagine``, so ``state`` and ``goal``
     may be None (B is then taken from the warm start, else 1). The returned cost is NaN:
     nothing was evaluated. Shares the plan() signature, so it runs through the same runner.
     """
 
-    config_cls = RandomPolicyConfig
+    config_cls = RandomPlannerConfig
     needs_world_model = False
     iterations = 0
 
     def __init__(self, world_model=None, cost=None, action_low=None, action_high=None,
-                 config: RandomPolicyConfig | None = None, **overrides):
+                 config: RandomPlannerConfig | None = None, **overrides):
         if action_low is None or action_high is None:
-            raise ValueError("RandomPolicy needs action_low and action_high")
+            raise ValueError("RandomPlanner needs action_low and action_high")
         super().__init__(world_model, cost, action_low, action_high, config, **overrides)
 
     @torch.no_grad()
