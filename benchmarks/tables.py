@@ -203,13 +203,55 @@ def quality(link: str) -> str:
     return "\n".join(lines)
 
 
+# stable-worldmodel's evaluation (`planning_suite.py --suite peer`): goal 25 steps ahead, budget 50, `first`.
+PEER = [("Reacher", "reacher"), ("PointMaze UMaze", "pointmaze_umaze")]
+PEER_SUFFIX = "__goal-peer__budget-50__success-first"
+
+# Levers on the default Reacher decision (`planning_suite.py --suite decision_levers`), against the default.
+LEVERS = [("default: 2 sampler steps, 64 candidates", "headline/reacher__cem__learned", []),
+          ("1 sampler step, 32 candidates",
+           "decision_levers/reacher__cem__learned__world_model-num_steps-1__env-search-learned-num_samples-32",
+           ["+world_model.num_steps=1", "env.search.learned.num_samples=32"]),
+          ("1 sampler step", "decision_levers/reacher__cem__learned__world_model-num_steps-1",
+           ["+world_model.num_steps=1"]),
+          ("32 candidates", "decision_levers/reacher__cem__learned__env-search-learned-num_samples-32",
+           ["env.search.learned.num_samples=32"])]
+
+
+def peer(link: str) -> str:
+    lines = ["| task | learned | oracle | random | steps to success, learned (mean) |", "|---|---|---|---|---|"]
+    for name, task in PEER:
+        cells = {k: f"peer/{task}__{k}{PEER_SUFFIX}" for k in ("cem__learned", "cem__oracle", "random__oracle")}
+        have = {k: v for k, v in cells.items() if (RESULTS / v / "report.json").exists()}
+        arrive = report(have["cem__learned"])["summary"].get("steps_to_success_mean") if "cem__learned" in have else None
+        lines.append(f"| {name} | " + " | ".join(success([have[k]], link, True) if k in have else "not run"
+                                                for k in cells) + f" | {'-' if arrive is None else f'{arrive:.1f}'} |")
+    return "\n".join(lines)
+
+
+def levers(link: str) -> str:
+    flops = {tuple(d["overrides"]): d["gflop"]
+             for d in json.loads((RESULTS / "decision_levers" / "flops.json").read_text())["decisions"]}
+    lines = ["| decision | GFLOP / decision | success, hold 10 | success, first | plan time / decision |",
+             "|---|---|---|---|---|"]
+    for name, folder, extra in LEVERS:
+        if not (RESULTS / folder / "report.json").exists():
+            continue
+        s = report(folder)["summary"]
+        first = s["protocols"]["first"]
+        lines.append(f"| {name} | {flops[tuple(extra)]:.0f} | {success([folder], link, True)} | "
+                     f"{first['successes']}/{s['episodes']} ({first['success_rate']:.0%}) | {plan_time(folder)} |")
+    return "\n".join(lines)
+
+
 def tables() -> dict[Path, dict[str, str]]:
     """{file: {table name: generated markdown}}."""
     readme, results = ROOT / "README.md", ROOT / "benchmarks" / "RESULTS.md"
     return {readme: {"headline": headline(None, ci=False)},
             results: {"headline": headline("results/", ci=True), "planners": planners("results/"),
                       "far_umaze": far("far_umaze", "results/"), "far_medium": far("far_medium", "results/"),
-                      "speed": speed("results/"), "quality": quality("results/")}}
+                      "speed": speed("results/"), "quality": quality("results/"), "peer": peer("results/"),
+                      "levers": levers("results/")}}
 
 
 def render(text: str, blocks: dict[str, str]) -> str:
