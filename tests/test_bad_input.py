@@ -41,6 +41,8 @@ def no_slow_work(monkeypatch):
     ("jobs=0", "jobs=0"),
     ("episodes=2.5", "episodes=2.5"),
     ("device=tpu", "device='tpu' is not a device"),
+    ("success=last", "success='last'"),
+    ("hold_steps=0", "hold_steps=0"),
 ])
 def test_eval_values_fail_before_anything_slow(override, message, no_slow_work, capsys):
     assert main(["eval", *TINY_EVAL, override]) == 2

@@ -133,8 +133,12 @@ def check_eval_values(cfg: DictConfig) -> dict:
     what = {"episodes": (1, "episodes to run"), "budget": (1, "env steps per episode"),
             "execute": (1, "actions executed per plan"), "waypoints": (0, "subgoal images before the goal (0: none)"),
             "jobs": (1, "worker processes (1: run in this process)"), "seed": (0, "the first episode's seed"),
-            "max_gifs": (0, "episodes recorded as GIFs")}
+            "max_gifs": (0, "episodes recorded as GIFs"),
+            "hold_steps": (1, "consecutive steps inside the success radius that success=hold needs")}
     v = {k: whole_number(k, cfg.get(k), low, w) for k, (low, w) in what.items()}
+    from sfplan.eval.runner import check_protocol
+
+    check_protocol(str(cfg.success), v["hold_steps"])
     if cfg.get("time_limit_s") is not None:
         try:
             limit = float(cfg.time_limit_s)
