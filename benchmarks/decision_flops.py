@@ -27,22 +27,33 @@ LEVERS = [[], ["+world_model.num_steps=1", "env.search.learned.num_samples=32"],
           ["env.search.learned.num_samples=32"]]
 
 
+def count_flops(fn, modules) -> tuple[int, dict]:
+    """(total FLOPs, per-module counts) of one ``fn()`` call. The counter's module hooks need
+    weights without grad, so ``modules`` are frozen for the call and restored after."""
+    params = [q for m in modules for q in m.parameters() if q.requires_grad]
+    for q in params:
+        q.requires_grad_(False)
+    try:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            fn()
+    finally:
+        for q in params:
+            q.requires_grad_(True)
+    return counter.get_total_flops(), {str(k): v for k, v in counter.get_flop_counts().items()}
+
+
 def decision_gflop(task: str, extra: list[str]) -> dict:
     cfg = load_config("eval", [f"env={task}", "record=false", "device=cpu", *extra])
     env, planner, wm = _build(cfg)
     obs, info = env.reset(seed=100000)
-    for module in (wm.vae, wm.diffusion):  # the counter's module hooks need weights without grad
-        module.requires_grad_(False)
     state = wm.encode(np.stack([obs["pixels"]] * wm.context_frames)[None], sim_state=info["state"][None])
     goal = wm.encode(obs["desired_goal"][None, None]).features
     planner.plan(state, goal)  # loads the probe
-    counter = FlopCounterMode(display=False)
-    with counter:
-        planner.plan(state, goal)
+    total, by_module = count_flops(lambda: planner.plan(state, goal), (wm.vae, wm.diffusion))
     env.close()
-    by_module = {str(k): v for k, v in counter.get_flop_counts().items()}
     denoiser = sum(by_module.get("ActionVideoDiffusion", {}).values())
-    return {"overrides": extra, "gflop": counter.get_total_flops() / 1e9, "denoiser_gflop": denoiser / 1e9}
+    return {"overrides": extra, "gflop": total / 1e9, "denoiser_gflop": denoiser / 1e9}
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from decision_flops import count_flops  # noqa: E402  (beside this script)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = torch.device("cuda")
@@ -72,25 +73,12 @@ def cuda_tests() -> dict:
 
 
 def imagination(wm, state, batch: int, horizon: int, autocast: str | None) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
     wm.config.autocast = autocast
     A = wm.diffusion.config.action_dim
     acts = torch.rand(1, batch, horizon, A, device=DEVICE) * 2 - 1
     with torch.no_grad():
         sec = sync_time(lambda: wm.imagine(state, acts), repeats=5)
-    # the counter's module tracker hooks autograd, so count with the weights frozen instead of under no_grad
-    params = [q for m in (wm.vae, wm.diffusion) for q in m.parameters() if q.requires_grad]
-    for q in params:
-        q.requires_grad_(False)
-    try:
-        counter = FlopCounterMode(display=False)
-        with counter:
-            wm.imagine(state, acts)
-    finally:
-        for q in params:
-            q.requires_grad_(True)
-    flops = counter.get_total_flops()
+    flops, _ = count_flops(lambda: wm.imagine(state, acts), (wm.vae, wm.diffusion))
     return {"batch": batch, "horizon": horizon, "autocast": autocast or "fp32", "seconds": sec,
             "frames_per_s": batch * horizon / sec, "tflops": flops / sec / 1e12, "gflop_per_call": flops / 1e9}
 

@@ -21,7 +21,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from sfplan.config import load_config  # noqa: E402
 from sfplan.eval.main import run_eval  # noqa: E402
-from sfplan.eval.report import git_commit  # noqa: E402
+from sfplan.eval.report import git_commit, protocol_label  # noqa: E402
 from sfplan.io import atomic_write_text  # noqa: E402
 
 def _far_grid(task: str, waypoints: int) -> list[tuple[str, str, str, list[str]]]:
@@ -155,11 +155,10 @@ def table(rows: list[dict]) -> str:
         s = r["summary"]
         lo, hi = s["success_rate_ci95"]
         fps = r.get("imagined_frames_per_s")
-        protocol = s.get("protocol", "first")
         first = s.get("protocols", {}).get("first", s)
         arrive = s.get("steps_to_success_mean")
         lines.append(f"| {r['task']} | {r['planner']} | {r['world_model']} | "
-                     f"{'hold ' + str(s['hold_steps']) if protocol == 'hold' else protocol} | {s['success_rate']:.0%} | "
+                     f"{protocol_label(s)} | {s['success_rate']:.0%} | "
                      f"[{lo:.0%}, {hi:.0%}] | {first['success_rate']:.0%} | {'-' if arrive is None else f'{arrive:.1f}'} | "
                      f"{s['steps_mean']:.1f} / {r['budget']} | "
                      f"{s['plan_time_per_decision_s']:.3f} | {f'{fps:.0f}' if fps else '-'} | {s['episodes']} |")

@@ -39,12 +39,9 @@ def run_cell(task: str, planner: str, episodes: int, seed: int, ks: list[int], e
     results = list(evaluate(env, plan, wm, list(range(seed, seed + episodes)), progress=False, **kwargs))
     cell = {"task": task, "planner": planner, "episodes": episodes, "seeds": [seed, seed + episodes - 1],
             "budget": kwargs["budget"], "overrides": extra, "wall_s": time.perf_counter() - t0, "protocols": {}}
-    k_max = max(ks)
-    # an episode stops when it held k_max steps; any other stop is its end (budget, or the env ended it)
-    ended = [not (len(r.in_goal) >= k_max and all(r.in_goal[-k_max:])) for r in results]
     for name, k in [("first", 1), *[(f"hold {k}", k) for k in ks]]:
-        verdicts = [protocol_outcomes(r.in_goal, k, ended=e)["first" if name == "first" else "hold"]
-                    for r, e in zip(results, ended)]
+        verdicts = [protocol_outcomes(r.in_goal, k, ended=r.ended)["first" if name == "first" else "hold"]
+                    for r in results]
         n_ok = sum(v["success"] for v in verdicts)
         arrive = [v["steps_to_success"] for v in verdicts if v["success"]]
         cell["protocols"][name] = {"successes": n_ok, "success_rate": n_ok / episodes,

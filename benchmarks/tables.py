@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from sfplan.eval.report import wilson_interval
+from sfplan.eval.report import protocol_label, wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -135,9 +135,8 @@ def plan_time(folder: str) -> str:
 
 
 def protocol(folders: list[str] | None) -> str:
-    """The success protocol a report counts (reports from before protocols existed counted ``first``)."""
-    s = report(folders[0])["summary"] if folders else {}
-    return f"hold {s['hold_steps']}" if s.get("protocol") == "hold" else "first"
+    """The success protocol a report counts."""
+    return protocol_label(report(folders[0])["summary"]) if folders else "first"
 
 
 def headline(link: str | None, ci: bool) -> str:

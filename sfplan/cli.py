@@ -34,8 +34,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     report = run_eval(cfg)
     s = report["summary"]
     lo, hi = s["success_rate_ci95"]
-    protocol = f"hold {s['hold_steps']}" if s["protocol"] == "hold" else s["protocol"]
-    print(f"success ({protocol}) {s['successes']}/{s['episodes']} = {s['success_rate']:.1%} (95% CI {lo:.1%}-{hi:.1%}); "
+    from sfplan.eval.report import protocol_label
+
+    print(f"success ({protocol_label(s)}) {s['successes']}/{s['episodes']} = {s['success_rate']:.1%} (95% CI {lo:.1%}-{hi:.1%}); "
           f"steps {s['steps_mean']:.1f}; plan time/decision {s['plan_time_per_decision_s']:.3f} s")
     print(f"report: {report['out_dir']}/report.md  page: {report['out_dir']}/index.html")
     return 0

@@ -145,8 +145,11 @@ def _jsonable(o):
     return str(o)
 
 
-def _protocol_label(name: str, hold_steps) -> str:
-    return f"hold {hold_steps}" if name == "hold" else name
+def protocol_label(summary: dict, name: str | None = None) -> str:
+    """``hold k`` or ``first``: protocol ``name`` (default: the one a report summary counts);
+    summaries from before protocols existed counted ``first``."""
+    name = name or summary.get("protocol", "first")
+    return f"hold {summary['hold_steps']}" if name == "hold" else name
 
 
 def _headline(report: dict) -> list[tuple[str, str]]:
@@ -156,7 +159,7 @@ def _headline(report: dict) -> list[tuple[str, str]]:
     for name, p in s.get("protocols", {protocol: s}).items():
         lo, hi = p["success_rate_ci95"]
         arrive = p.get("steps_to_success_mean")
-        label = _protocol_label(name, s.get("hold_steps")) + (" (counted)" if name == protocol else "")
+        label = protocol_label(s, name) + (" (counted)" if name == protocol else "")
         rows.append((f"success, {label}", f"{p['success_rate']:.1%} ({p['successes']}/{s['episodes']}), 95% CI "
                      f"[{lo:.1%}, {hi:.1%}]" + (f", arrives at step {arrive:.1f} (mean)" if arrive is not None else "")))
     return [

@@ -74,6 +74,7 @@ class EpisodeResult:
     hold_steps: int = 1
     outcomes: dict[str, dict] = field(default_factory=dict)  # every protocol's verdict (``protocol_outcomes``)
     in_goal: list[bool] = field(default_factory=list)  # per step (0: reset): inside the success radius
+    ended: bool = False  # the budget ran out or the env ended the episode (else it stopped once the object held)
 
     def summary(self) -> dict:
         return {
@@ -218,7 +219,8 @@ def run_episode(
             break
         warm = shift_plan(result.actions, len(chunk_frames), fill=warm_fill,
                           action_low=env.action_space.low, action_high=env.action_space.high)
-    outcomes = protocol_outcomes(in_goal, hold_steps, ended=ended or steps >= budget)
+    ended = ended or steps >= budget
+    outcomes = protocol_outcomes(in_goal, hold_steps, ended=ended)
     return EpisodeResult(
         seed=seed,
         success=outcomes[success]["success"],
@@ -237,6 +239,7 @@ def run_episode(
         hold_steps=int(hold_steps),
         outcomes=outcomes,
         in_goal=in_goal,
+        ended=ended,
     )
 
 
