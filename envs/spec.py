@@ -80,13 +80,28 @@ def is_factory_spec(spec: str) -> bool:
 
 
 def make_env(spec: str, **kwargs) -> gym.Env:
-    """The env named by ``spec`` (see the module docstring), made with ``kwargs``.
+    """The env named by ``spec`` (see the module docstring), made with ``kwargs``; the key
+    ``action_repeat`` (k, any env) is not passed on: the env is wrapped in ``ActionRepeat(env, k)``.
 
-    Raises ``UserError`` naming the fix for an unknown id, an import error or a factory
-    that raises."""
+    Raises ``UserError`` naming the fix for an unknown id, an import error, a factory that
+    raises or a bad ``action_repeat``."""
     import sfplan.envs  # noqa: F401  registers the sfplan/* tasks
 
     spec = str(spec)
+    repeat = kwargs.pop("action_repeat", 1)
+    if repeat is None:
+        repeat = 1
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise UserError(f"env.kwargs.action_repeat={repeat!r}: a whole number of env steps per action, >= 1")
+    env = _make(spec, **kwargs)
+    if repeat == 1:
+        return env
+    from sfplan.envs.wrappers import ActionRepeat
+
+    return ActionRepeat(env, repeat)
+
+
+def _make(spec: str, **kwargs) -> gym.Env:
     if is_factory_spec(spec):
         factory = _FACTORIES.get(spec)
         if factory is None:
@@ -160,8 +175,9 @@ def episode_limit(env: gym.Env) -> int | None:
     inside it (also the user env a ``GoalImageWrapper`` holds)."""
     seen = 0
     while env is not None and seen < 32:
-        steps = getattr(getattr(env, "spec", None), "max_episode_steps", None) or getattr(env, "_max_episode_steps",
-                                                                                         None)
+        # a wrapper's own limit first: ``ActionRepeat`` counts outer steps under the inner spec's
+        steps = getattr(env, "_max_episode_steps", None) or getattr(getattr(env, "spec", None), "max_episode_steps",
+                                                                    None)
         if steps:
             return int(steps)
         env = getattr(env, "env", None)

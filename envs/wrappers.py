@@ -279,3 +279,43 @@ class GoalImageWrapper(gym.Env):
 
     def close(self):
         self.env.close()
+
+
+SIM_HOOKS = ("get_state", "set_state", "sim_step", "render_pixels")
+
+
+class ActionRepeat(gym.Wrapper):
+    """Each action held for ``repeat`` steps of ``env``: one step of this env is ``repeat`` of
+    the inner one (rewards summed; it stops early where the inner episode ends), so a chunk of
+    planned steps shows ``repeat`` x the motion. ``sfplan fit`` derives ``repeat`` from the
+    data (``env.kwargs.action_repeat``); ``make_env`` applies it to any env.
+
+    The episode limit counts outer steps (the inner TimeLimit divided by ``repeat``), and the
+    simulator hooks the oracle clones through (``sim_step`` & co., where ``env`` has them)
+    repeat the same way."""
+
+    def __init__(self, env: gym.Env, repeat: int):
+        super().__init__(env)
+        self.repeat = int(repeat)
+        from sfplan.envs.spec import episode_limit
+
+        inner = episode_limit(env)
+        self._max_episode_steps = -(-inner // self.repeat) if inner else None
+        hooks = next((o for o in (env, env.unwrapped) if all(hasattr(o, m) for m in SIM_HOOKS)), None)
+        if hooks is not None:  # instance attributes: ``hasattr`` tells a cloneable env as before
+            self._hooks = hooks
+            self.get_state, self.set_state, self.render_pixels = hooks.get_state, hooks.set_state, hooks.render_pixels
+            self.sim_step = self._repeat_sim_step
+
+    def _repeat_sim_step(self, action) -> None:
+        for _ in range(self.repeat):
+            self._hooks.sim_step(action)
+
+    def step(self, action):
+        total = 0.0
+        for _ in range(self.repeat):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info

@@ -29,6 +29,8 @@ def load_config(name: str, overrides: list[str] | None = None) -> DictConfig:
     ``env=path/to/my_env.yaml`` (a user's own env config, merged over ``env=custom``), or,
     for ``eval``, nothing but ``world_model.path=DIR``: the env recorded in the model dir."""
     overrides, user_env = _env_overrides(name, list(overrides or []))
+    # env.kwargs are the env's own constructor arguments (and action_repeat): any key may be set
+    overrides = [f"++{o}" if o.startswith("env.kwargs.") and "=" in o else o for o in overrides]
     cfg = _compose(name, overrides)
     model_kwargs = model_env_kwargs(name, overrides)
     if user_env is not None or model_kwargs:

@@ -97,6 +97,11 @@ def test_fit_writes_a_complete_model_dir_with_card_and_eval(puck_fit):
     assert all(s["stages"][k]["status"] == "done" for k in ("collect", "vae", "dynamics", "probe", "idm", "eval"))
     wm = json.loads((puck_fit / "model" / "world_model.json").read_text())
     assert wm["env"]["id"] == "puck_env:make_puck"
+    # the puck moves ~1 px a step: the fit derives an action repeat, and the model dir records it
+    k = s["motion"]["action_repeat"]
+    assert s["motion"]["source"] == "derived" and k > 1
+    assert wm["env"]["kwargs"]["action_repeat"] == k == s["env_fitted"]["kwargs"]["action_repeat"]
+    assert s["env"]["kwargs"] == {}  # what the user gave, kept apart from what was derived
     for part in ("vae", "diffusion", "scheduler", "probe", "idm"):
         assert (puck_fit / "model" / part).is_dir(), part
     r = s["recipe"]
@@ -137,6 +142,7 @@ def test_eval_and_generate_find_the_env_in_the_model_dir(puck_fit, tmp_path):
                  "progress=false", "record=false", "device=cpu"]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["meta"]["task"] == "puck_env:make_puck" and rep["meta"]["world_model"] == "SlowFastWorldModel"
+    assert rep["config"]["env"]["kwargs"]["action_repeat"] > 1  # the repeat the model was fitted with
     assert rep["config"]["cost"]["name"] == "probe"  # the fit's model dir has a probe
     gen = tmp_path / "gen"
     assert main(["generate", f"model={puck_fit}", "horizon=4", f"out_dir={gen}", "device=cpu"]) == 0

@@ -124,6 +124,64 @@ def derive_recipe(ds, recipe: DictConfig, latent_factor: int = 4, max_episodes: 
     return out
 
 
+#: action repeat: frames a chunk spans when the motion is measured (the planners' chunk)
+MOTION_CHUNK = 8
+#: the largest ratio (pixels changed over a chunk) / (pixels changed in one step) at which a step
+#: shows enough motion: ~2.5 when each step moves the object by about a third of its size or more
+MAX_CHUNK_STEP_RATIO = 2.5
+#: a step that changes this share of the frame moves the whole view (a first-person camera):
+#: the ratio says nothing about an object's size there, and no repeat is needed
+WHOLE_VIEW_SHARE = 0.05
+MAX_REPEAT = 6
+
+
+def derive_action_repeat(frames: list[np.ndarray], chunk: int = MOTION_CHUNK) -> dict:
+    """The action repeat k that makes a step show motion, from episodes of correlated random
+    actions at k = 1 (each (T+1, H, W, 3) uint8, T >= ``chunk`` x ``MAX_REPEAT``).
+
+    m(j), the fraction of pixels that differ between frames j steps apart, grows with j while
+    the moving object still overlaps itself and saturates once it has moved past its own
+    size. Frames j apart at k = 1 stand in for consecutive frames at k = j, so k is the
+    smallest with m(chunk x k) / m(k) <= ``MAX_CHUNK_STEP_RATIO`` (or m(k) >=
+    ``WHOLE_VIEW_SHARE``). Measured with this rule: Reacher 1, PointMaze at gymnasium-robotics'
+    own frame_skip 1 UMaze 4 and Medium 5 (the shipped PointMaze models use 4), PointMaze at
+    frame_skip 4 1, MemoryMaze 1 (docs/notes/2026-12-06-sfplan-fit.md)."""
+    span = min(len(f) for f in frames) - 1
+    m = np.zeros(span + 1)
+    for f in frames:
+        x = f.astype(np.int16)
+        for j in range(1, span + 1):
+            m[j] += float((np.abs(x[j:] - x[:-j]).max(-1) > 25).mean())
+    m /= len(frames)
+    ratios, k = {}, None
+    for r in range(1, MAX_REPEAT + 1):
+        if chunk * r > span:
+            break
+        ratios[r] = float(m[chunk * r] / max(m[r], 1e-9))
+        if k is None and (ratios[r] <= MAX_CHUNK_STEP_RATIO or m[r] >= WHOLE_VIEW_SHARE):
+            k = r
+    return {"action_repeat": int(k or max(ratios, default=1)), "chunk_step_ratio": ratios,
+            "changed_per_step": float(m[1]), "episodes": len(frames), "steps": span}
+
+
+def measure_action_repeat(env_id: str, env_kwargs: dict, seed: int, episodes: int = 6) -> dict:
+    """``derive_action_repeat`` on ``episodes`` rollouts of the collection policy at k = 1."""
+    from sfplan.data.collect import rollout
+    from sfplan.data.policies import make_policy
+    from sfplan.envs.spec import make_env
+
+    env = make_env(env_id, **env_kwargs)
+    try:
+        eps = [rollout(env, make_policy("correlated"), seed=int(seed) + i, steps=MOTION_CHUNK * MAX_REPEAT)
+               for i in range(episodes)]
+    finally:
+        env.close()
+    frames = [e.pixels for e in eps if len(e.pixels) > MOTION_CHUNK]
+    if not frames:
+        return {"action_repeat": 1, "why": f"episodes end within {MOTION_CHUNK} steps"}
+    return derive_action_repeat(frames)
+
+
 # ----------------------------------------------------------------------------- the fit
 class Fit:
     """One ``sfplan fit`` run (see the module docstring); ``run()`` -> the fit summary."""
@@ -135,8 +193,9 @@ class Fit:
         self.model_dir = self.out / "model"
         self.budget_s = float(cfg.minutes) * 60.0
         self.env_id = str(cfg.env.id)
-        self.env_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.env.kwargs, resolve=True).items()
-                           if k != "goal"}
+        self.user_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.env.kwargs, resolve=True).items()
+                            if k != "goal"}
+        self.env_kwargs = dict(self.user_kwargs)  # + the derived action_repeat once measured (``motion``)
         self.toy = str(cfg.size) == "toy"
 
     # ---- helpers
@@ -173,7 +232,7 @@ class Fit:
             raise UserError(f"seed={self.cfg.seed}: collection seeds stay below 100000 (evaluation seeds start there)")
         if str(self.cfg.size) not in ("default", "toy"):
             raise UserError(f"size={self.cfg.size!r}: default or toy")
-        env = make_env(self.env_id, **self.env_kwargs)
+        env = make_env(self.env_id, **self.user_kwargs)
         try:
             got = check_goal_image_env(env, self.env_id)
             got["can_label_states"] = can_label_states(env)
@@ -183,6 +242,21 @@ class Fit:
         return got
 
     # ---- stages
+    def motion(self, st: FitState) -> None:
+        """The action repeat: the user's ``env.kwargs.action_repeat``, or derived from a few
+        rollouts (``derive_action_repeat``); every later stage makes the env with it."""
+        if "motion" not in st.data:
+            given = self.user_kwargs.get("action_repeat")
+            if given is not None or "episodes" in st.stage("collect"):  # given, or data made without it
+                st.data["motion"] = {"action_repeat": int(given or 1), "source": "env.kwargs"}
+            else:
+                st.data["motion"] = {**measure_action_repeat(self.env_id, self.user_kwargs, int(self.cfg.seed)),
+                                     "source": "derived"}
+            st.save()
+        k = int(st.data["motion"]["action_repeat"])
+        self.env_kwargs = {**self.user_kwargs, **({"action_repeat": k} if k > 1 else {})}
+        st.data["env_fitted"] = {"id": self.env_id, "kwargs": self.env_kwargs}
+
     def collect(self, st: FitState) -> None:
         from sfplan.data import EpisodeDataset
         from sfplan.data.collect import collect
@@ -367,12 +441,13 @@ class Fit:
     # ---- driver
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
-        st = FitState(self.out / "fit.json", {"env": {"id": self.env_id, "kwargs": self.env_kwargs},
+        st = FitState(self.out / "fit.json", {"env": {"id": self.env_id, "kwargs": self.user_kwargs},
                                               "minutes": float(self.cfg.minutes), "size": str(self.cfg.size)})
-        if st.data["env"] != {"id": self.env_id, "kwargs": self.env_kwargs}:
-            raise UserError(f"{self.out} holds a fit of {st.data['env']}, not of {self.env_id} {self.env_kwargs}: "
+        if st.data["env"] != {"id": self.env_id, "kwargs": self.user_kwargs}:
+            raise UserError(f"{self.out} holds a fit of {st.data['env']}, not of {self.env_id} {self.user_kwargs}: "
                             f"choose another out=")
         st.data["env_check"] = self._check()
+        self.motion(st)
         st.data.setdefault("config", OmegaConf.to_container(self.cfg, resolve=True))  # the shares, recipe, eval it began with
         st.data.setdefault("hardware", hardware())
         st.save()
@@ -413,9 +488,18 @@ def hardware() -> dict:
             "torch": torch.__version__}
 
 
+def _repeat_source(motion: dict) -> str:
+    if motion.get("source") != "derived":
+        return "env.kwargs.action_repeat" if motion else "not measured"
+    ratios = motion.get("chunk_step_ratio") or {}
+    shown = ", ".join(f"k={k}: {v:.2f}" for k, v in ratios.items())
+    return (f"changed pixels over {MOTION_CHUNK} steps / over 1 step at repeat k ({shown}; <= "
+            f"{MAX_CHUNK_STEP_RATIO}), {motion.get('changed_per_step', 0):.4f} of a frame per step")
+
+
 def write_fit_card(out: Path, s: dict) -> Path:
     """``OUT/model/README.md``: the model card of a fit, generated from ``fit.json``."""
-    st, r, hw = s["stages"], s.get("recipe", {}), s.get("hardware", {})
+    st, r, hw, mo = s["stages"], s.get("recipe", {}), s.get("hardware", {}), s.get("motion", {})
     env = s["env"]
     spec = f"env.id={env['id']}" + "".join(f" env.kwargs.{k}={v}" for k, v in env["kwargs"].items())
     c = st.get("collect", {})
@@ -435,6 +519,7 @@ def write_fit_card(out: Path, s: dict) -> Path:
              f"{r.get('stats', {}).get('foreground_pixel_fraction', 0):.4f} of a frame batch |",
              f"| dynamics motion_weight | {r.get('motion_weight', 0):.1f} | moving latent positions "
              f"{r.get('stats', {}).get('moving_latent_fraction', 0):.4f} |",
+             f"| action repeat | {mo.get('action_repeat', 1)} | {_repeat_source(mo)} |",
              f"| num_context | {r.get('num_context')} | recipe |",
              f"| sampler_timesteps | {r.get('sampler_timesteps')} | recipe |",
              f"| probe on imagination | {r.get('probe_imagined')} | recipe |", "",

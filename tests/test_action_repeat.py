@@ -1,0 +1,62 @@
+"""Action repeat: the ``ActionRepeat`` wrapper ``make_env`` applies for ``env.kwargs.action_repeat``,
+and the repeat ``sfplan fit`` derives from how much a step moves the picture."""
+import numpy as np
+import pytest
+
+from sfplan.envs.spec import episode_limit, make_env
+from sfplan.errors import UserError
+from sfplan.training.fit import MAX_REPEAT, MOTION_CHUNK, derive_action_repeat
+from sfplan.world_model.oracle import can_clone
+
+SPAN = MOTION_CHUNK * MAX_REPEAT
+
+
+def _square_video(speed: float, size: int = 64, side: int = 8, steps: int = SPAN) -> np.ndarray:
+    """A white square moving right at ``speed`` px per step (wrapping), (steps + 1, H, W, 3)."""
+    f = np.zeros((steps + 1, size, size, 3), np.uint8)
+    for t in range(steps + 1):
+        x = int(round(t * speed)) % (size - side)
+        f[t, 28:28 + side, x:x + side] = 255
+    return f
+
+
+def test_repeat_grows_until_a_step_moves_a_third_of_the_object():
+    slow = derive_action_repeat([_square_video(0.75)])  # 8 px object, 0.75 px per step
+    fast = derive_action_repeat([_square_video(6.0)])
+    assert fast["action_repeat"] == 1
+    assert slow["action_repeat"] > 1
+    k = slow["action_repeat"]
+    assert 0.75 * k >= 8 / 4  # each repeated step moves the square at least a quarter of its side
+    assert slow["chunk_step_ratio"][k] <= 2.5 < slow["chunk_step_ratio"][k - 1]
+
+
+def test_no_repeat_when_the_whole_view_moves():
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (SPAN + 1, 64, 64, 3), dtype=np.uint8)  # every pixel changes every step
+    assert derive_action_repeat([noise])["action_repeat"] == 1
+
+
+def test_make_env_repeats_steps_limits_and_the_oracle_hooks():
+    env = make_env("sfplan/Reacher-v0", image_size=32, action_repeat=3)
+    base = make_env("sfplan/Reacher-v0", image_size=32)
+    assert episode_limit(env) == -(-episode_limit(base) // 3)
+    assert can_clone(env)
+    a = np.array([0.7, -0.4], np.float32)
+    _, info = env.reset(seed=1)
+    _, info_b = base.reset(seed=1)
+    s0 = info["state"]
+    _, _, _, _, info = env.step(a)
+    for _ in range(3):
+        _, _, _, _, info_b = base.step(a)
+    np.testing.assert_allclose(info["state"], info_b["state"])  # one outer step = 3 inner steps
+    env.set_state(s0)
+    env.sim_step(a)  # what the oracle imagines with: the same 3 steps
+    np.testing.assert_allclose(env.get_state(), info_b["state"])
+    env.close()
+    base.close()
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "two", True])
+def test_bad_action_repeat_is_a_user_error(bad):
+    with pytest.raises(UserError, match="action_repeat"):
+        make_env("sfplan/Reacher-v0", image_size=32, action_repeat=bad)
