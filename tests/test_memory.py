@@ -236,7 +236,7 @@ def test_imagine_batched_over_candidates_with_the_adapter():
     state = wm.encode(np.stack([frames(2, 0), frames(2, 1)]))
     acts = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (2, 3, 4, 2)).astype(np.float32))
     out = wm.imagine(state, acts).features
-    assert out.shape == (2, 3, 2, 4, 8, 8) and torch.isfinite(out).all()
+    assert out.shape == (2, 3, 4, 4, 8, 8) and torch.isfinite(out).all()  # every step (return_frames="all")
     for j in range(3):  # the noise is per env, not per candidate: candidate j alone gives the same frames
         torch.testing.assert_close(out[:, j], wm.imagine(state, acts[:, j: j + 1]).features[:, 0], rtol=1e-4,
                                    atol=1e-4)
