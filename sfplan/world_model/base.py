@@ -56,6 +56,24 @@ class WorldModel(Protocol):
         """features: (..., C, h, w) -> frames (..., H, W, 3) uint8."""
 
 
+@runtime_checkable
+class GoalVideoWorldModel(WorldModel, Protocol):
+    """A world model that also plans videos (SlowFast-VGen's planning, ``planner=video_plan``):
+    action-free futures steered to end at a goal, whose actions an inverse dynamics model then
+    reads off. May carry that model as ``idm`` (None: none)."""
+
+    context_frames: int  # latent frames of history it conditions on
+    chunk_size: int  # env steps it was trained to generate at once
+    max_frames: int  # context + generated frames it can attend over
+    latent_shape: tuple[int, int, int]  # (C, h, w)
+
+    def imagine_to_goal(self, state: WorldState, goal: torch.Tensor, horizon: int, num_videos: int = 1,
+                        num_steps: int = 6, sampler: str = "dpmsolver++", guidance: str = "reconstruction",
+                        guidance_weight: float = 3.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """state from ``encode`` (context (B, T', C, h, w)); goal: (B, C, h, w) -> ``num_videos``
+        videos of ``horizon`` frames per env, (B, K, H, C, h, w), in one batched sampler call."""
+
+
 # ---- pixel features: what the oracle imagines
 def frames_to_features(frames: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [0, 1] on ``device``."""

@@ -159,6 +159,7 @@ class SlowFastWorldModel:
         self.trained_env: dict | None = None
         self.directory: str | None = None  # where from_pretrained read it: its idm/ and probe/ load from there
         self._cast_copy: tuple[tuple, torch.nn.Module] | None = None  # (fp32 weights' key, copy)
+        self._goal_samplers: dict[str, object] = {}  # imagine_to_goal's few-step samplers, by kind
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -190,6 +191,11 @@ class SlowFastWorldModel:
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return self.vae.latent_shape
+
+    @property
+    def max_frames(self) -> int:
+        """Context + generated latent frames the diffusion model attends over at once."""
+        return int(self.diffusion.config.max_frames)
 
     # ------------------------------------------------------------------ contract
     @torch.no_grad()
@@ -254,6 +260,33 @@ class SlowFastWorldModel:
         self.imagined_frames += B * N * H
         feats = lat[:, :, [s - 1 for s in steps]]  # (B, N, K, C, h, w)
         return Imagination(features=feats, steps=torch.tensor(steps))
+
+    @torch.no_grad()
+    def imagine_to_goal(self, state: WorldState, goal: torch.Tensor, horizon: int, num_videos: int = 1,
+                        num_steps: int = 6, sampler: str = "dpmsolver++", guidance: str = "reconstruction",
+                        guidance_weight: float = 3.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Plan videos rather than imagine actions: ``num_videos`` action-free videos of ``horizon``
+        latent frames per env, from ``state``'s context (B, T', C, h, w) and steered to end at
+        ``goal`` (B, C, h, w), in ONE batched sampler call (``sample_chunk_to_goal``: ``guidance``
+        and ``guidance_weight`` there) -> (B, K, H, C, h, w). ``sampler``, ``num_steps``: the
+        few-step sampler for these videos (the goal needs more steps than ``imagine``'s to shape
+        the frames before it). An attached memory's adapter is active as it is."""
+        from sfplan.world_model.sampler import make_sampler, sample_chunk_to_goal
+
+        if state.context is None:
+            raise ValueError("imagine_to_goal needs a WorldState from SlowFastWorldModel.encode")
+        ctx = state.context[:, -self.context_frames :].to(self.device, torch.float32)  # (B, T', C, h, w)
+        B, _, C, h, w = ctx.shape
+        K, H = int(num_videos), int(horizon)
+        if sampler not in self._goal_samplers:  # stateful (set_timesteps), so apart from imagine's own
+            self._goal_samplers[sampler] = make_sampler(sampler, self.train_scheduler)
+        with self.autocast_context():
+            video = sample_chunk_to_goal(self.diffusion, ctx.repeat_interleave(K, dim=0),  # (B*K, T', C, h, w)
+                                         goal.to(self.device, torch.float32).repeat_interleave(K, dim=0), H,
+                                         int(num_steps), self._goal_samplers[sampler], self.train_scheduler,
+                                         generator=generator, guidance=guidance, guidance_weight=float(guidance_weight))
+        self.imagined_frames += B * K * H
+        return video.float().reshape(B, K, H, C, h, w)  # (B, K, H, C, h, w)
 
     @property
     def autocast(self) -> str | None:
