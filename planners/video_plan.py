@@ -57,7 +57,7 @@ from dataclasses import dataclass
 import torch
 
 from sfplan.errors import UserError
-from sfplan.world_model.base import GoalVideoWorldModel, Imagination, WorldState
+from sfplan.world_model.base import GoalVideoWorldModel, Imagination, MemoryWorldModel, WorldState
 
 from .base import PlanResult
 from .common import SeedCounter, as_bounds, make_config, resolve_planner_device
@@ -226,7 +226,7 @@ class VideoPlanPlanner:
                 "num_subgoals": num_subgoals,
                 "last_frame_goal_mse": float(last_gap.mean()),
                 "imagined_frames": B * K * H * (2 if c.score == "rollout" else 1),
-                "memory": getattr(wm, "memory", None) is not None,
+                "memory": isinstance(wm, MemoryWorldModel) and wm.memory is not None,
             },
         )
 

@@ -14,6 +14,8 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 from sfplan.memory import TempLoRAConfig, TempLoRAMemory, base_state_dict  # noqa: E402
+from sfplan.memory.base import Memory  # noqa: E402
+from sfplan.world_model.base import MemoryWorldModel  # noqa: E402
 from sfplan.world_model.learned import SlowFastWorldModel, SlowFastWorldModelConfig  # noqa: E402
 from sfplan.world_model.vae import VAEConfig  # noqa: E402
 from sfplan.world_model.video_diffusion import VideoDiffusionConfig  # noqa: E402
@@ -66,6 +68,7 @@ def test_reset_restores_base_outputs_exactly():
     base = imagine(wm)
     mem = wm.attach_memory(TempLoRAConfig(**FAST))
     assert wm.memory is mem and torch.equal(imagine(wm), base)  # fresh LoRA: B = 0
+    assert isinstance(mem, Memory) and isinstance(wm, MemoryWorldModel) and mem.write_mode == "generated"
     mem.write(latents(wm))
     assert not torch.equal(imagine(wm), base)
     assert not all(torch.equal(p, p0) for p, p0 in zip(mem._params, mem._init))  # A and B moved

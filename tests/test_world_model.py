@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("diffusers")
 
 from sfplan.errors import UserError  # noqa: E402
-from sfplan.world_model.base import Imagination, WorldModel, WorldState  # noqa: E402
+from sfplan.world_model.base import GoalVideoWorldModel, Imagination, MemoryWorldModel, WorldModel, WorldState  # noqa: E402
 from sfplan.world_model.learned import SlowFastWorldModel, SlowFastWorldModelConfig, load_world_model  # noqa: E402
 from sfplan.world_model.sampler import make_sampler, make_train_scheduler, place_actions, sample_chunk  # noqa: E402
 from sfplan.world_model.vae import FrameAutoencoder, VAEConfig  # noqa: E402
@@ -215,7 +215,8 @@ def test_place_actions_gymnasium_order():
 # ----------------------------------------------------------------------------- world model
 def test_learned_world_model_protocol_and_shapes():
     wm = tiny_model(return_frames="chunk_ends")
-    assert isinstance(wm, WorldModel) and wm.context_frames == 2 and wm.chunk_size == 2
+    assert all(isinstance(wm, p) for p in (WorldModel, MemoryWorldModel, GoalVideoWorldModel)) and wm.max_frames == 8
+    assert wm.context_frames == 2 and wm.chunk_size == 2
     goal = wm.encode(tiny_frames(1, 1)[:, None, 0])  # a single goal frame (1, 1, H, W, 3)
     assert goal.features.shape == (1, 4, 8, 8)
     state = wm.encode(tiny_frames(2, 3))

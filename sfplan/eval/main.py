@@ -14,6 +14,7 @@ from sfplan.device import resolve_device
 from sfplan.eval.report import write_report
 from sfplan.eval.runner import evaluate
 from sfplan.planners.costs import ProbeCost
+from sfplan.world_model.base import MemoryWorldModel, WorldModel
 
 
 def _without(node: DictConfig, key: str) -> dict:
@@ -22,7 +23,7 @@ def _without(node: DictConfig, key: str) -> dict:
     return d
 
 
-def _attach_memory(world_model, mem_cfg) -> None:
+def _attach_memory(world_model: WorldModel | None, mem_cfg) -> None:
     """``memory=temp_lora``: Temp-LoRA on the learned world model; the runner resets it per
     episode and writes the executed real frames into it (``memory.write=real``)."""
     from sfplan.errors import UserError
@@ -31,7 +32,7 @@ def _attach_memory(world_model, mem_cfg) -> None:
         return
     if world_model is None:
         raise UserError(f"memory={mem_cfg.get('_target_')} needs a planner that uses a world model")
-    if not callable(getattr(world_model, "attach_memory", None)):
+    if not isinstance(world_model, MemoryWorldModel):
         raise UserError(f"memory={mem_cfg.get('_target_')} needs the learned world model (world_model=learned), "
                         f"not {type(world_model).__name__}")
     if mem_cfg.get("write") != "real":

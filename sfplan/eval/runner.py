@@ -14,7 +14,7 @@ from sfplan.planners.base import Planner
 from sfplan.planners.common import WARM_FILLS, shift_plan
 from sfplan.planners.subgoals import SubgoalTracker, cost_distance
 from sfplan.errors import UserError
-from sfplan.world_model.base import WorldModel
+from sfplan.world_model.base import MemoryWorldModel, WorldModel
 
 #: success protocols (``sfplan eval success=...``): ``first`` counts the first step inside the
 #: task's success radius (DINO-WM's and stable-worldmodel's count); ``hold`` needs ``hold_steps``
@@ -99,7 +99,6 @@ def run_episode(
     budget: int,
     execute: int,
     record: bool = True,
-    memory=None,
     waypoints: int = 0,
     subgoal_ratio: float = 0.25,
     subgoal_threshold: float | str | None = None,
@@ -124,9 +123,6 @@ def run_episode(
     an action repeat, a chunk can carry the robot through a waypoint and beyond between two
     decisions). Success is the final goal's.
 
-    ``memory`` (optional, Temp-LoRA) gets ``reset()`` at the start and ``write(frames,
-    actions)`` with each executed chunk's real frames.
-
     ``warm_fill`` pads the warm start of the next plan (the executed steps dropped, see
     ``shift_plan``): ``last`` repeats the plan's last action, ``mid`` appends the middle of
     the action range (zero torque for the MuJoCo arms), as iCEM does. With a terminal-
@@ -139,10 +135,10 @@ def run_episode(
     ``info["history_actions"]`` on reset, e.g. MemoryMaze ``goal=retrace``) has it used as
     the world model's context and written into the memory before the first decision.
 
-    A world model that carries its own memory (``SlowFastWorldModel.attach_memory``) gets
-    ``reset_memory()`` at the start and, when its memory writes ``real`` frames,
-    ``remember(frames)`` after each executed chunk, with the real frame before the chunk
-    in front as clean context. Duck-typed, so other world models (the oracle) are untouched.
+    A world model that carries a memory (``MemoryWorldModel`` with a ``Memory`` attached, e.g.
+    Temp-LoRA) gets ``reset_memory()`` at the start and, when the memory's ``write_mode`` is
+    ``real``, ``remember(frames)`` after each executed chunk, with the real frame before the
+    chunk in front as clean context. Other world models (the oracle) are untouched.
     """
     needs_model = getattr(planner, "needs_world_model", True)
     use_waypoints = waypoints > 0 and needs_model  # the random baseline has no goal to follow
@@ -162,19 +158,17 @@ def run_episode(
         cost = getattr(planner, "cost", None)
         tracker = SubgoalTracker(ratio=subgoal_ratio, threshold=subgoal_bound(env, cost, subgoal_threshold),
                                  distance=cost_distance(cost))
-    if memory is not None:
-        memory.reset()
-    if callable(getattr(world_model, "reset_memory", None)):
-        world_model.reset_memory()  # fresh Temp-LoRA each episode
-    wm_memory = getattr(world_model, "memory", None)
-    write_real = wm_memory is not None and getattr(getattr(wm_memory, "config", None), "write", None) == "real"
+    remembering = isinstance(world_model, MemoryWorldModel) and world_model.memory is not None
+    if remembering:
+        world_model.reset_memory()  # a fresh memory each episode
+    write_real = remembering and world_model.memory.write_mode == "real"
     frames = [obs["pixels"]] if record else []
     subgoals: list[int] = []  # waypoint index per recorded frame (GIFs)
     plan_times: list[float] = []
     write_times: list[float] = []
     history = [obs["pixels"]]
     if "history_frames" in info:  # the episode starts with a past (e.g. MemoryMaze retrace)
-        history = _remember_past(info, memory, world_model if write_real else None, write_times)
+        history = _remember_past(info, world_model if write_real else None, write_times)
     dist = [info["distance"]]
     in_goal = [bool(info["is_success"])]
     warm = None
@@ -208,8 +202,6 @@ def run_episode(
                 sub = int(tracker.index[0])
                 subgoals.extend([sub] * (len(frames) - len(subgoals)))
         history = (history + chunk_frames)[-getattr(world_model, "context_frames", 1):]
-        if memory is not None and chunk_frames:
-            memory.write(np.stack(chunk_frames), chunk[: len(chunk_frames)])
         if write_real and chunk_frames:
             t0 = time.perf_counter()
             world_model.remember(np.stack([before, *chunk_frames]), num_context=1,  # (1 + k, H, W, 3)
@@ -278,14 +270,12 @@ def _passes_waypoint(tracker: SubgoalTracker, world_model, frame: np.ndarray, wa
     return int(tracker.index[0]) > before
 
 
-def _remember_past(info: dict, memory, world_model, write_times: list[float]) -> list[np.ndarray]:
+def _remember_past(info: dict, world_model: MemoryWorldModel | None, write_times: list[float]) -> list[np.ndarray]:
     """An episode's past (``info["history_frames"]`` (T+1, H, W, 3), the current frame last,
-    and ``info["history_actions"]`` (T, A)) goes into the memory (and the world model's own,
-    when given, with the first frame as clean context); returns it as the context frames."""
+    and ``info["history_actions"]`` (T, A)) goes into the world model's memory, when given, with
+    the first frame as clean context; returns it as the context frames."""
     past = np.asarray(info["history_frames"])
     past_actions = np.asarray(info["history_actions"], np.float32)
-    if memory is not None:
-        memory.write(past[1:], past_actions)
     if world_model is not None:
         t0 = time.perf_counter()
         world_model.remember(past, num_context=1, actions=past_actions)
@@ -302,7 +292,7 @@ def plan_horizon_check(planner: Planner, execute: int) -> None:
 
 
 def evaluate(env: gym.Env, planner: Planner, world_model: WorldModel | None, seeds: list[int], budget: int,
-             execute: int, record: bool = True, memory=None, progress: bool = True, waypoints: int = 0,
+             execute: int, record: bool = True, progress: bool = True, waypoints: int = 0,
              subgoal_ratio: float = 0.25, subgoal_threshold: float | str | None = None, warm_fill: str = "last",
              success: str = "first", hold_steps: int = 10):
     """Run one episode per seed on ``env`` (closed at the end); yields EpisodeResult as each finishes."""
@@ -318,10 +308,9 @@ def evaluate(env: gym.Env, planner: Planner, world_model: WorldModel | None, see
         bar = tqdm(seeds, desc="episodes", disable=not progress, dynamic_ncols=True)
         n_success = 0
         for i, seed in enumerate(bar):
-            res = run_episode(env, planner, world_model, seed, budget, execute, record=record, memory=memory,
-                              waypoints=waypoints, subgoal_ratio=subgoal_ratio,
-                              subgoal_threshold=subgoal_threshold, warm_fill=warm_fill, success=success,
-                              hold_steps=hold_steps)
+            res = run_episode(env, planner, world_model, seed, budget, execute, record=record, waypoints=waypoints,
+                              subgoal_ratio=subgoal_ratio, subgoal_threshold=subgoal_threshold, warm_fill=warm_fill,
+                              success=success, hold_steps=hold_steps)
             n_success += res.success
             bar.set_postfix(success=f"{n_success}/{i + 1}", steps=res.steps)
             yield res
