@@ -227,9 +227,10 @@ class ProbeCostConfig:
     reduce: str = "mean"
     terminal_weight: float = 0.0
     scale: float = 1.0  # distances are divided by this (e.g. the task's success radius): any unit, same ranking
-    batch_size: int = 8192  # latents per probe call (bounds memory at large B x N x K)
+    batch_size: int = 8192  # frames per probe call (bounds memory at large B x N x K)
     # world model dir whose VAE + probe read the frames where the planner's world model has no
-    # probe of its own (the oracle: pixel frames); null there = the task's shipped model
+    # probe of its own (the oracle: pixel frames); null there = the task's shipped model.
+    # Read where the cost is built (sfplan.world_model.probe.probe_for), not by the cost.
     model: str | None = None
 
 
@@ -237,14 +238,14 @@ class ProbeCost(_FrameCost):
     """Distance between the task descriptors a ``StateProbe`` reads off each imagined latent
     and off the goal's: (B, N, K) in the task's units / ``scale``.
 
-    ``ProbeCost(reduce="mean", terminal_weight=0.0, scale=1.0)``,
-    then ``bind(world_model, task)`` (``sfplan eval`` does it) takes the world model's probe
-    (``<world model>/probe/``, trained by ``sfplan train stage=probe``) for its latents. Pixel
-    frames (the oracle's) are first encoded by a VAE:
-    that of ``model`` (a learned world model dir with a probe; for the oracle, null = the
-    task's shipped model), so the oracle can plan with the same learned cost as the learned
-    model (5.8 ms per 64x64 frame on one CPU thread: affordable with a final-frame cost).
-    Why a probe: see ``sfplan.world_model.probe``.
+    ``ProbeCost(reduce="mean", terminal_weight=0.0, scale=1.0, probe=None)``. ``probe``: a
+    module reading features (M, C, h, w) -> descriptors (M, D); ``sfplan eval`` sets it with
+    ``sfplan.world_model.probe.probe_for(world_model, config.model, task)``: the world model's
+    own probe (``<world model>/probe/``, trained by ``sfplan train stage=probe``) for its
+    latents; for pixel frames (the oracle's) the probe of ``model`` (a learned world model dir;
+    null = the task's shipped model) behind that model's VAE, so the oracle can plan with the
+    same learned cost as the learned model (5.8 ms per 64x64 frame on one CPU thread:
+    affordable with a final-frame cost). Why a probe: see ``sfplan.world_model.probe``.
     """
 
     config_cls = ProbeCostConfig
@@ -254,46 +255,6 @@ class ProbeCost(_FrameCost):
         if float(self.config.scale) <= 0:
             raise ValueError(f"scale must be > 0, got {self.config.scale}")
         self.probe = probe
-        self.vae = None  # FrameAutoencoder: set where the features are pixel frames
-
-    def bind(self, world_model, task: str | None = None) -> "ProbeCost":
-        """Take the probe (and, for pixel features, a VAE) that reads ``world_model``'s features:
-        its own probe for latents, else the one of ``config.model`` (or of ``task``'s shipped
-        model); a clear error where there is none."""
-        from sfplan.errors import UserError
-        from sfplan.world_model.probe import PROBE_HINT, load_probe
-
-        own_vae, own_probe = getattr(world_model, "vae", None), getattr(world_model, "probe", None)
-        pixels = own_vae is None  # a model without a VAE (the oracle) imagines pixel frames
-        no_probe = (f"cost=probe needs a world model with a state probe (<world model>/probe/); "
-                    f"{type(world_model).__name__} has none: {PROBE_HINT}, ")
-        if not pixels:  # latents of the world model's own VAE: only its own probe reads them
-            if own_probe is None:
-                raise UserError(no_probe + "or pick another cost (cost=multiscale)")
-            if self.config.model is not None:
-                raise UserError("cost.model names the probe for pixel frames (world_model=oracle); a learned "
-                                "model's latents are read by its own probe (<world model>/probe/): drop cost.model")
-            self.probe, self.vae = own_probe, None
-            return self
-        if self.config.model is None and task is None:
-            raise UserError(no_probe + "or name a model that has one (cost.model=<world model dir>), or pick another "
-                            "cost (cost=multiscale)")
-        from pathlib import Path
-
-        from sfplan.world_model.vae import FrameAutoencoder
-
-        if self.config.model is not None:
-            d = Path(str(self.config.model)).expanduser()
-        else:
-            from sfplan.models import shipped_model_path
-
-            d = shipped_model_path(task)
-        if not (d / "vae" / "config.json").is_file():
-            raise UserError(f"cost.model={d} is not a world model directory (no vae/): {PROBE_HINT}")
-        device = getattr(world_model, "device", "cpu")
-        self.probe = load_probe(d / "probe", device)
-        self.vae = FrameAutoencoder.from_pretrained(d / "vae").to(device).eval()
-        return self
 
     @property
     def task_distance_scale(self) -> float:
@@ -301,15 +262,15 @@ class ProbeCost(_FrameCost):
         return float(self.config.scale)
 
     @torch.no_grad()
-    def _read(self, latents: torch.Tensor) -> torch.Tensor:
-        """latents (M, C, h, w) -> descriptors (M, D), in batches of ``batch_size``."""
+    def _read(self, features: torch.Tensor) -> torch.Tensor:
+        """features (M, C, h, w) -> descriptors (M, D), in batches of ``batch_size``."""
         bs = int(self.config.batch_size)
-        return torch.cat([self.probe(latents[i: i + bs]) for i in range(0, len(latents), bs)]).float()
+        return torch.cat([self.probe(features[i: i + bs]) for i in range(0, len(features), bs)]).float()
 
     def per_frame(self, features: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         """features: (B, N, K, C, h, w); goal: (B or 1, C, h, w) -> distances (B, N, K)."""
         if self.probe is None:
-            raise RuntimeError("ProbeCost has no probe: call cost.bind(world_model) or pass probe=")
+            raise RuntimeError("ProbeCost has no probe: pass probe= (sfplan.world_model.probe.probe_for(world_model))")
         B, N, K = features.shape[:3]
         goal = _check_shapes(features, goal)
         dev = next(self.probe.parameters()).device
@@ -317,9 +278,6 @@ class ProbeCost(_FrameCost):
         # reads exactly the same (separate calls can differ in the last bits: batch-size-dependent kernels)
         flat = features.reshape(B * N * K, *features.shape[3:]).to(device=dev, dtype=goal.dtype)
         flat = torch.cat([goal.to(dev), flat])  # (B or 1 + B*N*K, C, h, w)
-        if self.vae is not None:  # pixel frames (..., 3, H, W) in [0, 1] -> latents
-            with torch.no_grad():
-                flat = self.vae.encode(flat.float() * 2.0 - 1.0)
         read = self._read(flat)  # (B or 1 + B*N*K, D)
         g, y = read[: len(goal)], read[len(goal):].reshape(B, N, K, -1)
         return ((y - g[:, None, None]).norm(dim=-1) / float(self.config.scale)).to(features.device)

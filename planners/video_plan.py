@@ -57,7 +57,7 @@ from dataclasses import dataclass
 import torch
 
 from sfplan.errors import UserError
-from sfplan.world_model.base import Imagination, WorldState
+from sfplan.world_model.base import GoalVideoWorldModel, Imagination, MemoryWorldModel, WorldState
 
 from .base import PlanResult
 from .common import SeedCounter, as_bounds, make_config, resolve_planner_device
@@ -76,18 +76,18 @@ class VideoPlanConfig:
     guidance_weight: float = 3.0  # reconstruction guidance weight w (guidance=reconstruction)
     score: str = "rollout"  # rollout: cost of imagining the IDM's actions | video: cost of the generated frames (the paper)
     subgoal_threshold: float = 0.05  # latent MSE to the current waypoint below which the next one is planned for
-    idm_path: str | None = None  # an IDM to use instead of the world model's (its model dir or run dir)
     seed: int = 0
 
 
 class VideoPlanPlanner:
     """``VideoPlanPlanner(world_model, cost, action_low, action_high, config=None, idm=None,
     *, horizon=None, num_videos=8, sampler="dpmsolver++", num_steps=6, guidance="reconstruction",
-    guidance_weight=3.0, score="rollout", subgoal_threshold=0.05, idm_path=None, seed=0)``.
+    guidance_weight=3.0, score="rollout", subgoal_threshold=0.05, seed=0)``.
 
-    ``world_model`` must be a ``SlowFastWorldModel`` with an inverse dynamics model: its
-    ``idm`` attribute (``load_world_model`` attaches ``<model dir>/idm/``), or ``idm=`` /
-    ``idm_path=``. ``plan(state, goal)`` -> PlanResult(actions (B, H, A), cost (B,), info).
+    ``world_model`` must plan videos (``GoalVideoWorldModel``: the learned ``SlowFastWorldModel``)
+    and an inverse dynamics model must read their actions: ``idm=``, else the world model's
+    ``idm`` (``<model dir>/idm/``; ``sfplan eval planner.idm_path=`` loads another and passes
+    it as ``idm``). ``plan(state, goal)`` -> PlanResult(actions (B, H, A), cost (B,), info).
     """
 
     config_cls = VideoPlanConfig
@@ -96,11 +96,10 @@ class VideoPlanPlanner:
 
     def __init__(self, world_model, cost, action_low, action_high, config: VideoPlanConfig | None = None, idm=None,
                  **overrides):
-        from sfplan.world_model.learned import SlowFastWorldModel
-        from sfplan.world_model.sampler import GOAL_GUIDANCE, make_sampler
+        from sfplan.world_model.sampler import GOAL_GUIDANCE, SAMPLERS
 
         self.config = c = make_config(VideoPlanConfig, config, overrides)
-        if not isinstance(world_model, SlowFastWorldModel):
+        if not isinstance(world_model, GoalVideoWorldModel):
             raise UserError(f"planner=video_plan generates latent video with the learned world model, got "
                             f"{type(world_model).__name__}: use world_model=learned world_model.path=<world model "
                             f"dir> (or a sampling planner such as planner=cem)")
@@ -110,11 +109,7 @@ class VideoPlanPlanner:
         self.device = resolve_planner_device(world_model, action_low)
         self.action_low, self.action_high = as_bounds(action_low, action_high, self.device)  # (A,)
         self.action_dim = int(self.action_low.numel())
-        if idm is None and c.idm_path:
-            from sfplan.world_model.idm import load_idm
-
-            idm = load_idm(c.idm_path)
-        idm = idm if idm is not None else getattr(world_model, "idm", None)
+        idm = idm if idm is not None else getattr(world_model, "idm", None)  # an optional part of the model
         if idm is None:
             from sfplan.world_model.idm import IDM_HINT
 
@@ -132,16 +127,16 @@ class VideoPlanPlanner:
             raise UserError(f"the IDM predicts {ic.action_dim}-d actions but the env's are {self.action_dim}-d")
         if c.num_videos < 1 or c.num_steps < 1:
             raise ValueError("num_videos and num_steps must be >= 1")
+        if c.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {c.sampler!r}: choose one of {', '.join(SAMPLERS)}")
         if c.guidance not in GOAL_GUIDANCE:
             raise ValueError(f"guidance must be one of {GOAL_GUIDANCE}, got {c.guidance!r}")
         if c.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {c.score!r}")
         H = self.horizon
-        max_frames = int(world_model.diffusion.config.max_frames)
-        if H < 1 or world_model.context_frames + H > max_frames:
+        if H < 1 or world_model.context_frames + H > world_model.max_frames:
             raise ValueError(f"horizon={H} must be >= 1 and context_frames ({world_model.context_frames}) + horizon "
-                             f"<= the model's max_frames={max_frames}")
-        self.scheduler = make_sampler(c.sampler, world_model.train_scheduler)  # the planner's own (stateful)
+                             f"<= the model's max_frames={world_model.max_frames}")
         self._seeds = SeedCounter(int(c.seed), torch.device("cpu"))  # noise drawn on the CPU: same on any device
         self.subgoals = SubgoalTracker(threshold=float(c.subgoal_threshold))  # waypoint progress of the episode
 
@@ -172,8 +167,6 @@ class VideoPlanPlanner:
         C, h, w)); goal (B or 1, C, h, w) or waypoints (B or 1, S, C, h, w) -> (actions
         (B, K, H, A) read off the K videos by the IDM and clipped to the box, videos (B, K,
         H, C, h, w), the subgoal latent planned for (B, C, h, w), subgoal index (B,))."""
-        from sfplan.world_model.sampler import sample_chunk_to_goal
-
         c, wm = self.config, self.world_model
         if state is None or state.context is None:
             raise ValueError("VideoPlanPlanner needs a WorldState from SlowFastWorldModel.encode")
@@ -191,15 +184,9 @@ class VideoPlanPlanner:
         target = goals[torch.arange(B, device=self.device), sub]  # (B, C, h, w)
 
         K, H = int(c.num_videos), self.horizon
-        ctx_k = ctx.repeat_interleave(K, dim=0)  # (B*K, T', C, h, w)
-        target_k = target.repeat_interleave(K, dim=0)  # (B*K, C, h, w)
-        with wm.autocast_context():
-            video = sample_chunk_to_goal(wm.diffusion, ctx_k, target_k, H, int(c.num_steps), self.scheduler,
-                                         wm.train_scheduler, generator=self._seeds.next(), guidance=c.guidance,
-                                         guidance_weight=float(c.guidance_weight))
-        video = video.float().reshape(B, K, H, C, h, w)  # (B, K, H, C, h, w)
-        if hasattr(wm, "imagined_frames"):
-            wm.imagined_frames += B * K * H
+        video = wm.imagine_to_goal(state, target, H, num_videos=K, num_steps=int(c.num_steps), sampler=c.sampler,
+                                   guidance=c.guidance, guidance_weight=float(c.guidance_weight),
+                                   generator=self._seeds.next()).to(self.device)  # (B, K, H, C, h, w)
 
         # actions: IDM on [context, video]; action t leads to video frame t
         seq = torch.cat([ctx[:, None].expand(B, K, Tc, C, h, w), video], dim=2)  # (B, K, T'+H, C, h, w)
@@ -239,7 +226,7 @@ class VideoPlanPlanner:
                 "num_subgoals": num_subgoals,
                 "last_frame_goal_mse": float(last_gap.mean()),
                 "imagined_frames": B * K * H * (2 if c.score == "rollout" else 1),
-                "memory": getattr(wm, "memory", None) is not None,
+                "memory": isinstance(wm, MemoryWorldModel) and wm.memory is not None,
             },
         )
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -147,10 +147,22 @@ def simulate_episode(task: str, seed: int, frames: int, size: int, action_dim: i
     return np.stack(pix), np.stack(acts).astype(np.float32)
 
 
+@dataclass
+class _Start:
+    """Where a generation starts: context frames (T, S, S, 3) uint8, the actions (H, A) to
+    imagine, the ground truth (H, S, S, 3) to score against (None for a bare image), what it
+    came from (``source`` in metrics.json) and a name for the output folder."""
+
+    context: np.ndarray
+    actions: np.ndarray
+    truth: np.ndarray | None
+    source: dict
+    name: str
+
+
 def run_generate(cfg: DictConfig) -> dict:
     """`sfplan generate` (config ``configs/generate.yaml``); returns the metrics dict."""
     from sfplan.device import resolve_device
-    from sfplan.world_model.learned import SlowFastWorldModel
 
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
@@ -158,98 +170,147 @@ def run_generate(cfg: DictConfig) -> dict:
         device = resolve_device(cfg.device)
     except RuntimeError as e:
         raise UserError(str(e)) from None
+    wm, model_dir = _load_model(cfg, device)
+    ctx_n = int(cfg.context_frames or 1)
+    if not 1 <= ctx_n <= wm.context_frames:
+        raise UserError(f"context_frames={ctx_n} must be in [1, {wm.context_frames}] (the model's context)")
+    if cfg.get("image"):
+        start, ctx_n = _start_from_image(cfg, wm), 1
+    elif cfg.get("data"):
+        start = _start_from_dataset(cfg, wm, ctx_n)
+    else:
+        start = _start_from_simulator(cfg, wm, ctx_n)
+    memory = _attach_memory(cfg, wm, start.truth)
+    out = Path(cfg.out_dir) if cfg.get("out_dir") else Path("outputs/generate") / (
+        f"{time.strftime('%Y%m%d-%H%M%S')}_{start.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    mem_info = None
+    if memory is None:
+        gen = imagine_video(wm, start.context, start.actions)  # (H, S, S, 3)
+    else:
+        gen, mem_info = imagine_video_with_memory(wm, start.context, start.actions, start.truth)  # (H, S, S, 3), logs
+    wall = time.perf_counter() - t0
+    H = len(gen)
+    _write_videos(out, start, gen, int(cfg.scale), int(cfg.fps))
+    result = {
+        "model": str(model_dir), "checkpoint_sha256": wm.checkpoint_sha256, "source": start.source,
+        "context_frames": ctx_n, "horizon": H, "chunk_size": wm.chunk_size,
+        "sampler": wm.config.sampler, "num_steps": wm.config.num_steps, "guidance_scale": wm.config.guidance_scale,
+        "seed": int(cfg.seed), "device": str(device), "wall_s": wall, "frames_per_s": H / wall if wall > 0 else None,
+        "psnr_cap_db": PSNR_CAP_DB, "out_dir": str(out),
+        "files": {"mp4": "video.mp4", "gif": "video.gif", "frames": "frames.npz"},
+        "memory": None if memory is None else {"kind": "temp_lora", "config": asdict(memory.config),
+                                               **mem_info},
+    }
+    if start.truth is not None:
+        result.update(_scores(gen, start.truth, start.context, wm.chunk_size))
+    from sfplan.paths import portable
+
+    (out / "metrics.json").write_text(json.dumps(portable(result), indent=2) + "\n")
+    return result
+
+
+def _load_model(cfg: DictConfig, device: torch.device):
+    """The world model of ``model=`` (a model dir or a training run dir), or the one shipped for
+    ``env.id``, with ``cfg``'s sampling overrides -> (SlowFastWorldModel, its directory)."""
+    from sfplan.world_model.learned import SlowFastWorldModel
+
     overrides = {k: cfg[k] for k in ("chunk_size", "num_steps", "sampler", "guidance_scale") if cfg.get(k) is not None}
-    env_id = cfg.env.get("id")
     if cfg.get("model"):
         model_dir = Path(str(cfg.model)).expanduser()
     else:  # the model shipped for the env
         from sfplan.models import shipped_model_path
 
-        model_dir = shipped_model_path(str(env_id or DEFAULT_ENV))
+        model_dir = shipped_model_path(str(cfg.env.get("id") or DEFAULT_ENV))
     if not (model_dir / "world_model.json").is_file() and (model_dir / "model" / "world_model.json").is_file():
         model_dir = model_dir / "model"  # a training run directory
     wm = SlowFastWorldModel.from_pretrained(model_dir, device=device, return_frames="all",
                                             noise_seed=int(cfg.seed), **overrides)
-    size = int(wm.vae.config.image_size)
+    return wm, model_dir
+
+
+def _start_from_image(cfg: DictConfig, wm) -> _Start:
+    """``image=`` (one start frame, resized to the model's) and ``actions=`` (a .npy); no truth."""
+    if cfg.get("data"):
+        raise UserError("pass either data=PATH episode=K or image=PNG actions=NPY, not both")
     A = int(wm.diffusion.config.action_dim)
-    ctx_n = int(cfg.context_frames or 1)
-    if not 1 <= ctx_n <= wm.context_frames:
-        raise UserError(f"context_frames={ctx_n} must be in [1, {wm.context_frames}] (the model's context)")
-    truth = None
-    source: dict = {}
-    if cfg.get("image"):
-        if cfg.get("data"):
-            raise UserError("pass either data=PATH episode=K or image=PNG actions=NPY, not both")
-        if not cfg.get("actions"):
-            raise UserError(f"image= needs actions=<.npy of shape (steps, {A})>")
-        context = _load_image(str(cfg.image), size)[None]  # (1, S, S, 3)
-        actions = _load_actions(str(cfg.actions), A)
-        ctx_n = 1
-        if cfg.get("horizon"):
-            actions = actions[: int(cfg.horizon)]
-        source = {"image": str(cfg.image), "actions": str(cfg.actions)}
-        name = Path(str(cfg.image)).stem
-    elif cfg.get("data"):
-        from sfplan.data import EpisodeDataset
+    if not cfg.get("actions"):
+        raise UserError(f"image= needs actions=<.npy of shape (steps, {A})>")
+    context = _load_image(str(cfg.image), int(wm.vae.config.image_size))[None]  # (1, S, S, 3)
+    actions = _load_actions(str(cfg.actions), A)
+    if cfg.get("horizon"):
+        actions = actions[: int(cfg.horizon)]
+    return _Start(context, actions, None, {"image": str(cfg.image), "actions": str(cfg.actions)},
+                  Path(str(cfg.image)).stem)
 
-        ds = EpisodeDataset(Path(str(cfg.data)).expanduser())
-        if ds.image_size != size:
-            raise UserError(f"dataset {ds.path} holds {ds.image_size}x{ds.image_size} frames, the model works at "
-                            f"{size}x{size}: use a dataset collected at image_size={size}")
-        if ds.action_dim != A:
-            raise UserError(f"dataset {ds.path} has {ds.action_dim}-d actions, the model {A}-d")
-        k = int(cfg.episode)
-        if not -len(ds) <= k < len(ds):
-            raise UserError(f"episode={k} is out of range: {ds.path} holds {len(ds)} episodes (0..{len(ds) - 1})")
-        ep = ds[k]
-        L = ep.length
-        if L < ctx_n:
-            raise UserError(f"episode {k} has {L} steps, fewer than context_frames={ctx_n}")
-        H = L + 1 - ctx_n if not cfg.get("horizon") else min(int(cfg.horizon), L + 1 - ctx_n)
-        context = ep.pixels[:ctx_n]
-        actions = ep.actions[ctx_n - 1: ctx_n - 1 + H]
-        truth = ep.pixels[ctx_n: ctx_n + H]
-        _, val = ds.split(float(cfg.val_fraction), salt=int(cfg.split_salt))
-        held_out = int(ep.seed) in set(val.seeds.tolist())
-        source = {"data": str(ds.path), "episode": k, "seed": int(ep.seed), "held_out": held_out,
-                  "val_fraction": float(cfg.val_fraction)}
-        name = f"{ds.path.name}_ep{k}"
-        ds.close()
-    else:  # a fresh episode of the task in the simulator: ground truth under correlated random actions
-        H = int(cfg.get("horizon") or 48)
-        trained = getattr(wm, "trained_env", None) or {}
-        task = str(env_id or trained.get("id") or DEFAULT_ENV)
-        env_kwargs = {**(trained.get("kwargs") or {}), **dict(cfg.env.get("kwargs") or {})} \
-            if trained.get("id") == task else dict(cfg.env.get("kwargs") or {})
-        frames, actions = simulate_episode(task, int(cfg.episode_seed), ctx_n + H, size, A, env_kwargs)
-        context, truth, actions = frames[:ctx_n], frames[ctx_n:], actions[ctx_n - 1:]
-        source = {"task": task, "seed": int(cfg.episode_seed), "policy": "correlated"}
-        name = f"{task.split('/')[-1].replace(':', '_')}_seed{int(cfg.episode_seed)}"
 
+def _start_from_dataset(cfg: DictConfig, wm, ctx_n: int) -> _Start:
+    """Episode ``episode`` of the dataset ``data=``: its first ``ctx_n`` frames, its recorded
+    actions and frames after them (``horizon`` steps, default to the episode's end)."""
+    from sfplan.data import EpisodeDataset
+
+    size, A = int(wm.vae.config.image_size), int(wm.diffusion.config.action_dim)
+    ds = EpisodeDataset(Path(str(cfg.data)).expanduser())
+    if ds.image_size != size:
+        raise UserError(f"dataset {ds.path} holds {ds.image_size}x{ds.image_size} frames, the model works at "
+                        f"{size}x{size}: use a dataset collected at image_size={size}")
+    if ds.action_dim != A:
+        raise UserError(f"dataset {ds.path} has {ds.action_dim}-d actions, the model {A}-d")
+    k = int(cfg.episode)
+    if not -len(ds) <= k < len(ds):
+        raise UserError(f"episode={k} is out of range: {ds.path} holds {len(ds)} episodes (0..{len(ds) - 1})")
+    ep = ds[k]
+    L = ep.length
+    if L < ctx_n:
+        raise UserError(f"episode {k} has {L} steps, fewer than context_frames={ctx_n}")
+    H = L + 1 - ctx_n if not cfg.get("horizon") else min(int(cfg.horizon), L + 1 - ctx_n)
+    _, val = ds.split(float(cfg.val_fraction), salt=int(cfg.split_salt))
+    source = {"data": str(ds.path), "episode": k, "seed": int(ep.seed), "held_out": int(ep.seed) in
+              set(val.seeds.tolist()), "val_fraction": float(cfg.val_fraction)}
+    start = _Start(ep.pixels[:ctx_n], ep.actions[ctx_n - 1: ctx_n - 1 + H], ep.pixels[ctx_n: ctx_n + H], source,
+                   f"{ds.path.name}_ep{k}")
+    ds.close()
+    return start
+
+
+def _start_from_simulator(cfg: DictConfig, wm, ctx_n: int) -> _Start:
+    """A fresh episode of the task (``env.id``, else the model's own) at ``episode_seed``, under
+    correlated random actions: the truth is what the simulator renders."""
+    H = int(cfg.get("horizon") or 48)
+    trained = getattr(wm, "trained_env", None) or {}
+    task = str(cfg.env.get("id") or trained.get("id") or DEFAULT_ENV)
+    env_kwargs = {**(trained.get("kwargs") or {}), **dict(cfg.env.get("kwargs") or {})} \
+        if trained.get("id") == task else dict(cfg.env.get("kwargs") or {})
+    frames, actions = simulate_episode(task, int(cfg.episode_seed), ctx_n + H, int(wm.vae.config.image_size),
+                                       int(wm.diffusion.config.action_dim), env_kwargs)
+    return _Start(frames[:ctx_n], actions[ctx_n - 1:], frames[ctx_n:],
+                  {"task": task, "seed": int(cfg.episode_seed), "policy": "correlated"},
+                  f"{task.split('/')[-1].replace(':', '_')}_seed{int(cfg.episode_seed)}")
+
+
+def _attach_memory(cfg: DictConfig, wm, truth: np.ndarray | None):
+    """``memory=temp_lora``: Temp-LoRA on the model, written with every chunk as it goes; None
+    without. ``memory.write=real`` writes the ground truth, so it needs one."""
     mem_cfg = cfg.get("memory")
-    memory = None
-    if mem_cfg is not None and mem_cfg.get("_target_"):
-        from sfplan.memory.temp_lora import TempLoRAConfig
+    if mem_cfg is None or not mem_cfg.get("_target_"):
+        return None
+    from sfplan.memory.temp_lora import TempLoRAConfig
 
-        try:
-            memory = wm.attach_memory(TempLoRAConfig.from_any(mem_cfg))
-        except ValueError as e:
-            raise UserError(f"memory: {e}") from None
-        if memory.config.write == "real" and truth is None:
-            raise UserError("memory.write=real writes the ground-truth frames: start from a dataset episode "
-                            "(data=<dataset> episode=K), or use memory.write=generated")
-    out = Path(cfg.out_dir) if cfg.get("out_dir") else Path("outputs/generate") / (
-        f"{time.strftime('%Y%m%d-%H%M%S')}_{name}")
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    mem_info = None
-    if memory is None:
-        gen = imagine_video(wm, context, actions)  # (H, S, S, 3)
-    else:
-        gen, mem_info = imagine_video_with_memory(wm, context, actions, truth)  # (H, S, S, 3), logs
-    wall = time.perf_counter() - t0
-    H = len(gen)
-    scale, fps = int(cfg.scale), int(cfg.fps)
+    try:
+        memory = wm.attach_memory(TempLoRAConfig.from_any(mem_cfg))
+    except ValueError as e:
+        raise UserError(f"memory: {e}") from None
+    if memory.write_mode == "real" and truth is None:
+        raise UserError("memory.write=real writes the ground-truth frames: start from a dataset episode "
+                        "(data=<dataset> episode=K), or use memory.write=generated")
+    return memory
+
+
+def _write_videos(out: Path, start: _Start, gen: np.ndarray, scale: int, fps: int) -> None:
+    """video.mp4 and video.gif (ground truth | model side by side, or the model alone) and
+    frames.npz (``generated``, ``context``, ``ground_truth``)."""
+    context, truth = start.context, start.truth
     if truth is not None:
         video = side_by_side([np.concatenate([context, truth]), np.concatenate([context, gen])],
                              ["ground truth", "model"], scale=scale)
@@ -259,30 +320,20 @@ def run_generate(cfg: DictConfig) -> dict:
     write_video(out / "video.gif", video, fps)
     np.savez_compressed(out / "frames.npz", generated=gen, context=context,
                         **({"ground_truth": truth} if truth is not None else {}))
-    result = {
-        "model": str(model_dir), "checkpoint_sha256": wm.checkpoint_sha256, "source": source,
-        "context_frames": ctx_n, "horizon": H, "chunk_size": wm.chunk_size, "sampler": wm.config.sampler,
-        "num_steps": wm.config.num_steps, "guidance_scale": wm.config.guidance_scale, "seed": int(cfg.seed),
-        "device": str(device), "wall_s": wall, "frames_per_s": H / wall if wall > 0 else None,
-        "psnr_cap_db": PSNR_CAP_DB, "out_dir": str(out),
-        "files": {"mp4": "video.mp4", "gif": "video.gif", "frames": "frames.npz"},
-        "memory": None if memory is None else {"kind": "temp_lora", "config": asdict(memory.config),
-                                               **mem_info},
-    }
-    if truth is not None:
-        per = frame_metrics(gen, truth, np.repeat(context[-1:], H, axis=0))
-        C = wm.chunk_size
-        result["per_step"] = {"step": list(range(1, H + 1)), **per}
-        result["summary"] = {
-            name: {"psnr_mean": float(np.mean(v["psnr"])), "ssim_mean": float(np.mean(v["ssim"])),
-                   "psnr_per_chunk": [float(np.mean(v["psnr"][i:i + C])) for i in range(0, H, C)],
-                   "ssim_per_chunk": [float(np.mean(v["ssim"][i:i + C])) for i in range(0, H, C)]}
-            for name, v in per.items()}
-        result["table"] = format_table(per, list(range(1, H + 1)), C)
-    from sfplan.paths import portable
 
-    (out / "metrics.json").write_text(json.dumps(portable(result), indent=2) + "\n")
-    return result
+
+def _scores(gen: np.ndarray, truth: np.ndarray, context: np.ndarray, chunk: int) -> dict:
+    """PSNR/SSIM of the model and of the copy-last-frame baseline per step (``per_step``), their
+    means over the rollout and per chunk (``summary``), and the printed ``table``."""
+    H = len(gen)
+    per = frame_metrics(gen, truth, np.repeat(context[-1:], H, axis=0))
+    summary = {
+        name: {"psnr_mean": float(np.mean(v["psnr"])), "ssim_mean": float(np.mean(v["ssim"])),
+               "psnr_per_chunk": [float(np.mean(v["psnr"][i:i + chunk])) for i in range(0, H, chunk)],
+               "ssim_per_chunk": [float(np.mean(v["ssim"][i:i + chunk])) for i in range(0, H, chunk)]}
+        for name, v in per.items()}
+    return {"per_step": {"step": list(range(1, H + 1)), **per}, "summary": summary,
+            "table": format_table(per, list(range(1, H + 1)), chunk)}
 
 
 __all__ = ["run_generate", "frame_metrics", "format_table"]

@@ -138,6 +138,7 @@ def test_a_broken_idm_does_not_block_planners_that_do_not_use_it(model_copy):
     env, planner, wm = _build(cfg)  # planner=cem: the IDM is never read
     env.close()
     assert type(planner).__name__ == "CEMPlanner" and wm.probe is not None
+    assert planner.cost.probe is wm.probe  # cost=probe (Reacher's learned row): the model's own probe, handed over
     with pytest.raises(UserError, match="IDM at .* is unreadable"):
         wm.idm
     cfg = load_config("eval", [f"world_model.path={model_copy}", "planner=video_plan", "device=cpu"])

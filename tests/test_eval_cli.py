@@ -149,27 +149,45 @@ def test_waypoints_on_an_env_without_them_names_the_fix():
 
 def test_an_episode_with_a_past_feeds_it_to_the_memory_first():
     from sfplan.eval.runner import run_episode
+    from sfplan.memory.base import Memory
     from sfplan.planners import RandomPlanner
+    from sfplan.world_model.base import MemoryWorldModel
 
-    class Recorder:
+    class Recorder:  # a test double of a world model with a memory: records what it is told to remember
+        device, context_frames, write_mode = "cpu", 2, "real"
+
+        def unused(self, *args, **kwargs):
+            raise AssertionError("the random planner's episode neither imagines nor writes latents")
+
+        encode = imagine = decode = snapshot = load = disabled = write = unused
+
         def __init__(self):
-            self.writes = []
+            self.memory, self.writes, self.resets = self, [], 0
 
-        def reset(self):
+        def attach_memory(self, config=None):
+            return self
+
+        def reset_memory(self, seed=None):
+            self.resets += 1
             self.writes.clear()
 
-        def write(self, frames, actions):
-            self.writes.append((np.asarray(frames).copy(), np.asarray(actions).copy()))
+        reset = reset_memory
+
+        def remember(self, frames, num_context=0, actions=None):
+            self.writes.append((np.asarray(frames).copy(), num_context, np.asarray(actions).copy()))
 
     env = gym.make("sfplan/MemoryMaze-v0", goal="retrace", image_size=32)
     _, info = env.reset(seed=11)
-    mem = Recorder()
-    res = run_episode(env, RandomPlanner(None, None, -np.ones(2), np.ones(2), horizon=4), None, seed=11, budget=8,
-                      execute=4, memory=mem)
-    past, acts = mem.writes[0]
-    np.testing.assert_array_equal(past, info["history_frames"][1:])  # the outbound leg, before any step
+    wm = Recorder()
+    assert isinstance(wm, MemoryWorldModel) and isinstance(wm.memory, Memory)
+    res = run_episode(env, RandomPlanner(None, None, -np.ones(2), np.ones(2), horizon=4), wm, seed=11, budget=8,
+                      execute=4)
+    past, num_context, acts = wm.writes[0]
+    np.testing.assert_array_equal(past, info["history_frames"])  # the outbound leg, before any step
     np.testing.assert_array_equal(acts, info["history_actions"])
-    assert len(mem.writes) == 1 + 2 and res.steps == 8  # then one write per executed chunk
+    assert num_context == 1 and wm.resets == 1
+    assert len(wm.writes) == 1 + 2 and res.steps == 8  # then one write per executed chunk
+    assert all(f.shape[0] == 1 + 4 and n == 1 for f, n, _ in wm.writes[1:])  # the frame before each chunk in front
     env.close()
 
 

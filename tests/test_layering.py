@@ -98,3 +98,29 @@ def test_the_graph_sees_the_packages():
     graph = _graph(module_level=True)
     assert "sfplan.planners.costs" in graph["sfplan.planners"]
     assert "sfplan.data.policies" in graph["sfplan.data.collect"]
+
+
+# calls and imports that reach the file system: planners and costs get what they need handed in
+FILE_CALLS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "from_pretrained", "save_pretrained",
+              "load", "save", "load_file", "save_file"}
+FILE_MODULES = ("pathlib", "safetensors", "pickle", "shutil", "os", "io")
+
+
+def test_planners_touch_no_files():
+    """Planners are pure search (DESIGN.md, the Planner role): weights they use (a state probe,
+    an inverse dynamics model) are loaded on the world-model side and handed in."""
+    bad = []
+    for f in sorted((ROOT / "planners").rglob("*.py")):
+        for n in ast.walk(ast.parse(f.read_text())):
+            where = f"{f.relative_to(ROOT)}:{getattr(n, 'lineno', '?')}"
+            if isinstance(n, ast.Call):
+                fn = n.func
+                name = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(fn, ast.Attribute) else ""
+                if name in FILE_CALLS or name.startswith("load_"):
+                    bad.append(f"{where} calls {name}")
+            elif isinstance(n, (ast.Import, ast.ImportFrom)):
+                mods = [a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""]
+                names = [a.name for a in n.names]
+                if any(m.split(".")[0] in FILE_MODULES for m in mods) or any(x.startswith("load_") for x in names):
+                    bad.append(f"{where} imports {', '.join(mods)}: {', '.join(names)}")
+    assert not bad, "\n".join(bad)

@@ -14,6 +14,8 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 from sfplan.memory import TempLoRAConfig, TempLoRAMemory, base_state_dict  # noqa: E402
+from sfplan.memory.base import Memory  # noqa: E402
+from sfplan.world_model.base import MemoryWorldModel  # noqa: E402
 from sfplan.world_model.learned import SlowFastWorldModel, SlowFastWorldModelConfig  # noqa: E402
 from sfplan.world_model.vae import VAEConfig  # noqa: E402
 from sfplan.world_model.video_diffusion import VideoDiffusionConfig  # noqa: E402
@@ -66,6 +68,7 @@ def test_reset_restores_base_outputs_exactly():
     base = imagine(wm)
     mem = wm.attach_memory(TempLoRAConfig(**FAST))
     assert wm.memory is mem and torch.equal(imagine(wm), base)  # fresh LoRA: B = 0
+    assert isinstance(mem, Memory) and isinstance(wm, MemoryWorldModel) and mem.write_mode == "generated"
     mem.write(latents(wm))
     assert not torch.equal(imagine(wm), base)
     assert not all(torch.equal(p, p0) for p, p0 in zip(mem._params, mem._init))  # A and B moved
@@ -236,7 +239,7 @@ def test_imagine_batched_over_candidates_with_the_adapter():
     state = wm.encode(np.stack([frames(2, 0), frames(2, 1)]))
     acts = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (2, 3, 4, 2)).astype(np.float32))
     out = wm.imagine(state, acts).features
-    assert out.shape == (2, 3, 2, 4, 8, 8) and torch.isfinite(out).all()
+    assert out.shape == (2, 3, 4, 4, 8, 8) and torch.isfinite(out).all()  # every step (return_frames="all")
     for j in range(3):  # the noise is per env, not per candidate: candidate j alone gives the same frames
         torch.testing.assert_close(out[:, j], wm.imagine(state, acts[:, j: j + 1]).features[:, 0], rtol=1e-4,
                                    atol=1e-4)

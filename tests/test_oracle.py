@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sfplan.envs  # noqa: F401
-from sfplan.world_model.base import WorldModel
+from sfplan.world_model.base import GoalVideoWorldModel, MemoryWorldModel, WorldModel
 from sfplan.world_model.oracle import OracleWorldModel, imagined_steps
 
 
@@ -25,6 +25,7 @@ def test_imagined_steps():
 def test_oracle_matches_real_rollout(reacher):
     wm = OracleWorldModel("sfplan/Reacher-v0", {"image_size": 32}, frame_stride=2, device="cpu")
     assert isinstance(wm, WorldModel)
+    assert not isinstance(wm, (MemoryWorldModel, GoalVideoWorldModel))  # the runner and video_plan tell it apart
     obs, info = reacher.reset(seed=3)
     rng = np.random.default_rng(0)
     acts = rng.uniform(-1, 1, size=(1, 3, 4, 2)).astype(np.float32)  # (B=1, N=3, H=4, A=2)

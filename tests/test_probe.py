@@ -16,7 +16,8 @@ from sfplan.config import load_config  # noqa: E402
 from sfplan.errors import UserError  # noqa: E402
 from sfplan.planners import COSTS, ProbeCost  # noqa: E402
 from sfplan.world_model.base import Imagination  # noqa: E402
-from sfplan.world_model.probe import ProbeConfig, StateProbe, load_probe, save_probe_into  # noqa: E402
+from sfplan.world_model.probe import (  # noqa: E402
+    PixelProbe, ProbeConfig, StateProbe, load_probe, probe_for, save_probe_into)
 
 TINY = dict(latent_channels=4, latent_size=8, out_dim=2, width=8, hidden_dim=32)
 
@@ -85,7 +86,7 @@ def test_probe_cost_ranks_candidates_by_the_probed_distance(trained_probe):
     assert torch.equal(mean[0].argsort(), torch.arange(4))
     with pytest.raises(ValueError, match="goal must be"):
         ProbeCost(probe=trained_probe)(im, torch.zeros(1, 4, 4, 4))
-    with pytest.raises(RuntimeError, match="bind"):
+    with pytest.raises(RuntimeError, match="probe_for"):
         ProbeCost()(im, goal)
     with pytest.raises(ValueError, match="scale"):
         ProbeCost(scale=0.0)
@@ -99,12 +100,12 @@ def test_probe_cost_binds_to_the_world_models_probe(trained_probe, tmp_path):
 
     wm = tiny_wm()
     with pytest.raises(UserError, match="cost=probe needs a world model with a state probe.*stage=probe"):
-        ProbeCost().bind(wm)
+        probe_for(wm)
     wm.save_pretrained(tmp_path / "wm")
     assert SlowFastWorldModel.from_pretrained(tmp_path / "wm", device="cpu").probe is None
     save_probe_into(trained_probe, tmp_path / "wm")
     wm2 = SlowFastWorldModel.from_pretrained(tmp_path / "wm", device="cpu")
-    cost = ProbeCost().bind(wm2)
+    cost = ProbeCost(probe=probe_for(wm2))
     z = blob_latents(torch.tensor([[1.0, 2.0], [4.0, 4.0]]))
     assert cost.probe is wm2.probe and torch.equal(wm2.probe(z), trained_probe(z))  # bit-exact round trip
     s1, s2 = trained_probe.state_dict(), load_probe(tmp_path / "wm" / "probe").state_dict()
@@ -112,7 +113,7 @@ def test_probe_cost_binds_to_the_world_models_probe(trained_probe, tmp_path):
     from sfplan.world_model.oracle import OracleWorldModel
 
     with pytest.raises(UserError, match="OracleWorldModel has none"):
-        ProbeCost().bind(OracleWorldModel("sfplan/Reacher-v0", {"image_size": 32}))
+        probe_for(OracleWorldModel("sfplan/Reacher-v0", {"image_size": 32}))
     with pytest.raises(UserError, match="no state probe.*stage=probe"):
         load_probe(tmp_path / "nowhere")
     with pytest.raises(UserError, match="not a world model directory"):
@@ -132,7 +133,7 @@ def test_probe_cost_reads_pixel_frames_through_a_vae(trained_probe, tmp_path):
     save_probe_into(trained_probe, tmp_path / "wm")
     wm = SlowFastWorldModel.from_pretrained(tmp_path / "wm", device="cpu")
     with pytest.raises(UserError, match="drop cost.model"):
-        ProbeCost(model=str(tmp_path / "wm")).bind(wm)  # latents: only the model's own probe reads them
+        probe_for(wm, model=str(tmp_path / "wm"))  # latents: only the model's own probe reads them
     px = frames(B=6, T=1, seed=3)[:, 0]  # (6, 16, 16, 3) uint8: a goal and 5 candidates' frames
     feats = frames_to_features(px, torch.device("cpu"))  # (6, 3, 16, 16) in [0, 1], as the oracle imagines
     lat = wm.vae.encode(px)  # (6, 4, 8, 8)
@@ -140,15 +141,15 @@ def test_probe_cost_reads_pixel_frames_through_a_vae(trained_probe, tmp_path):
     assert by_latent.std() > 0  # the frames read differently: the comparison below can fail
 
     oracle = OracleWorldModel("sfplan/Reacher-v0", {"image_size": 16}, device="cpu")
-    cost = ProbeCost(model=str(tmp_path / "wm")).bind(oracle)
+    cost = ProbeCost(probe=probe_for(oracle, model=str(tmp_path / "wm")))
     by_pixels = cost.per_frame(feats[1:][None, :, None], feats[:1])
     torch.testing.assert_close(by_pixels, by_latent, atol=1e-4, rtol=1e-4)
     assert cost.per_frame(feats[:1][None, :, None], feats[:1]).item() == 0.0  # the goal itself costs exactly 0
 
     with pytest.raises(UserError, match="not a world model directory"):
-        ProbeCost(model=str(tmp_path)).bind(oracle)
-    shipped = ProbeCost().bind(oracle, task="sfplan/Reacher-v0")  # the oracle's default: the task's shipped model
-    assert shipped.vae is not None and shipped.probe.config.out_dim == 2
+        probe_for(oracle, model=str(tmp_path))
+    shipped = probe_for(oracle, task="sfplan/Reacher-v0")  # the oracle's default: the task's shipped model
+    assert isinstance(shipped, PixelProbe) and shipped.probe.config.out_dim == 2
 
 
 def test_goal_descriptor_of_reads_the_recorded_state():

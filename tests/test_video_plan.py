@@ -434,3 +434,11 @@ def test_eval_cli_with_video_plan(tmp_path):
     e = rep["episodes"][0]
     assert not e["success"] and e["steps"] == 4 and e["decisions"] == 2 and e["plan_time_mean_s"] > 0
     assert rep["meta"]["imagined_frames"] > 0  # it generated videos with the world model
+
+    # planner.idm_path: an IDM kept apart from the world model, loaded by `sfplan eval` for the planner
+    wm.save_pretrained(tmp_path / "bare")
+    idm.save_pretrained(str(tmp_path / "idm"), safe_serialization=True)
+    assert main(["eval", "env=reacher", "planner=video_plan", f"world_model.path={tmp_path / 'bare'}",
+                 f"planner.idm_path={tmp_path / 'idm'}", "env.kwargs.image_size=16", "episodes=1", "budget=2",
+                 "execute=2", "planner.num_videos=2", "planner.num_steps=2", "record=false", "progress=false",
+                 "cost=multiscale", f"out_dir={tmp_path / 'eval2'}"]) == 0

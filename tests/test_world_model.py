@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("diffusers")
 
 from sfplan.errors import UserError  # noqa: E402
-from sfplan.world_model.base import Imagination, WorldModel, WorldState  # noqa: E402
+from sfplan.world_model.base import GoalVideoWorldModel, Imagination, MemoryWorldModel, WorldModel, WorldState  # noqa: E402
 from sfplan.world_model.learned import SlowFastWorldModel, SlowFastWorldModelConfig, load_world_model  # noqa: E402
 from sfplan.world_model.sampler import make_sampler, make_train_scheduler, place_actions, sample_chunk  # noqa: E402
 from sfplan.world_model.vae import FrameAutoencoder, VAEConfig  # noqa: E402
@@ -214,8 +214,9 @@ def test_place_actions_gymnasium_order():
 
 # ----------------------------------------------------------------------------- world model
 def test_learned_world_model_protocol_and_shapes():
-    wm = tiny_model()
-    assert isinstance(wm, WorldModel) and wm.context_frames == 2 and wm.chunk_size == 2
+    wm = tiny_model(return_frames="chunk_ends")
+    assert all(isinstance(wm, p) for p in (WorldModel, MemoryWorldModel, GoalVideoWorldModel)) and wm.max_frames == 8
+    assert wm.context_frames == 2 and wm.chunk_size == 2
     goal = wm.encode(tiny_frames(1, 1)[:, None, 0])  # a single goal frame (1, 1, H, W, 3)
     assert goal.features.shape == (1, 4, 8, 8)
     state = wm.encode(tiny_frames(2, 3))
@@ -259,6 +260,24 @@ def test_save_load_roundtrip_bit_exact(tmp_path):
     assert not list((tmp_path / "wm").rglob("*.bin")) and not list((tmp_path / "wm").rglob("*.pt"))  # no pickles
     wm3 = load_world_model(str(tmp_path / "wm"), device="cpu", num_steps=3)
     assert wm3.config.num_steps == 3 and wm3.checkpoint_sha256 == sha
+
+
+def test_runtime_settings_are_not_saved_with_the_model(tmp_path):
+    """return_frames, autocast and cast_weights say how a process imagines: a checkpoint
+    neither records them nor (an older one that does) imposes them on the loader."""
+    import json
+
+    from sfplan.world_model.learned import RUNTIME_SETTINGS
+
+    tiny_model(return_frames="last", autocast="bfloat16", cast_weights=True).save_pretrained(tmp_path / "wm")
+    meta = json.loads((tmp_path / "wm" / "world_model.json").read_text())
+    assert not set(RUNTIME_SETTINGS) & set(meta) and meta["chunk_size"] == 2
+    meta.update(return_frames="last", autocast="bfloat16", cast_weights=True)  # as older checkpoints saved them
+    (tmp_path / "wm" / "world_model.json").write_text(json.dumps(meta))
+    defaults = SlowFastWorldModelConfig()
+    wm = SlowFastWorldModel.from_pretrained(tmp_path / "wm", device="cpu")
+    assert all(getattr(wm.config, k) == getattr(defaults, k) for k in RUNTIME_SETTINGS)
+    assert SlowFastWorldModel.from_pretrained(tmp_path / "wm", device="cpu", autocast="auto").config.autocast == "auto"
 
 
 def test_missing_or_corrupt_checkpoint_names_the_fix(tmp_path):

@@ -13,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from sfplan.device import resolve_device
 from sfplan.eval.report import write_report
 from sfplan.eval.runner import evaluate
+from sfplan.planners.costs import ProbeCost
+from sfplan.world_model.base import MemoryWorldModel, WorldModel
 
 
 def _without(node: DictConfig, key: str) -> dict:
@@ -21,7 +23,7 @@ def _without(node: DictConfig, key: str) -> dict:
     return d
 
 
-def _attach_memory(world_model, mem_cfg) -> None:
+def _attach_memory(world_model: WorldModel | None, mem_cfg) -> None:
     """``memory=temp_lora``: Temp-LoRA on the learned world model; the runner resets it per
     episode and writes the executed real frames into it (``memory.write=real``)."""
     from sfplan.errors import UserError
@@ -30,7 +32,7 @@ def _attach_memory(world_model, mem_cfg) -> None:
         return
     if world_model is None:
         raise UserError(f"memory={mem_cfg.get('_target_')} needs a planner that uses a world model")
-    if not callable(getattr(world_model, "attach_memory", None)):
+    if not isinstance(world_model, MemoryWorldModel):
         raise UserError(f"memory={mem_cfg.get('_target_')} needs the learned world model (world_model=learned), "
                         f"not {type(world_model).__name__}")
     if mem_cfg.get("write") != "real":
@@ -55,15 +57,29 @@ def _build(cfg: DictConfig):
         check_env_matches(world_model, cfg.env.id, OmegaConf.to_container(cfg.env.kwargs, resolve=True))
     _attach_memory(world_model, cfg.get("memory"))
     cost = instantiate(cfg.cost) if needs_model else None
-    if cost is not None and callable(getattr(cost, "bind", None)):
-        cost.bind(world_model, task=cfg.env.id)  # costs that read the world model (cost=probe: a state probe)
-    planner = instantiate(cfg.planner)(
+    if isinstance(cost, ProbeCost):  # loaded here, and only for cost=probe: costs and planners read no files
+        from sfplan.world_model.probe import probe_for
+
+        cost.probe = probe_for(world_model, cost.config.model, task=cfg.env.id)
+    planner = instantiate(_without(cfg.planner, "idm_path"))(
         world_model=world_model,
         cost=cost,
         action_low=torch.as_tensor(low, dtype=torch.float32),
         action_high=torch.as_tensor(high, dtype=torch.float32),
+        **_idm_of(cfg.planner),
     )
     return env, planner, world_model
+
+
+def _idm_of(planner_cfg: DictConfig) -> dict:
+    """``planner.idm_path`` (planner=video_plan: an IDM other than the world model's own) loaded
+    into the planner's ``idm`` argument; nothing where it is unset."""
+    path = planner_cfg.get("idm_path")
+    if not path:
+        return {}
+    from sfplan.world_model.idm import load_idm
+
+    return {"idm": load_idm(path)}
 
 
 def _loop_kwargs(cfg: DictConfig) -> dict:

@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from sfplan.planners.base import Planner
 from sfplan.planners.common import WARM_FILLS, shift_plan
 from sfplan.planners.subgoals import SubgoalTracker, cost_distance
 from sfplan.errors import UserError
-from sfplan.world_model.base import WorldModel
+from sfplan.world_model.base import MemoryWorldModel, WorldModel, WorldState
 
 #: success protocols (``sfplan eval success=...``): ``first`` counts the first step inside the
 #: task's success radius (DINO-WM's and stable-worldmodel's count); ``hold`` needs ``hold_steps``
@@ -91,6 +92,63 @@ class EpisodeResult:
         }
 
 
+@dataclass
+class _Goal:
+    """An episode's goal as the planner is given it."""
+
+    image: np.ndarray  # (H, W, 3) uint8: the final goal
+    features: torch.Tensor | None  # (1, C, h, w), or waypoints (1, S, C, h, w); None without a world model
+    tracker: SubgoalTracker | None = None  # waypoint progress, with waypoints
+    waypoint_images: np.ndarray | None = None  # (S, H, W, 3) uint8, with waypoints
+
+    def target(self, state: WorldState | None) -> torch.Tensor | None:
+        """The (sub)goal to plan for from ``state``: (1, C, h, w)."""
+        return self.tracker.current(state.features, self.features) if self.tracker is not None else self.features
+
+
+@dataclass
+class _EpisodeLog:
+    """What the runner records while an episode runs (the planner sees none of it)."""
+
+    record: bool
+    hold_steps: int
+    frames: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8, when recording
+    subgoals: list[int] = field(default_factory=list)  # waypoint index per recorded frame
+    plan_times: list[float] = field(default_factory=list)
+    write_times: list[float] = field(default_factory=list)
+    dist: list[float] = field(default_factory=list)  # per step (0: reset)
+    in_goal: list[bool] = field(default_factory=list)  # per step (0: reset)
+    steps: int = 0
+    done: bool = False  # the object held for hold_steps steps: every protocol has its verdict
+    ended: bool = False  # the env ended the episode (or, once over, the budget ran out)
+
+    def observe(self, info: dict) -> None:
+        """The info of the reset or of a step."""
+        self.dist.append(info["distance"])
+        self.in_goal.append(bool(info["is_success"]))
+        self.done = _decided(self.in_goal, self.hold_steps)
+
+    def add_chunk(self, chunk_frames: list[np.ndarray], tracker: SubgoalTracker | None) -> None:
+        """An executed chunk's frames, each tagged with the waypoint planned for."""
+        if self.record:
+            self.frames.extend(chunk_frames)
+            if tracker is not None:
+                self.subgoals.extend([int(tracker.index[0])] * (len(self.frames) - len(self.subgoals)))
+
+    def result(self, seed: int, success: str, goal: _Goal) -> EpisodeResult:
+        outcomes = protocol_outcomes(self.in_goal, self.hold_steps, ended=self.ended)
+        tracker = goal.tracker
+        return EpisodeResult(
+            seed=seed, success=outcomes[success]["success"], steps=self.steps, final_distance=float(self.dist[-1]),
+            min_distance=float(np.min(self.dist)), plan_times=self.plan_times, frames=self.frames, goal=goal.image,
+            memory_write_times=self.write_times,
+            waypoints=int(goal.features.shape[1]) if tracker is not None else 0,
+            waypoints_passed=int(tracker.index.max()) if tracker is not None and tracker.index is not None else 0,
+            waypoint_images=goal.waypoint_images if self.record else None, frame_subgoals=self.subgoals,
+            protocol=success, hold_steps=int(self.hold_steps), outcomes=outcomes, in_goal=self.in_goal,
+            ended=self.ended)
+
+
 def run_episode(
     env: gym.Env,
     planner: Planner,
@@ -99,7 +157,6 @@ def run_episode(
     budget: int,
     execute: int,
     record: bool = True,
-    memory=None,
     waypoints: int = 0,
     subgoal_ratio: float = 0.25,
     subgoal_threshold: float | str | None = None,
@@ -112,135 +169,123 @@ def run_episode(
     success radius, or when ``budget`` env steps are used. Every protocol's verdict is read
     off that one run (``protocol_outcomes``: the steps up to the first success are the same
     whichever protocol is counted); ``success`` names the one the result's ``success`` counts.
+    ``waypoints``, ``subgoal_ratio``, ``subgoal_threshold``: ``_reset``; ``warm_fill``:
+    ``_warm_start``; a world model's memory: ``_episode_memory``."""
+    needs_model = getattr(planner, "needs_world_model", True)
+    obs, info, goal = _reset(env, planner, world_model, seed, waypoints if needs_model else 0, subgoal_ratio,
+                             subgoal_threshold)
+    log = _EpisodeLog(record, hold_steps, frames=[obs["pixels"]] if record else [])
+    log.observe(info)
+    memory = _episode_memory(world_model)
+    history = [obs["pixels"]]
+    if "history_frames" in info:  # the episode starts with a past (e.g. MemoryMaze retrace)
+        history = _remember_past(info, memory, log.write_times)
+    warm = None
+    while log.steps < budget and not log.done:
+        t0 = time.perf_counter()
+        state = world_model.encode(np.stack(history)[None], sim_state=info["state"][None]) if needs_model else None
+        result = planner.plan(state, goal.target(state), warm_start=warm)
+        log.plan_times.append(time.perf_counter() - t0)
+        chunk = result.actions[0, : min(execute, budget - log.steps)].detach().cpu().numpy()  # (k, A)
+        before = obs["pixels"]  # the frame the chunk starts from: the memory's clean context
+        obs, info, chunk_frames = _execute(env, chunk, log, goal, world_model)
+        log.add_chunk(chunk_frames, goal.tracker)
+        history = (history + chunk_frames)[-getattr(world_model, "context_frames", 1):]
+        if memory is not None and chunk_frames:
+            _remember_chunk(memory, before, chunk_frames, chunk, log.write_times)
+        if log.ended:
+            break
+        warm = _warm_start(result.actions, len(chunk_frames), warm_fill, env)
+    log.ended = log.ended or log.steps >= budget
+    return log.result(seed, success, goal)
+
+
+def _reset(env: gym.Env, planner: Planner, world_model: WorldModel | None, seed: int, waypoints: int,
+           subgoal_ratio: float, subgoal_threshold: float | str | None) -> tuple[dict, dict, _Goal]:
+    """Reset the env and the planner for an episode -> (obs, info, the goal in the world model's
+    features; none without a world model: the random baseline).
 
     ``waypoints > 0``: the env is reset with ``options={"waypoints": waypoints}`` and
     returns subgoal images (``info["goal_waypoints"]``, the goal last); each decision
     plans toward the current one, moving on once the planner's cost from the observation
     to it is below ``subgoal_ratio`` x the cost between it and the previous waypoint, or
     below ``subgoal_threshold`` (absolute, in the cost's units; ``"auto"``: ``subgoal_bound``;
-    None: not used)
-    (``sfplan.planners.SubgoalTracker``, ``cost_distance``). The tracker sees every executed
-    frame: a waypoint reached mid-chunk ends the chunk and the next plan aims past it (with
-    an action repeat, a chunk can carry the robot through a waypoint and beyond between two
-    decisions). Success is the final goal's.
-
-    ``memory`` (optional, Temp-LoRA) gets ``reset()`` at the start and ``write(frames,
-    actions)`` with each executed chunk's real frames.
-
-    ``warm_fill`` pads the warm start of the next plan (the executed steps dropped, see
-    ``shift_plan``): ``last`` repeats the plan's last action, ``mid`` appends the middle of
-    the action range (zero torque for the MuJoCo arms), as iCEM does. With a terminal-
-    weighted cost the padding decides whether the previous plan survives: on Reacher,
-    repeating a braking torque for ``execute`` steps flings the arm away at the horizon's
-    end, the previous plan loses to a fresh one that arrives at the *new* horizon's end,
-    and the arm never gets there (``benchmarks/RESULTS.md``).
-
-    An env whose episode starts with a past (``info["history_frames"]`` and
-    ``info["history_actions"]`` on reset, e.g. MemoryMaze ``goal=retrace``) has it used as
-    the world model's context and written into the memory before the first decision.
-
-    A world model that carries its own memory (``SlowFastWorldModel.attach_memory``) gets
-    ``reset_memory()`` at the start and, when its memory writes ``real`` frames,
-    ``remember(frames)`` after each executed chunk, with the real frame before the chunk
-    in front as clean context. Duck-typed, so other world models (the oracle) are untouched.
-    """
-    needs_model = getattr(planner, "needs_world_model", True)
-    use_waypoints = waypoints > 0 and needs_model  # the random baseline has no goal to follow
-    obs, info = env.reset(seed=seed, options={"waypoints": int(waypoints)} if use_waypoints else None)
+    None: not used) (``sfplan.planners.SubgoalTracker``, ``cost_distance``). The tracker sees
+    every executed frame (``_execute``). Success is the final goal's."""
+    obs, info = env.reset(seed=seed, options={"waypoints": int(waypoints)} if waypoints > 0 else None)
     if callable(getattr(planner, "start_episode", None)):
         planner.start_episode(seed)  # per-episode noise: an episode reproduces on its own
-    if use_waypoints and "goal_waypoints" not in info:
+    if waypoints > 0 and "goal_waypoints" not in info:
         raise UserError(f"waypoints={waypoints}: {env.spec.id if env.spec else type(env).__name__} returned no "
                         "info['goal_waypoints'] from reset(options={'waypoints': n}); use an sfplan task (or make "
                         "your env return subgoal images there), or set waypoints=0")
-    goal_img = obs["desired_goal"]
-    goal = world_model.encode(goal_img[None, None]).features if needs_model else None  # (1, C, h, w)
-    tracker = None
-    if use_waypoints:
-        wp = np.asarray(info["goal_waypoints"])  # (S, H, W, 3)
-        goal = world_model.encode(wp[:, None]).features[None]  # (1, S, C, h, w)
-        cost = getattr(planner, "cost", None)
-        tracker = SubgoalTracker(ratio=subgoal_ratio, threshold=subgoal_bound(env, cost, subgoal_threshold),
-                                 distance=cost_distance(cost))
-    if memory is not None:
-        memory.reset()
-    if callable(getattr(world_model, "reset_memory", None)):
-        world_model.reset_memory()  # fresh Temp-LoRA each episode
-    wm_memory = getattr(world_model, "memory", None)
-    write_real = wm_memory is not None and getattr(getattr(wm_memory, "config", None), "write", None) == "real"
-    frames = [obs["pixels"]] if record else []
-    subgoals: list[int] = []  # waypoint index per recorded frame (GIFs)
-    plan_times: list[float] = []
-    write_times: list[float] = []
-    history = [obs["pixels"]]
-    if "history_frames" in info:  # the episode starts with a past (e.g. MemoryMaze retrace)
-        history = _remember_past(info, memory, world_model if write_real else None, write_times)
-    dist = [info["distance"]]
-    in_goal = [bool(info["is_success"])]
-    warm = None
-    steps, done, ended = 0, _decided(in_goal, hold_steps), False
-    while steps < budget and not done:
-        t0 = time.perf_counter()
-        state = world_model.encode(np.stack(history)[None], sim_state=info["state"][None]) if needs_model else None
-        target = tracker.current(state.features, goal) if tracker is not None else goal  # (1, C, h, w)
-        result = planner.plan(state, target, warm_start=warm)
-        plan_times.append(time.perf_counter() - t0)
-        chunk = result.actions[0, : min(execute, budget - steps)].detach().cpu().numpy()  # (k, A)
-        before = obs["pixels"]  # the frame the chunk starts from: the memory's clean context
-        chunk_frames = []
-        for a in chunk:
-            obs, _, terminated, truncated, info = env.step(a)
-            steps += 1
-            chunk_frames.append(obs["pixels"])
-            dist.append(info["distance"])
-            in_goal.append(bool(info["is_success"]))
-            if _decided(in_goal, hold_steps):
-                done = True
-                break
-            if terminated or truncated:
-                ended = True
-                break
-            if tracker is not None and _passes_waypoint(tracker, world_model, obs["pixels"], goal):
-                break  # re-plan for the next waypoint now: a fast robot would overshoot it otherwise
-        if record:
-            frames.extend(chunk_frames)
-            if tracker is not None:
-                sub = int(tracker.index[0])
-                subgoals.extend([sub] * (len(frames) - len(subgoals)))
-        history = (history + chunk_frames)[-getattr(world_model, "context_frames", 1):]
-        if memory is not None and chunk_frames:
-            memory.write(np.stack(chunk_frames), chunk[: len(chunk_frames)])
-        if write_real and chunk_frames:
-            t0 = time.perf_counter()
-            world_model.remember(np.stack([before, *chunk_frames]), num_context=1,  # (1 + k, H, W, 3)
-                                 actions=np.asarray(chunk[: len(chunk_frames)], np.float32))  # (k, A)
-            write_times.append(time.perf_counter() - t0)
-        if ended:
+    image = obs["desired_goal"]
+    if not getattr(planner, "needs_world_model", True):
+        return obs, info, _Goal(image, None)
+    if waypoints <= 0:
+        return obs, info, _Goal(image, world_model.encode(image[None, None]).features)  # (1, C, h, w)
+    wp = np.asarray(info["goal_waypoints"])  # (S, H, W, 3)
+    cost = getattr(planner, "cost", None)
+    tracker = SubgoalTracker(ratio=subgoal_ratio, threshold=subgoal_bound(env, cost, subgoal_threshold),
+                             distance=cost_distance(cost))
+    return obs, info, _Goal(image, world_model.encode(wp[:, None]).features[None], tracker, wp)  # (1, S, C, h, w)
+
+
+def _execute(env: gym.Env, chunk: np.ndarray, log: _EpisodeLog, goal: _Goal,
+             world_model: WorldModel | None) -> tuple[dict, dict, list[np.ndarray]]:
+    """Step the env through a planned chunk (k, A) -> (last obs, its info, the frames seen).
+    Stops early once the object has held (``log.done``), the env ends the episode
+    (``log.ended``), or a waypoint is reached mid-chunk: the next plan then aims past it (with
+    an action repeat, a chunk can carry the robot through a waypoint and beyond between two
+    decisions)."""
+    frames = []
+    for a in chunk:
+        obs, _, terminated, truncated, info = env.step(a)
+        log.steps += 1
+        frames.append(obs["pixels"])
+        log.observe(info)
+        if log.done:
             break
-        warm = shift_plan(result.actions, len(chunk_frames), fill=warm_fill,
-                          action_low=env.action_space.low, action_high=env.action_space.high)
-    ended = ended or steps >= budget
-    outcomes = protocol_outcomes(in_goal, hold_steps, ended=ended)
-    return EpisodeResult(
-        seed=seed,
-        success=outcomes[success]["success"],
-        steps=steps,
-        final_distance=float(dist[-1]),
-        min_distance=float(np.min(dist)),
-        plan_times=plan_times,
-        frames=frames,
-        goal=goal_img,
-        memory_write_times=write_times,
-        waypoints=int(goal.shape[1]) if tracker is not None else 0,
-        waypoints_passed=int(tracker.index.max()) if tracker is not None and tracker.index is not None else 0,
-        waypoint_images=wp if tracker is not None and record else None,
-        frame_subgoals=subgoals,
-        protocol=success,
-        hold_steps=int(hold_steps),
-        outcomes=outcomes,
-        in_goal=in_goal,
-        ended=ended,
-    )
+        if terminated or truncated:
+            log.ended = True
+            break
+        if goal.tracker is not None and _passes_waypoint(goal.tracker, world_model, obs["pixels"], goal.features):
+            break  # re-plan for the next waypoint now: a fast robot would overshoot it otherwise
+    return obs, info, frames
+
+
+def _warm_start(actions: torch.Tensor, executed: int, fill: str, env: gym.Env) -> torch.Tensor:
+    """The next plan's warm start: the plan (B, H, A) less its ``executed`` steps, padded by
+    ``fill`` (``shift_plan``): ``last`` repeats the plan's last action, ``mid`` appends the
+    middle of the action range (zero torque for the MuJoCo arms), as iCEM does. With a terminal-
+    weighted cost the padding decides whether the previous plan survives: on Reacher,
+    repeating a braking torque for ``execute`` steps flings the arm away at the horizon's
+    end, the previous plan loses to a fresh one that arrives at the *new* horizon's end,
+    and the arm never gets there (``benchmarks/RESULTS.md``)."""
+    return shift_plan(actions, executed, fill=fill, action_low=env.action_space.low,
+                      action_high=env.action_space.high)
+
+
+def _episode_memory(world_model: WorldModel | None) -> MemoryWorldModel | None:
+    """A world model that carries a memory (``MemoryWorldModel`` with a ``Memory`` attached, e.g.
+    Temp-LoRA) gets a fresh one for the episode; returned when the memory learns from real frames
+    (``write_mode`` ``real``): the runner then writes each executed chunk into it
+    (``_remember_chunk``), and an episode's past (``_remember_past``). Else None: other world
+    models (the oracle) are untouched."""
+    if not isinstance(world_model, MemoryWorldModel) or world_model.memory is None:
+        return None
+    world_model.reset_memory()
+    return world_model if world_model.memory.write_mode == "real" else None
+
+
+def _remember_chunk(world_model: MemoryWorldModel, before: np.ndarray, chunk_frames: list[np.ndarray],
+                    chunk: np.ndarray, write_times: list[float]) -> None:
+    """Write an executed chunk's real frames into the memory, the frame before them in front as
+    clean context, with the actions (k, A) that led to them."""
+    t0 = time.perf_counter()
+    world_model.remember(np.stack([before, *chunk_frames]), num_context=1,  # (1 + k, H, W, 3)
+                         actions=np.asarray(chunk[: len(chunk_frames)], np.float32))  # (k, A)
+    write_times.append(time.perf_counter() - t0)
 
 
 def subgoal_bound(env: gym.Env, cost, setting: float | str | None) -> float | None:
@@ -278,14 +323,12 @@ def _passes_waypoint(tracker: SubgoalTracker, world_model, frame: np.ndarray, wa
     return int(tracker.index[0]) > before
 
 
-def _remember_past(info: dict, memory, world_model, write_times: list[float]) -> list[np.ndarray]:
+def _remember_past(info: dict, world_model: MemoryWorldModel | None, write_times: list[float]) -> list[np.ndarray]:
     """An episode's past (``info["history_frames"]`` (T+1, H, W, 3), the current frame last,
-    and ``info["history_actions"]`` (T, A)) goes into the memory (and the world model's own,
-    when given, with the first frame as clean context); returns it as the context frames."""
+    and ``info["history_actions"]`` (T, A)) goes into the world model's memory, when given, with
+    the first frame as clean context; returns it as the context frames."""
     past = np.asarray(info["history_frames"])
     past_actions = np.asarray(info["history_actions"], np.float32)
-    if memory is not None:
-        memory.write(past[1:], past_actions)
     if world_model is not None:
         t0 = time.perf_counter()
         world_model.remember(past, num_context=1, actions=past_actions)
@@ -302,7 +345,7 @@ def plan_horizon_check(planner: Planner, execute: int) -> None:
 
 
 def evaluate(env: gym.Env, planner: Planner, world_model: WorldModel | None, seeds: list[int], budget: int,
-             execute: int, record: bool = True, memory=None, progress: bool = True, waypoints: int = 0,
+             execute: int, record: bool = True, progress: bool = True, waypoints: int = 0,
              subgoal_ratio: float = 0.25, subgoal_threshold: float | str | None = None, warm_fill: str = "last",
              success: str = "first", hold_steps: int = 10):
     """Run one episode per seed on ``env`` (closed at the end); yields EpisodeResult as each finishes."""
@@ -318,10 +361,9 @@ def evaluate(env: gym.Env, planner: Planner, world_model: WorldModel | None, see
         bar = tqdm(seeds, desc="episodes", disable=not progress, dynamic_ncols=True)
         n_success = 0
         for i, seed in enumerate(bar):
-            res = run_episode(env, planner, world_model, seed, budget, execute, record=record, memory=memory,
-                              waypoints=waypoints, subgoal_ratio=subgoal_ratio,
-                              subgoal_threshold=subgoal_threshold, warm_fill=warm_fill, success=success,
-                              hold_steps=hold_steps)
+            res = run_episode(env, planner, world_model, seed, budget, execute, record=record, waypoints=waypoints,
+                              subgoal_ratio=subgoal_ratio, subgoal_threshold=subgoal_threshold, warm_fill=warm_fill,
+                              success=success, hold_steps=hold_steps)
             n_success += res.success
             bar.set_postfix(success=f"{n_success}/{i + 1}", steps=res.steps)
             yield res

@@ -34,8 +34,9 @@ from typing import Any, Mapping
 
 import torch
 
+from sfplan.memory.base import WRITE_MODES
+
 ADAPTER_NAME = "temp_lora"
-WRITE_MODES = ("generated", "real")
 LOSSES = ("action_free", "masked")
 REVERSE_ACTIONS = ("unconditional", "negate")
 
@@ -170,7 +171,8 @@ def _last_frames(z: torch.Tensor, cap: int) -> torch.Tensor:
 
 
 class TempLoRAMemory:
-    """Temp-LoRA fast weights on ``world_model.diffusion`` (a diffusers ``PeftAdapterMixin``).
+    """Temp-LoRA fast weights on ``world_model.diffusion`` (a diffusers ``PeftAdapterMixin``);
+    the ``sfplan.memory.base.Memory`` role.
 
     ``reset()`` at episode start; ``write(latents)`` after each chunk; ``snapshot()`` /
     ``load()`` to save and restore the memory bit-exact; ``with memory.disabled():`` to
@@ -241,6 +243,11 @@ class TempLoRAMemory:
     def max_write_frames(self) -> int:
         m = int(self.diffusion.config.max_frames)
         return min(m, int(self.config.max_write_frames)) if self.config.max_write_frames else m
+
+    @property
+    def write_mode(self) -> str:
+        """``config.write``: ``generated`` or ``real`` (what a rollout writes after each chunk)."""
+        return self.config.write
 
     @property
     def num_parameters(self) -> int:

@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,40 @@ class _Signals:
         return False
 
 
+@dataclass
+class _Run:
+    """The state of one ``Trainer.fit``: what it trains, how far it got, and its logs."""
+
+    model: nn.Module
+    ema: EMA
+    params: list[nn.Parameter]  # the trainable ones
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    wrapped: nn.Module | None = None  # LossModule(model) as Accelerate prepared it
+    opt_p: Any = None  # the optimizer as Accelerate prepared it
+    writer: Any = None  # TensorBoard, on the main process
+    bar: Any = None  # tqdm
+    step: int = 0
+    resumed_from: str | None = None
+    last_saved: int | None = None  # the step of the last checkpoint written (or resumed from)
+    last_loss: float = 0.0  # loss of the last step taken (checked before each checkpoint)
+    stopped: str | None = None  # stop_at_step | SIGINT | SIGTERM
+    # NaN guard
+    nan_total: int = 0
+    nan_streak: int = 0
+    nan_first: int | None = None
+    last_bad: Any = None
+    # logs
+    window: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # since the last train log
+    last_train: dict[str, float] = field(default_factory=dict)
+    last_val: dict[str, float] = field(default_factory=dict)
+    last_sample: dict[str, float] = field(default_factory=dict)
+    train_time: float = 0.0
+    steps_done: int = 0  # steps taken in this process's run (not resumed ones)
+    t_window: float = 0.0
+    n_window: int = 0
+
+
 class Trainer:
     """Runs one stage (``sfplan.training.stages``) under the config of ``configs/train.yaml``."""
 
@@ -194,15 +229,40 @@ class Trainer:
 
     # ------------------------------------------------------------------ main loop
     def fit(self) -> dict:
+        """Train the stage to ``steps`` (resuming as ``resume`` says) -> the run's result; a run
+        that finished also writes the final model (EMA weights) and its model card."""
+        t_start = time.time()
+        run = self._start()
+        stop_at = self.cfg.get("stop_at_step")
+        try:
+            with _Signals() as sig:
+                while run.step < int(self.cfg.steps):
+                    if stop_at is not None and run.step >= int(stop_at):
+                        run.stopped = "stop_at_step"
+                        break
+                    self._train_step(run)
+                    self._after_step(run)
+                    if _any(self.acc, sig.flag is not None):  # every process stops at the same step
+                        if run.nan_streak == 0 and run.last_saved != run.step:
+                            self._checkpoint(run, run.step)
+                        run.stopped = sig.flag or "SIGTERM"
+                        break
+        finally:
+            run.bar.close()
+            if run.writer is not None:
+                run.writer.flush()
+                run.writer.close()
+        return self._finish(run, t_start)
+
+    def _start(self) -> _Run:
+        """Set the stage up, build model, EMA, optimizer and LR schedule, restore a checkpoint
+        to resume from (or write the run's ``config.yaml``), and open the logs."""
         cfg, acc, stage = self.cfg, self.acc, self.stage
         is_main = acc.is_main_process
-        t_start = time.time()
-        steps = int(cfg.steps)
         if is_main:
             clean_stale(self.ckpt_root)
         acc.wait_for_everyone()
-        existing = list_checkpoints(self.ckpt_root)
-        resume_path = self._resume_path(existing)
+        resume_path = self._resume_path(list_checkpoints(self.ckpt_root))
 
         torch.manual_seed(int(cfg.seed))  # initial weights
         stage.setup(acc.device, is_main, acc.wait_for_everyone)
@@ -212,198 +272,195 @@ class Trainer:
         ema = EMA(model, float(cfg.ema_decay), bool(cfg.ema_warmup))
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=float(cfg.lr), betas=(0.9, 0.999), weight_decay=float(cfg.weight_decay))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(int(cfg.warmup_steps), steps, str(cfg.lr_schedule),
-                                                                 float(cfg.min_lr_ratio)))
-        step, nan_total, resumed_from = 0, 0, None
-        history: dict[str, Any] = {}
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(int(cfg.warmup_steps), int(cfg.steps),
+                                                                 str(cfg.lr_schedule), float(cfg.min_lr_ratio)))
+        run = _Run(model, ema, params, opt, sched)
         if resume_path is not None:
-            ck = load_checkpoint(resume_path)
-            self._check_identity(ck.meta)
-            try:
-                model.load_state_dict(ck.model)
-                ema.model.load_state_dict(ck.ema)
-                opt.load_state_dict(ck.training_state["optimizer"])
-            except (RuntimeError, ValueError, KeyError) as e:
-                raise UserError(f"checkpoint {resume_path} does not fit this model ({str(e).splitlines()[0][:200]}): "
-                                f"train into a new out_dir") from None
-            sched.load_state_dict(ck.training_state["lr_scheduler"])
-            _apply_new_optimizer_settings(cfg, ck.meta.get("config") or {}, opt, sched, is_main)
-            ema.num_updates = int(ck.training_state["ema_updates"])
-            set_rng_state(ck.training_state["rng"])
-            step = ck.step
-            nan_total = int(ck.meta.get("nan_skipped_total", 0))
-            history = ck.meta.get("history", {})
-            resumed_from = str(resume_path)
-            if is_main:
-                print(f"resuming {stage.name} training from {resume_path} (step {step}/{steps})", file=sys.stderr)
+            self._resume(run, resume_path)
         elif is_main:
             (self.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-        wrapped, opt_p = acc.prepare(LossModule(model, stage.loss), opt)
-        rank, world = acc.process_index, acc.num_processes
-
-        writer = None
+        run.wrapped, run.opt_p = acc.prepare(LossModule(model, stage.loss), opt)
         if is_main and bool(cfg.tensorboard):
-            writer = _summary_writer(self.out_dir / "tb")
+            run.writer = _summary_writer(self.out_dir / "tb")
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, initial=step, desc=f"train {stage.name}", unit="step", dynamic_ncols=True,
-                   disable=not (is_main and bool(cfg.progress)), file=sys.stderr)
-        window: dict[str, list[float]] = defaultdict(list)
-        last_train: dict[str, float] = history.get("last_train", {})
-        last_val: dict[str, float] = history.get("last_val", {})
-        last_sample: dict[str, float] = history.get("last_sample", {})
-        nan_streak, nan_first, last_bad = 0, None, None
-        last_loss = 0.0  # loss of the last step taken (checked before each checkpoint)
-        last_saved = step if resume_path is not None else None
-        train_time, steps_done = 0.0, 0
-        t_window, n_window = time.perf_counter(), 0
-        stopped = None
-        tol = int(cfg.nan_tolerance)
-        ckpt_every, log_every = int(cfg.checkpoint_every), max(1, int(cfg.log_every))
-        val_every, sample_every = int(cfg.val_every or 0), int(cfg.sample_every or 0)
-        stop_at = cfg.get("stop_at_step")
-        grad_clip = cfg.grad_clip
+        run.bar = tqdm(total=int(cfg.steps), initial=run.step, desc=f"train {stage.name}", unit="step",
+                       dynamic_ncols=True, disable=not (is_main and bool(cfg.progress)), file=sys.stderr)
+        run.t_window = time.perf_counter()
+        return run
 
-        def meta():
-            return {"stage": stage.name, "identity": stage.identity(), "config": OmegaConf.to_container(cfg,
-                                                                                                       resolve=True),
-                    "nan_skipped_total": nan_total, "num_processes": world,
-                    "history": {"last_train": last_train, "last_val": last_val, "last_sample": last_sample}}
-
-        def checkpoint(at: int) -> Path | None:
-            nonlocal last_saved
-            bad = weight_problem(model.state_dict()) or weight_problem(ema.model.state_dict())
-            if bad is None and not math.isfinite(last_loss):
-                bad = f"the last loss is {last_loss}"
-            if bad:  # a checkpoint counts as good only with sane weights and loss: write none
-                last = list_checkpoints(self.ckpt_root)
-                where = (f"the last good checkpoint {last[-1][1]} (step {last[-1][0]}) is kept" if last
-                         else "no checkpoint was written yet")
-                raise TrainingDiverged(
-                    f"training stopped at step {at}: the weights are no longer sane ({bad}); no checkpoint was "
-                    f"written for this step and {where}. Fix: lower lr (now {cfg.lr}) or raise warmup_steps (now "
-                    f"{cfg.warmup_steps}), keep grad_clip on (now {grad_clip}); then run again with the new lr and "
-                    f"resume=auto to continue from the last good checkpoint (the new lr applies on resume).")
-            path = None
-            if is_main:
-                path = save_checkpoint(self.ckpt_root, at, model, ema.model,
-                                       self._training_state(opt, sched, at, ema, {}), meta(),
-                                       keep=max(1, int(cfg.keep_checkpoints)))
-            acc.wait_for_everyone()
-            last_saved = at
-            return path
-
+    def _resume(self, run: _Run, path: Path) -> None:
+        """Restore model, EMA, optimizer, LR schedule, RNG states and history from a checkpoint."""
+        cfg, is_main = self.cfg, self.acc.is_main_process
+        ck = load_checkpoint(path)
+        self._check_identity(ck.meta)
         try:
-            with _Signals() as sig:
-                while step < steps:
-                    if stop_at is not None and step >= int(stop_at):
-                        stopped = "stop_at_step"
-                        break
-                    t0 = time.perf_counter()
-                    wrapped.train()
-                    g = step_generator(int(cfg.seed), rank, step)
-                    batch = stage.batch(g)
-                    loss, logs = wrapped(batch, g)
-                    bad = _any(acc, not bool(torch.isfinite(loss.detach()).all()))
-                    gnorm = None
-                    if not bad:
-                        acc.backward(loss)
-                        if grad_clip:
-                            gnorm = acc.clip_grad_norm_(params, float(grad_clip))
-                        else:
-                            gnorm = torch.linalg.vector_norm(torch.stack(
-                                [p.grad.detach().norm() for p in params if p.grad is not None]))
-                        gnorm = float(gnorm)
-                        bad = not math.isfinite(gnorm)
-                    if bad:
-                        opt_p.zero_grad(set_to_none=True)
-                        nan_total += 1
-                        nan_streak += 1
-                        nan_first = step if nan_first is None else nan_first
-                        last_bad = float(loss.detach().float().cpu()) if gnorm is None else f"grad norm {gnorm}"
-                        if writer is not None:
-                            writer.add_scalar("train/nan_skipped_total", nan_total, step + 1)
-                        if nan_streak >= tol:
-                            last = list_checkpoints(self.ckpt_root)
-                            where = (f"the last good checkpoint {last[-1][1]} (step {last[-1][0]}) is kept"
-                                     if last else "no checkpoint was written yet")
-                            raise TrainingDiverged(
-                                f"training stopped at step {step + 1}: {nan_streak} steps in a row "
-                                f"({nan_first + 1}-{step + 1}) had a non-finite loss or gradient (last: {last_bad}); "
-                                f"they were skipped and did not change the weights, and {where}. Fix: lower lr (now "
-                                f"{cfg.lr}) or raise warmup_steps (now {cfg.warmup_steps}), keep grad_clip on (now "
-                                f"{grad_clip}), use mixed_precision=no if on bf16, and check the data for broken "
-                                f"frames or actions (`sfplan data info {cfg.data.path}`); then run again with "
-                                f"resume=auto to continue from the last checkpoint.")
-                        sched.step()
-                        step += 1
-                        bar.update(1)
-                    else:
-                        opt_p.step()
-                        sched.step()
-                        opt_p.zero_grad(set_to_none=True)
-                        ema.update(model)
-                        last_loss = float(loss.detach().float().cpu())
-                        step += 1
-                        nan_streak, nan_first = 0, None
-                        for k, v in logs.items():
-                            window[k].append(float(v))
-                        window["grad_norm"].append(gnorm)
-                        bar.update(1)
-                    dt = time.perf_counter() - t0
-                    train_time += dt
-                    steps_done += 1
-                    n_window += 1
+            run.model.load_state_dict(ck.model)
+            run.ema.model.load_state_dict(ck.ema)
+            run.opt.load_state_dict(ck.training_state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"checkpoint {path} does not fit this model ({str(e).splitlines()[0][:200]}): "
+                            f"train into a new out_dir") from None
+        run.sched.load_state_dict(ck.training_state["lr_scheduler"])
+        _apply_new_optimizer_settings(cfg, ck.meta.get("config") or {}, run.opt, run.sched, is_main)
+        run.ema.num_updates = int(ck.training_state["ema_updates"])
+        set_rng_state(ck.training_state["rng"])
+        run.step = run.last_saved = ck.step
+        run.nan_total = int(ck.meta.get("nan_skipped_total", 0))
+        history = ck.meta.get("history", {})
+        run.last_train = history.get("last_train", {})
+        run.last_val = history.get("last_val", {})
+        run.last_sample = history.get("last_sample", {})
+        run.resumed_from = str(path)
+        if is_main:
+            print(f"resuming {self.stage.name} training from {path} (step {run.step}/{int(cfg.steps)})",
+                  file=sys.stderr)
 
-                    if step % log_every == 0 and window:
-                        last_train = _scalar_mean(window)
-                        el = time.perf_counter() - t_window
-                        perf = {"steps_per_s": n_window / el, "samples_per_s": n_window * int(cfg.batch_size) * world
-                                / el}
-                        self._log(writer, {**last_train, "lr": sched.get_last_lr()[0], "ema_decay":
-                                           ema.current_decay()}, step, "train")
-                        self._log(writer, perf, step, "perf")
-                        bar.set_postfix(loss=f"{last_train.get('loss', float('nan')):.4f}",
-                                        lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)
-                        window.clear()
-                        t_window, n_window = time.perf_counter(), 0
-                    if is_main and val_every and (step % val_every == 0 or step == steps):
-                        last_val = self._validate(ema.model)
-                        self._log(writer, last_val, step, "val")
-                    if is_main and sample_every and (step % sample_every == 0 or step == steps):
-                        last_sample = self._sample(ema.model, step, writer)
-                    if nan_streak == 0 and ((ckpt_every and step % ckpt_every == 0) or step == steps):
-                        checkpoint(step)
-                    if _any(acc, sig.flag is not None):  # every process stops at the same step
-                        if nan_streak == 0 and last_saved != step:
-                            checkpoint(step)
-                        stopped = sig.flag or "SIGTERM"
-                        break
-        finally:
-            bar.close()
-            if writer is not None:
-                writer.flush()
-                writer.close()
+    def _train_step(self, run: _Run) -> None:
+        """One step: a batch drawn from the step's own generator, the loss, its gradient, and
+        an optimizer and EMA update, or with a non-finite loss or gradient, none (``_skip``)."""
+        acc, grad_clip = self.acc, self.cfg.grad_clip
+        t0 = time.perf_counter()
+        run.wrapped.train()
+        g = step_generator(int(self.cfg.seed), acc.process_index, run.step)
+        batch = self.stage.batch(g)
+        loss, logs = run.wrapped(batch, g)
+        bad = _any(acc, not bool(torch.isfinite(loss.detach()).all()))
+        gnorm = None
+        if not bad:
+            acc.backward(loss)
+            if grad_clip:
+                gnorm = acc.clip_grad_norm_(run.params, float(grad_clip))
+            else:
+                gnorm = torch.linalg.vector_norm(torch.stack(
+                    [p.grad.detach().norm() for p in run.params if p.grad is not None]))
+            gnorm = float(gnorm)
+            bad = not math.isfinite(gnorm)
+        if bad:
+            self._skip(run, loss, gnorm)
+        else:
+            run.opt_p.step()
+            run.sched.step()
+            run.opt_p.zero_grad(set_to_none=True)
+            run.ema.update(run.model)
+            run.last_loss = float(loss.detach().float().cpu())
+            run.step += 1
+            run.nan_streak, run.nan_first = 0, None
+            for k, v in logs.items():
+                run.window[k].append(float(v))
+            run.window["grad_norm"].append(gnorm)
+            run.bar.update(1)
+        run.train_time += time.perf_counter() - t0
+        run.steps_done += 1
+        run.n_window += 1
 
-        result = {"stage": stage.name, "out_dir": str(self.out_dir), "is_main": is_main, "step": step, "steps": steps,
-                  "resumed_from": resumed_from, "nan_skipped_total": nan_total,
-                  "train_time_s": train_time, "steps_this_run": steps_done,
-                  "steps_per_s": steps_done / train_time if train_time > 0 else None,
-                  "last_train": last_train, "last_val": last_val, "last_sample": last_sample,
-                  "checkpoint": str(list_checkpoints(self.ckpt_root)[-1][1]) if list_checkpoints(self.ckpt_root)
-                  else None}
-        if stopped in ("SIGINT", "SIGTERM"):
-            raise TrainingInterrupted(f"{stopped} at step {step}: checkpoint {result['checkpoint']}; run the same "
-                                      f"command again to resume")
-        if stopped is not None:
-            result["stopped"] = stopped
+    def _skip(self, run: _Run, loss: torch.Tensor, gnorm: float | None) -> None:
+        """The NaN guard: a step with a non-finite loss or gradient changes no weights (the step
+        counter and LR schedule move on); ``nan_tolerance`` of them in a row stop training."""
+        cfg = self.cfg
+        run.opt_p.zero_grad(set_to_none=True)
+        run.nan_total += 1
+        run.nan_streak += 1
+        run.nan_first = run.step if run.nan_first is None else run.nan_first
+        run.last_bad = float(loss.detach().float().cpu()) if gnorm is None else f"grad norm {gnorm}"
+        if run.writer is not None:
+            run.writer.add_scalar("train/nan_skipped_total", run.nan_total, run.step + 1)
+        if run.nan_streak >= int(cfg.nan_tolerance):
+            raise TrainingDiverged(
+                f"training stopped at step {run.step + 1}: {run.nan_streak} steps in a row "
+                f"({run.nan_first + 1}-{run.step + 1}) had a non-finite loss or gradient (last: {run.last_bad}); "
+                f"they were skipped and did not change the weights, and {self._last_good()}. Fix: lower lr (now "
+                f"{cfg.lr}) or raise warmup_steps (now {cfg.warmup_steps}), keep grad_clip on (now "
+                f"{cfg.grad_clip}), use mixed_precision=no if on bf16, and check the data for broken "
+                f"frames or actions (`sfplan data info {cfg.data.path}`); then run again with "
+                f"resume=auto to continue from the last checkpoint.")
+        run.sched.step()
+        run.step += 1
+        run.bar.update(1)
+
+    def _after_step(self, run: _Run) -> None:
+        """What is due after a step: the train log every ``log_every`` steps, validation, samples
+        and a checkpoint on their schedules (each also at the last step)."""
+        cfg, step, steps = self.cfg, run.step, int(self.cfg.steps)
+        is_main = self.acc.is_main_process
+        val_every, sample_every = int(cfg.val_every or 0), int(cfg.sample_every or 0)
+        ckpt_every = int(cfg.checkpoint_every)
+        if step % max(1, int(cfg.log_every)) == 0 and run.window:
+            self._log_train(run)
+        if is_main and val_every and (step % val_every == 0 or step == steps):
+            run.last_val = self._validate(run.ema.model)
+            self._log(run.writer, run.last_val, step, "val")
+        if is_main and sample_every and (step % sample_every == 0 or step == steps):
+            run.last_sample = self._sample(run.ema.model, step, run.writer)
+        if run.nan_streak == 0 and ((ckpt_every and step % ckpt_every == 0) or step == steps):
+            self._checkpoint(run, step)
+
+    def _log_train(self, run: _Run) -> None:
+        """The mean of the logs since the last train log, the LR, EMA decay and throughput."""
+        run.last_train = _scalar_mean(run.window)
+        el = time.perf_counter() - run.t_window
+        perf = {"steps_per_s": run.n_window / el,
+                "samples_per_s": run.n_window * int(self.cfg.batch_size) * self.acc.num_processes / el}
+        lr = run.sched.get_last_lr()[0]
+        self._log(run.writer, {**run.last_train, "lr": lr, "ema_decay": run.ema.current_decay()}, run.step, "train")
+        self._log(run.writer, perf, run.step, "perf")
+        run.bar.set_postfix(loss=f"{run.last_train.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}", refresh=False)
+        run.window.clear()
+        run.t_window, run.n_window = time.perf_counter(), 0
+
+    def _last_good(self) -> str:
+        last = list_checkpoints(self.ckpt_root)
+        return (f"the last good checkpoint {last[-1][1]} (step {last[-1][0]}) is kept" if last
+                else "no checkpoint was written yet")
+
+    def _checkpoint(self, run: _Run, at: int) -> Path | None:
+        """Write a checkpoint at step ``at``, only with sane weights and loss (else TrainingDiverged)."""
+        cfg = self.cfg
+        bad = weight_problem(run.model.state_dict()) or weight_problem(run.ema.model.state_dict())
+        if bad is None and not math.isfinite(run.last_loss):
+            bad = f"the last loss is {run.last_loss}"
+        if bad:  # a checkpoint counts as good only with sane weights and loss: write none
+            raise TrainingDiverged(
+                f"training stopped at step {at}: the weights are no longer sane ({bad}); no checkpoint was "
+                f"written for this step and {self._last_good()}. Fix: lower lr (now {cfg.lr}) or raise warmup_steps "
+                f"(now {cfg.warmup_steps}), keep grad_clip on (now {cfg.grad_clip}); then run again with the new lr "
+                f"and resume=auto to continue from the last good checkpoint (the new lr applies on resume).")
+        path = None
+        if self.acc.is_main_process:
+            meta = {"stage": self.stage.name, "identity": self.stage.identity(),
+                    "config": OmegaConf.to_container(cfg, resolve=True), "nan_skipped_total": run.nan_total,
+                    "num_processes": self.acc.num_processes,
+                    "history": {"last_train": run.last_train, "last_val": run.last_val,
+                                "last_sample": run.last_sample}}
+            path = save_checkpoint(self.ckpt_root, at, run.model, run.ema.model,
+                                   self._training_state(run.opt, run.sched, at, run.ema, {}), meta,
+                                   keep=max(1, int(cfg.keep_checkpoints)))
+        self.acc.wait_for_everyone()
+        run.last_saved = at
+        return path
+
+    def _finish(self, run: _Run, t_start: float) -> dict:
+        """The run's result; a finished run writes the final model (EMA weights) and model card.
+        SIGINT/SIGTERM raise TrainingInterrupted (a checkpoint was written)."""
+        cfg, acc, stage, is_main = self.cfg, self.acc, self.stage, self.acc.is_main_process
+        ckpts = list_checkpoints(self.ckpt_root)
+        result = {"stage": stage.name, "out_dir": str(self.out_dir), "is_main": is_main, "step": run.step,
+                  "steps": int(cfg.steps), "resumed_from": run.resumed_from, "nan_skipped_total": run.nan_total,
+                  "train_time_s": run.train_time, "steps_this_run": run.steps_done,
+                  "steps_per_s": run.steps_done / run.train_time if run.train_time > 0 else None,
+                  "last_train": run.last_train, "last_val": run.last_val, "last_sample": run.last_sample,
+                  "checkpoint": str(ckpts[-1][1]) if ckpts else None}
+        if run.stopped in ("SIGINT", "SIGTERM"):
+            raise TrainingInterrupted(f"{run.stopped} at step {run.step}: checkpoint {result['checkpoint']}; run the "
+                                      f"same command again to resume")
+        if run.stopped is not None:
+            result["stopped"] = run.stopped
             return result
-        # finished: the final model (EMA weights) + model card
         model_dir = self.out_dir / "model"
         result["model"] = str(model_dir)
         if is_main:
-            info = atomic_dir(model_dir, lambda d: stage.save_final(ema.model, d)) or {}
+            info = atomic_dir(model_dir, lambda d: stage.save_final(run.ema.model, d)) or {}
             result.update(info)
             result["wall_time_s"] = time.time() - t_start
             from sfplan.training.model_card import write_model_card

@@ -9,10 +9,13 @@ learned model).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from sfplan.memory.base import Memory
 
 
 @dataclass
@@ -54,6 +57,43 @@ class WorldModel(Protocol):
 
     def decode(self, features: torch.Tensor) -> torch.Tensor:
         """features: (..., C, h, w) -> frames (..., H, W, 3) uint8."""
+
+
+@runtime_checkable
+class MemoryWorldModel(WorldModel, Protocol):
+    """A world model that can carry an episodic memory (``sfplan.memory.base.Memory``, e.g.
+    Temp-LoRA): written with real frames, it changes what the model imagines."""
+
+    memory: Memory | None  # None until attach_memory
+
+    def attach_memory(self, config: Any = None) -> Memory:
+        """Add a fresh memory (``config``: its settings); returns it (also ``memory``)."""
+
+    def reset_memory(self, seed: int | None = None) -> None:
+        """Empty the memory (episode start); a no-op without one."""
+
+    def remember(self, frames: np.ndarray | torch.Tensor, num_context: int = 0,
+                 actions: np.ndarray | None = None) -> dict[str, float] | None:
+        """Write real frames (T, H, W, 3) uint8, the first ``num_context`` already seen, with the
+        actions (T-1, A) between them, into the memory -> its logs (None without a memory)."""
+
+
+@runtime_checkable
+class GoalVideoWorldModel(WorldModel, Protocol):
+    """A world model that also plans videos (SlowFast-VGen's planning, ``planner=video_plan``):
+    action-free futures steered to end at a goal, whose actions an inverse dynamics model then
+    reads off. May carry that model as ``idm`` (None: none)."""
+
+    context_frames: int  # latent frames of history it conditions on
+    chunk_size: int  # env steps it was trained to generate at once
+    max_frames: int  # context + generated frames it can attend over
+    latent_shape: tuple[int, int, int]  # (C, h, w)
+
+    def imagine_to_goal(self, state: WorldState, goal: torch.Tensor, horizon: int, num_videos: int = 1,
+                        num_steps: int = 6, sampler: str = "dpmsolver++", guidance: str = "reconstruction",
+                        guidance_weight: float = 3.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """state from ``encode`` (context (B, T', C, h, w)); goal: (B, C, h, w) -> ``num_videos``
+        videos of ``horizon`` frames per env, (B, K, H, C, h, w), in one batched sampler call."""
 
 
 # ---- pixel features: what the oracle imagines

@@ -67,23 +67,31 @@ TRAIN_HINT = "train one with `sfplan train ...` or use world_model=oracle"
 
 @dataclass
 class SlowFastWorldModelConfig:
-    """Imagination settings (saved in ``world_model.json``; all overridable at load).
+    """Imagination settings: the single source of their defaults (YAML and callers override).
+
+    Two kinds. The model's settings (``context_frames`` to ``resample_noise``) are saved in
+    ``world_model.json``: the model was trained for them. The runtime settings
+    (``RUNTIME_SETTINGS``: ``return_frames``, ``autocast``, ``cast_weights``) say how this
+    process reads and runs imagination; they are neither saved nor read from a checkpoint, so
+    their default is the one here unless the caller overrides it (``sfplan eval``:
+    ``configs/world_model/learned.yaml``).
 
     context_frames: latent frames of history the model conditions on (the runner keeps
         this many past observations). 2 gives velocity; more costs time at every step.
     chunk_size: env steps generated per sampler call; a horizon-8 plan is one chunk.
     sampler, num_steps: DPM-Solver++ with 2 steps (see sampler.py for the schedule).
     guidance_scale: > 1 doubles the batch (classifier-free guidance on the actions).
-    return_frames: which imagined frames ``imagine`` returns: ``chunk_ends`` (the last
-        frame of each chunk, always incl. step H), ``all`` (every step) or ``last``.
     noise_seed: each ``imagine`` call redraws the same noise from this seed, so the model
         is a deterministic function of (state, actions) across CEM iterations;
         ``resample_noise=True`` draws fresh noise per call instead.
+    return_frames: which imagined frames ``imagine`` returns: ``all`` (every step: what the
+        costs, ``sfplan generate`` and the training previews read), ``chunk_ends`` (the last
+        frame of each chunk, always incl. step H) or ``last``.
     autocast: ``bfloat16`` runs the denoiser under torch.autocast in imagine (sampler
         arithmetic stays fp32); ``auto`` does so where the hardware has bf16 instructions
         (``resolve_autocast``; what ``sfplan eval`` uses). On the project CPU (AVX512-BF16) the denoiser forward goes
-        from 0.35 to 0.22 s for 64 x 6 frames at ~1% relative error; on CPUs without bf16
-        instructions it is slower, hence off by default.
+        from 0.35 to 0.22 s for 64 x 6 frames at ~1% relative error. Off (fp32) by default:
+        training, ``sfplan generate`` and the quality benchmarks measure the model itself.
     cast_weights: with autocast on, imagine with a copy of the denoiser whose weights are
         stored in the autocast dtype, so autocast stops re-casting every weight and every
         norm's activations on each call (the fp32 weights stay the master: training and
@@ -98,11 +106,17 @@ class SlowFastWorldModelConfig:
     sampler: str = "dpmsolver++"
     num_steps: int = 2
     guidance_scale: float = 1.0
-    return_frames: str = "chunk_ends"
     noise_seed: int = 0
     resample_noise: bool = False
+    # runtime settings (RUNTIME_SETTINGS): not saved with the model
+    return_frames: str = "all"  # all | chunk_ends | last
     autocast: str | None = None  # None | bfloat16 | float16 | auto
     cast_weights: bool = False  # imagine with the weights stored in the autocast dtype (a copy)
+
+
+#: settings of how a process runs imagination, not of the model: never saved in or read from
+#: ``world_model.json`` (older checkpoints that hold them are read without them)
+RUNTIME_SETTINGS = ("return_frames", "autocast", "cast_weights")
 
 
 class SlowFastWorldModel:
@@ -145,6 +159,7 @@ class SlowFastWorldModel:
         self.trained_env: dict | None = None
         self.directory: str | None = None  # where from_pretrained read it: its idm/ and probe/ load from there
         self._cast_copy: tuple[tuple, torch.nn.Module] | None = None  # (fp32 weights' key, copy)
+        self._goal_samplers: dict[str, object] = {}  # imagine_to_goal's few-step samplers, by kind
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -176,6 +191,11 @@ class SlowFastWorldModel:
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return self.vae.latent_shape
+
+    @property
+    def max_frames(self) -> int:
+        """Context + generated latent frames the diffusion model attends over at once."""
+        return int(self.diffusion.config.max_frames)
 
     # ------------------------------------------------------------------ contract
     @torch.no_grad()
@@ -240,6 +260,33 @@ class SlowFastWorldModel:
         self.imagined_frames += B * N * H
         feats = lat[:, :, [s - 1 for s in steps]]  # (B, N, K, C, h, w)
         return Imagination(features=feats, steps=torch.tensor(steps))
+
+    @torch.no_grad()
+    def imagine_to_goal(self, state: WorldState, goal: torch.Tensor, horizon: int, num_videos: int = 1,
+                        num_steps: int = 6, sampler: str = "dpmsolver++", guidance: str = "reconstruction",
+                        guidance_weight: float = 3.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Plan videos rather than imagine actions: ``num_videos`` action-free videos of ``horizon``
+        latent frames per env, from ``state``'s context (B, T', C, h, w) and steered to end at
+        ``goal`` (B, C, h, w), in ONE batched sampler call (``sample_chunk_to_goal``: ``guidance``
+        and ``guidance_weight`` there) -> (B, K, H, C, h, w). ``sampler``, ``num_steps``: the
+        few-step sampler for these videos (the goal needs more steps than ``imagine``'s to shape
+        the frames before it). An attached memory's adapter is active as it is."""
+        from sfplan.world_model.sampler import make_sampler, sample_chunk_to_goal
+
+        if state.context is None:
+            raise ValueError("imagine_to_goal needs a WorldState from SlowFastWorldModel.encode")
+        ctx = state.context[:, -self.context_frames :].to(self.device, torch.float32)  # (B, T', C, h, w)
+        B, _, C, h, w = ctx.shape
+        K, H = int(num_videos), int(horizon)
+        if sampler not in self._goal_samplers:  # stateful (set_timesteps), so apart from imagine's own
+            self._goal_samplers[sampler] = make_sampler(sampler, self.train_scheduler)
+        with self.autocast_context():
+            video = sample_chunk_to_goal(self.diffusion, ctx.repeat_interleave(K, dim=0),  # (B*K, T', C, h, w)
+                                         goal.to(self.device, torch.float32).repeat_interleave(K, dim=0), H,
+                                         int(num_steps), self._goal_samplers[sampler], self.train_scheduler,
+                                         generator=generator, guidance=guidance, guidance_weight=float(guidance_weight))
+        self.imagined_frames += B * K * H
+        return video.float().reshape(B, K, H, C, h, w)  # (B, K, H, C, h, w)
 
     @property
     def autocast(self) -> str | None:
@@ -346,7 +393,7 @@ class SlowFastWorldModel:
         else:
             self.diffusion.save_pretrained(str(d / "diffusion"), safe_serialization=True)
         self.train_scheduler.save_pretrained(str(d / "scheduler"))
-        meta = {"format": FORMAT, **asdict(self.config)}
+        meta = {"format": FORMAT, **{k: v for k, v in asdict(self.config).items() if k not in RUNTIME_SETTINGS}}
         if self.trained_env is not None:
             meta["env"] = self.trained_env
         (d / "world_model.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -357,7 +404,8 @@ class SlowFastWorldModel:
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "auto",
                         **overrides) -> "SlowFastWorldModel":
         """Load a checkpoint; ``overrides`` replace fields of SlowFastWorldModelConfig
-        (e.g. ``num_steps=3``). Raises UserError naming the fix when it is missing/corrupt."""
+        (e.g. ``num_steps=3``): the saved model settings, or the runtime settings, which
+        otherwise keep their defaults. Raises UserError naming the fix when it is missing/corrupt."""
         from diffusers import DDPMScheduler
 
         from sfplan.world_model.video_diffusion import ActionVideoDiffusion
@@ -376,7 +424,8 @@ class SlowFastWorldModel:
             unknown = set(overrides) - known
             if unknown:
                 raise UserError(f"unknown world model setting(s) {sorted(unknown)}; valid: {sorted(known)}")
-            cfg = SlowFastWorldModelConfig(**{k: v for k, v in {**meta, **overrides}.items() if k in known})
+            saved = {k: v for k, v in meta.items() if k in known and k not in RUNTIME_SETTINGS}
+            cfg = SlowFastWorldModelConfig(**{**saved, **overrides})
             vae = FrameAutoencoder.from_pretrained(d / "vae")
             diffusion = ActionVideoDiffusion.from_pretrained(str(d / "diffusion"), use_safetensors=True)
             sched = DDPMScheduler.from_pretrained(str(d / "scheduler"))

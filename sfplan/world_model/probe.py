@@ -24,7 +24,8 @@ while two other jobs ran: cheap with a final-frame cost, noticeable with a mean 
 
 Saved with ``save_pretrained`` (``config.json`` + ``diffusion_pytorch_model.safetensors``).
 A world model directory may hold one in ``<world model>/probe/``; ``world_model.probe`` of a
-loaded world model reads it on first use.
+loaded world model reads it on first use. ``probe_for`` hands the cost the module that reads a
+world model's features (the cost itself reads no files).
 """
 from __future__ import annotations
 
@@ -151,3 +152,49 @@ def load_probe(directory: str | Path, device: str | torch.device = "cpu") -> Sta
         return StateProbe.from_pretrained(str(d), use_safetensors=True).to(device).eval()
     except Exception as e:  # corrupt or foreign files
         raise UserError(f"the state probe at {d} is unreadable ({type(e).__name__}: {e}); {PROBE_HINT}") from e
+
+
+class PixelProbe(nn.Module):
+    """A state probe for pixel features (the oracle's): frames are encoded by the VAE the
+    probe was trained on, then read. forward(frames (N, 3, H, W) float in [0, 1]) -> (N, D)."""
+
+    def __init__(self, vae: nn.Module, probe: StateProbe):
+        super().__init__()
+        self.vae, self.probe = vae, probe
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.probe(self.vae.encode(frames.float() * 2.0 - 1.0))  # VAE input in [-1, 1]
+
+
+def probe_for(world_model, model: str | Path | None = None, task: str | None = None) -> nn.Module:
+    """The module that reads ``world_model``'s features as task descriptors, for ``cost=probe``
+    (``ProbeCost.probe``): its own probe where it imagines latents (``<world model>/probe/``);
+    for pixel features (a model without a VAE: the oracle) a ``PixelProbe`` of ``model`` (a
+    world model dir with a probe), or with ``model`` None of ``task``'s shipped model. UserError
+    naming the fix where there is none."""
+    own_vae, own_probe = getattr(world_model, "vae", None), getattr(world_model, "probe", None)
+    no_probe = (f"cost=probe needs a world model with a state probe (<world model>/probe/); "
+                f"{type(world_model).__name__} has none: {PROBE_HINT}, ")
+    if own_vae is not None:  # latents of the world model's own VAE: only its own probe reads them
+        if own_probe is None:
+            raise UserError(no_probe + "or pick another cost (cost=multiscale)")
+        if model is not None:
+            raise UserError("cost.model names the probe for pixel frames (world_model=oracle); a learned "
+                            "model's latents are read by its own probe (<world model>/probe/): drop cost.model")
+        return own_probe
+    if model is None and task is None:
+        raise UserError(no_probe + "or name a model that has one (cost.model=<world model dir>), or pick another "
+                        "cost (cost=multiscale)")
+    from sfplan.world_model.vae import FrameAutoencoder
+
+    if model is not None:
+        d = Path(str(model)).expanduser()
+    else:
+        from sfplan.models import shipped_model_path
+
+        d = shipped_model_path(task)
+    if not (d / "vae" / "config.json").is_file():
+        raise UserError(f"cost.model={d} is not a world model directory (no vae/): {PROBE_HINT}")
+    device = getattr(world_model, "device", "cpu")
+    vae = FrameAutoencoder.from_pretrained(d / "vae").to(device).eval()
+    return PixelProbe(vae, load_probe(d / PROBE_SUBDIR, device)).eval()
