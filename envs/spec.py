@@ -21,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from sfplan.envs.wrappers import ActionRepeat, episode_limit
 from sfplan.errors import UserError
 
 #: In-process factories registered by ``register_factory`` (Python entry points that hand a
@@ -96,8 +97,6 @@ def make_env(spec: str, **kwargs) -> gym.Env:
     env = _make(spec, **kwargs)
     if repeat == 1:
         return env
-    from sfplan.envs.wrappers import ActionRepeat
-
     return ActionRepeat(env, repeat)
 
 
@@ -168,21 +167,6 @@ def check_goal_image_env(env: gym.Env, spec: str, seed: int = 0) -> dict:
     return {"image_size": int(px.shape[0]), "action_low": low.tolist(), "action_high": high.tolist(),
             "state_dim": int(np.asarray(info["state"]).size) if "state" in info else 0,
             "max_episode_steps": int(max_steps) if max_steps else None}
-
-
-def episode_limit(env: gym.Env) -> int | None:
-    """The env's TimeLimit: its spec's ``max_episode_steps``, or a ``TimeLimit`` wrapper's
-    inside it (also the user env a ``GoalImageWrapper`` holds)."""
-    seen = 0
-    while env is not None and seen < 32:
-        # a wrapper's own limit first: ``ActionRepeat`` counts outer steps under the inner spec's
-        steps = getattr(env, "_max_episode_steps", None) or getattr(getattr(env, "spec", None), "max_episode_steps",
-                                                                    None)
-        if steps:
-            return int(steps)
-        env = getattr(env, "env", None)
-        seen += 1
-    return None
 
 
 def can_label_states(env: gym.Env) -> bool:

@@ -281,6 +281,21 @@ class GoalImageWrapper(gym.Env):
         self.env.close()
 
 
+def episode_limit(env: gym.Env) -> int | None:
+    """The env's TimeLimit: its spec's ``max_episode_steps``, or a ``TimeLimit`` wrapper's
+    inside it (also the user env a ``GoalImageWrapper`` holds)."""
+    seen = 0
+    while env is not None and seen < 32:
+        # a wrapper's own limit first: ``ActionRepeat`` counts outer steps under the inner spec's
+        steps = getattr(env, "_max_episode_steps", None) or getattr(getattr(env, "spec", None), "max_episode_steps",
+                                                                    None)
+        if steps:
+            return int(steps)
+        env = getattr(env, "env", None)
+        seen += 1
+    return None
+
+
 SIM_HOOKS = ("get_state", "set_state", "sim_step", "render_pixels")
 
 
@@ -297,8 +312,6 @@ class ActionRepeat(gym.Wrapper):
     def __init__(self, env: gym.Env, repeat: int):
         super().__init__(env)
         self.repeat = int(repeat)
-        from sfplan.envs.spec import episode_limit
-
         inner = episode_limit(env)
         self._max_episode_steps = -(-inner // self.repeat) if inner else None
         hooks = next((o for o in (env, env.unwrapped) if all(hasattr(o, m) for m in SIM_HOOKS)), None)
