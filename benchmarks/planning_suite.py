@@ -114,7 +114,7 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
     ],
 }
 # "<world model>+temp_lora": that world model with Temp-LoRA fed the executed real frames
-MEMORY_OVERRIDES = ["memory=temp_lora", "memory.write=real"]
+MEMORY_OVERRIDES = ["memory=temp_lora"]
 
 
 def cell_dir(out: Path, task: str, planner: str, world_model: str, extra: list[str] = ()) -> Path:

@@ -518,13 +518,12 @@ def test_eval_cli_with_memory(tmp_path, capsys):
             "episodes=1", "budget=4", "execute=2", "planner.horizon=2", "planner.num_samples=4", "planner.iterations=1",
             "record=false", "progress=false", "device=cpu", f"out_dir={tmp_path / 'e'}", "memory=temp_lora",
             "memory.rank=4", "cost=multiscale"]  # the tiny model has no state probe
-    assert main(args) == 2 and "set memory.write=real" in capsys.readouterr().err
-    assert main([*args, "memory.write=real"]) == 0
+    assert main(args) == 0  # the memory config's own defaults
     report = json.loads((tmp_path / "e" / "report.json").read_text())
-    assert report["config"]["memory"]["write"] == "real" and report["summary"]["episodes"] == 1
+    assert report["config"]["memory"]["write"] == "generated" and report["summary"]["episodes"] == 1
     e = report["episodes"][0]  # the memory was written after each executed chunk, not just configured
     assert e["decisions"] == 2 and e["memory_write_mean_s"] > 0
-    assert main(["eval", "planner=random", "episodes=1", "budget=2", "memory=temp_lora", "memory.write=real",
+    assert main(["eval", "planner=random", "episodes=1", "budget=2", "memory=temp_lora",
                  "progress=false", "record=false"]) == 2
     assert "needs a planner that uses a world model" in capsys.readouterr().err
 

@@ -25,7 +25,8 @@ def _without(node: DictConfig, key: str) -> dict:
 
 def _attach_memory(world_model: WorldModel | None, mem_cfg) -> None:
     """``memory=temp_lora``: Temp-LoRA on the learned world model; the runner resets it per
-    episode and writes the executed real frames into it (``memory.write=real``)."""
+    episode and writes the executed frames into it (an MPC episode has no others: ``write``
+    picks what ``sfplan generate`` writes)."""
     from sfplan.errors import UserError
 
     if mem_cfg is None or not mem_cfg.get("_target_"):
@@ -35,8 +36,6 @@ def _attach_memory(world_model: WorldModel | None, mem_cfg) -> None:
     if not isinstance(world_model, MemoryWorldModel):
         raise UserError(f"memory={mem_cfg.get('_target_')} needs the learned world model (world_model=learned), "
                         f"not {type(world_model).__name__}")
-    if mem_cfg.get("write") != "real":
-        raise UserError("in `sfplan eval` the memory learns from the executed real frames: set memory.write=real")
     world_model.attach_memory(mem_cfg)
 
 

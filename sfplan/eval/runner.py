@@ -268,14 +268,14 @@ def _warm_start(actions: torch.Tensor, executed: int, fill: str, env: gym.Env) -
 
 def _episode_memory(world_model: WorldModel | None) -> MemoryWorldModel | None:
     """A world model that carries a memory (``MemoryWorldModel`` with a ``Memory`` attached, e.g.
-    Temp-LoRA) gets a fresh one for the episode; returned when the memory learns from real frames
-    (``write_mode`` ``real``): the runner then writes each executed chunk into it
-    (``_remember_chunk``), and an episode's past (``_remember_past``). Else None: other world
-    models (the oracle) are untouched."""
+    Temp-LoRA) gets a fresh one for the episode and is returned: the runner writes each executed
+    chunk into it (``_remember_chunk``), and an episode's past (``_remember_past``): the real frames
+    are all an MPC episode has, whatever ``write_mode`` a generated rollout would use. Else None:
+    other world models (the oracle) are untouched."""
     if not isinstance(world_model, MemoryWorldModel) or world_model.memory is None:
         return None
     world_model.reset_memory()
-    return world_model if world_model.memory.write_mode == "real" else None
+    return world_model
 
 
 def _remember_chunk(world_model: MemoryWorldModel, before: np.ndarray, chunk_frames: list[np.ndarray],

@@ -20,8 +20,9 @@ class Memory(Protocol):
 
     @property
     def write_mode(self) -> str:
-        """What a rollout writes after each chunk: ``generated`` (the imagined chunk, the paper's
-        generation) or ``real`` (observed frames; the MPC runner writes only these)."""
+        """What an imagined rollout (``sfplan generate``) writes after each chunk: ``generated``
+        (the imagined chunk, the paper's generation) or ``real`` (the ground truth). The MPC
+        runner writes the executed frames, the only ones an episode has."""
 
     def reset(self, seed: int | None = None) -> None:
         """Forget everything (episode start); ``seed`` reseeds the memory's own randomness."""

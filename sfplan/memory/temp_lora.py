@@ -51,9 +51,9 @@ class TempLoRAConfig:
     timesteps_per_step: batch rows per step, each noised at its own random timestep.
     target_modules: module names for peft; None: ``diffusion.lora_target_modules``
         (the attention projections to_q/to_k/to_v/to_out).
-    write: what ``sfplan generate`` / ``sfplan eval`` write after each chunk: the
-        ``generated`` chunk (the paper's inference) or the ``real`` frames (ground truth in
-        generate; the executed frames in the MPC runner, which only writes when ``real``).
+    write: what ``sfplan generate`` writes after each chunk: the ``generated`` chunk (the
+        paper's inference) or the ``real`` ground-truth frames. The MPC runner (``sfplan
+        eval``) writes the executed frames, the only ones an episode has.
     context_frames: clean past frames prepended to each written chunk; None: the world
         model's ``context_frames``. Also the size of the buffer of past latents.
     max_write_frames: longest clip one gradient step sees (context + new frames); longer
