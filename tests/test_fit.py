@@ -114,7 +114,7 @@ def test_fit_writes_a_complete_model_dir_with_card_and_eval(puck_fit):
     for cfg in (puck_fit / "model").rglob("*.json"):
         assert str(puck_fit) not in cfg.read_text(), cfg
     q = s["quality"]
-    assert set(q["object_psnr"]) == {"model", "copy_last", "shuffled_actions"}
+    assert set(q["object_psnr"]) == set(q["state_error"]) == {"model", "copy_last", "shuffled_actions"}
     ev = s["stages"]["eval"]["results"]
     assert ev["random"]["episodes"] == ev["learned"]["episodes"] >= 1  # the same seeds
 

@@ -3,7 +3,10 @@
 ``object_psnr`` scores only the pixels where the truth or the prediction differs from the
 episode's static background (the moving object); ``held_out_quality`` imagines one chunk of
 held-out episodes under their recorded actions and under another episode's actions (action
-adherence), each next to the copy-last-frame baseline.
+adherence), each next to the copy-last-frame baseline. Where the model has a state probe and
+the episodes their goal descriptors, it also reads the object's state off each imagined latent
+(``state_error``): a model that loses the object (whose object PSNR can still beat copy-last's,
+which pays twice for a moved object) then reads far from the truth.
 """
 from __future__ import annotations
 
@@ -23,15 +26,19 @@ def object_psnr(pred: np.ndarray, truth: np.ndarray, background: np.ndarray, thr
 
 
 @torch.no_grad()
-def held_out_quality(wm, episodes: list) -> dict:
+def held_out_quality(wm, episodes: list, descriptors: list[np.ndarray] | None = None) -> dict:
     """One imagined chunk from the first context frames of each held-out ``Episode`` ->
     ``{"episodes", "psnr", "object_psnr"}`` with ``model``, ``copy_last`` and
     ``shuffled_actions`` (the model under another episode's actions) means in dB, and
-    ``adherence_margin_db`` (object PSNR, true minus shuffled actions)."""
+    ``adherence_margin_db`` (object PSNR, true minus shuffled actions). With ``descriptors``
+    (one (L+1, D) array of goal descriptors per episode, task units) and ``wm.probe``, also
+    ``state_error``: the mean distance between what the probe reads off each run's frames and the
+    true descriptors (copy-last: the probe on the last context frame)."""
     from sfplan.eval.video_metrics import psnr
 
     ctx, C = wm.context_frames, wm.chunk_size
-    eps = [e for e in episodes if e.length >= ctx - 1 + C]
+    keep = [i for i, e in enumerate(episodes) if e.length >= ctx - 1 + C]
+    eps = [episodes[i] for i in keep]
     if len(eps) < 2:
         return {"episodes": len(eps), "note": f"needs >= 2 held-out episodes of >= {ctx - 1 + C} steps"}
     context = np.stack([e.pixels[:ctx] for e in eps])  # (B, ctx, H, W, 3)
@@ -39,15 +46,25 @@ def held_out_quality(wm, episodes: list) -> dict:
     actions = np.stack([e.actions[ctx - 1: ctx - 1 + C] for e in eps]).astype(np.float32)  # (B, C, A)
     background = np.median(np.stack([e.pixels[: ctx + C] for e in eps]), axis=1).astype(np.uint8)  # (B, H, W, 3)
 
-    def imagine(acts: np.ndarray) -> np.ndarray:
+    probe = getattr(wm, "probe", None) if descriptors is not None else None
+    read: dict[str, torch.Tensor] = {}  # run -> probe descriptors (B, C, D)
+
+    def imagine(name: str, acts: np.ndarray) -> np.ndarray:
         state = wm.encode(context)
         lat = wm.imagine(state, torch.as_tensor(acts)[:, None]).features[:, 0]  # (B, C, c, h, w)
+        if probe is not None:
+            read[name] = probe(lat)
         return wm.decode(lat).numpy()  # (B, C, H, W, 3)
 
-    runs = {"model": imagine(actions), "shuffled_actions": imagine(np.roll(actions, 1, axis=0)),
+    runs = {"model": imagine("model", actions), "shuffled_actions": imagine("shuffled_actions",
+                                                                              np.roll(actions, 1, axis=0)),
             "copy_last": np.repeat(context[:, -1:], C, axis=1)}
     out = {"episodes": len(eps), "chunk": C,
            "psnr": {k: float(psnr(v, truth).mean()) for k, v in runs.items()},
            "object_psnr": {k: float(object_psnr(v, truth, background).mean()) for k, v in runs.items()}}
     out["adherence_margin_db"] = out["object_psnr"]["model"] - out["object_psnr"]["shuffled_actions"]
+    if probe is not None:
+        true = torch.as_tensor(np.stack([descriptors[i][ctx: ctx + C] for i in keep]), dtype=torch.float32)
+        read["copy_last"] = probe(wm.encode(context).features)[:, None].expand_as(true)  # (B, C, D)
+        out["state_error"] = {k: float((v.float() - true).norm(dim=-1).mean()) for k, v in read.items()}
     return out

@@ -396,11 +396,15 @@ class Fit:
         from sfplan.eval.quality import held_out_quality
         from sfplan.world_model.learned import load_world_model
 
+        from sfplan.world_model.probe import label_descriptors
+
         wm = load_world_model(str(self.model_dir), device=str(self.cfg.device), return_frames="all")
         with EpisodeDataset(self.work / "data") as ds:
             _, val = ds.split(0.1)
             eps = [val[i] for i in range(min(32, len(val)))]
-            st.data["quality"] = held_out_quality(wm, eps)
+            labelled = wm.probe is not None and all(e.states is not None for e in eps)
+            desc = label_descriptors(ds.meta, (e.states for e in eps)) if labelled else None
+            st.data["quality"] = held_out_quality(wm, eps, descriptors=desc)
         st.save()
 
     def evaluate(self, st: FitState) -> None:
@@ -540,10 +544,12 @@ def write_fit_card(out: Path, s: dict) -> Path:
     lines.append(f"\nStages took {sum(walls) / 60:.1f} min of the {s['minutes']:g}-min budget.")
     q = s.get("quality", {})
     if "psnr" in q:
+        se = q.get("state_error")  # the probe's reading of each run's frames against the true state
         lines += ["", f"## Held-out quality ({q['episodes']} episodes, one chunk of {q['chunk']} steps)", "",
-                  "| | PSNR dB | object PSNR dB |", "|---|---|---|",
+                  "| | PSNR dB | object PSNR dB |" + (" probe state error |" if se else ""),
+                  "|---|---|---|" + ("---|" if se else ""),
                   *(f"| {k.replace('_', ' ')} | {q['psnr'][k]:.2f} | {q['object_psnr'][k]:.2f} |"
-                    for k in ("model", "copy_last", "shuffled_actions")),
+                    + (f" {se[k]:.4f} |" if se else "") for k in ("model", "copy_last", "shuffled_actions")),
                   "", f"Action adherence (object PSNR, true minus shuffled actions): {q['adherence_margin_db']:+.2f} dB."]
     elif q:
         lines += ["", "## Held-out quality", "", f"Not measured: {q.get('note')} ({q.get('episodes')} held out)."]
