@@ -14,21 +14,37 @@ class ConfigError(UserError):
     """A config or override the user can fix; the message says how."""
 
 
-#: (group, option) -> the dataclass that is the one source of that option's defaults. Each is stored
-#: in Hydra's ConfigStore as ``<option>_defaults``; the option's YAML extends it (``defaults:
-#: [<option>_defaults, _self_]``) and sets only what departs from it (Hydra targets, interpolations
-#: of the env's search settings, deliberate choices), yet every field can be overridden by name.
+#: (group, option) -> {package: the dataclass that is the one source of the defaults there} ("":
+#: the option's own node), or (the dataclass, fields left out: what the stage takes from the data). Each is stored in Hydra's ConfigStore (``schema_name``); the option's YAML
+#: extends it (``defaults: [<schema>@<package>, _self_]``) and sets only what departs from it (Hydra
+#: targets, interpolations of the env's search settings, deliberate choices), yet every field can
+#: be overridden by name.
 SCHEMAS = {
-    ("planner", "cem"): "sfplan.planners.cem.CEMConfig",
-    ("planner", "mppi"): "sfplan.planners.mppi.MPPIConfig",
-    ("planner", "random"): "sfplan.planners.random_planner.RandomPlannerConfig",
-    ("planner", "random_shooting"): "sfplan.planners.random_shooting.RandomShootingConfig",
-    ("planner", "video_plan"): "sfplan.planners.video_plan.VideoPlanConfig",
-    ("cost", "multiscale"): "sfplan.planners.costs.MultiScaleCostConfig",
-    ("cost", "pixel_mse"): "sfplan.planners.costs.PixelMSECostConfig",
-    ("cost", "probe"): "sfplan.planners.costs.ProbeCostConfig",
-    ("memory", "temp_lora"): "sfplan.memory.temp_lora.TempLoRAConfig",
+    ("planner", "cem"): {"": "sfplan.planners.cem.CEMConfig"},
+    ("planner", "mppi"): {"": "sfplan.planners.mppi.MPPIConfig"},
+    ("planner", "random"): {"": "sfplan.planners.random_planner.RandomPlannerConfig"},
+    ("planner", "random_shooting"): {"": "sfplan.planners.random_shooting.RandomShootingConfig"},
+    ("planner", "video_plan"): {"": "sfplan.planners.video_plan.VideoPlanConfig"},
+    ("cost", "multiscale"): {"": "sfplan.planners.costs.MultiScaleCostConfig"},
+    ("cost", "pixel_mse"): {"": "sfplan.planners.costs.PixelMSECostConfig"},
+    ("cost", "probe"): {"": "sfplan.planners.costs.ProbeCostConfig"},
+    ("memory", "temp_lora"): {"": "sfplan.memory.temp_lora.TempLoRAConfig"},
+    ("stage", "vae"): {"model": "sfplan.world_model.vae.VAEConfig"},
+    ("stage", "dynamics"): {
+        # the model's own settings (runtime ones, e.g. autocast, are the planner's: world_model/learned.yaml)
+        "model.world_model": ("sfplan.world_model.learned.SlowFastWorldModelConfig",
+                              ("return_frames", "autocast", "cast_weights")),
+        "model.diffusion": ("sfplan.world_model.video_diffusion.VideoDiffusionConfig",
+                            ("latent_channels", "action_dim", "max_context")),
+        "model.schedule": "sfplan.world_model.sampler.NoiseScheduleConfig"},
+    ("stage", "probe"): {"model": ("sfplan.world_model.probe.ProbeConfig", ("latent_channels", "latent_size", "out_dim"))},
+    ("stage", "idm"): {"model": ("sfplan.world_model.idm.IDMConfig", ("latent_channels", "latent_size", "action_dim"))},
 }
+
+
+def schema_name(option: str, package: str) -> str:
+    """The ConfigStore name of ``option``'s schema at ``package`` (in the option's group)."""
+    return f"{option}_{package.replace('.', '_')}_defaults" if package else f"{option}_defaults"
 
 
 def dataclass_defaults(cls) -> dict:
@@ -48,8 +64,11 @@ def _register_schemas() -> None:
     from hydra.utils import get_class
 
     cs = ConfigStore.instance()
-    for (group, option), cls in SCHEMAS.items():
-        cs.store(group=group, name=f"{option}_defaults", node=dataclass_defaults(get_class(cls)))
+    for (group, option), packages in SCHEMAS.items():
+        for package, spec in packages.items():
+            cls, left_out = (spec, ()) if isinstance(spec, str) else spec
+            node = {k: v for k, v in dataclass_defaults(get_class(cls)).items() if k not in left_out}
+            cs.store(group=group, name=schema_name(option, package), node=node)
 
 
 def config_options(group: str) -> list[str]:
