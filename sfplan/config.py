@@ -14,6 +14,63 @@ class ConfigError(UserError):
     """A config or override the user can fix; the message says how."""
 
 
+#: (group, option) -> {package: the dataclass that is the one source of the defaults there} ("":
+#: the option's own node), or (the dataclass, fields left out: what the stage takes from the data). Each is stored in Hydra's ConfigStore (``schema_name``); the option's YAML
+#: extends it (``defaults: [<schema>@<package>, _self_]``) and sets only what departs from it (Hydra
+#: targets, interpolations of the env's search settings, deliberate choices), yet every field can
+#: be overridden by name.
+SCHEMAS = {
+    ("planner", "cem"): {"": "sfplan.planners.cem.CEMConfig"},
+    ("planner", "mppi"): {"": "sfplan.planners.mppi.MPPIConfig"},
+    ("planner", "random"): {"": "sfplan.planners.random_planner.RandomPlannerConfig"},
+    ("planner", "random_shooting"): {"": "sfplan.planners.random_shooting.RandomShootingConfig"},
+    ("planner", "video_plan"): {"": "sfplan.planners.video_plan.VideoPlanConfig"},
+    ("cost", "multiscale"): {"": "sfplan.planners.costs.MultiScaleCostConfig"},
+    ("cost", "pixel_mse"): {"": "sfplan.planners.costs.PixelMSECostConfig"},
+    ("cost", "probe"): {"": "sfplan.planners.costs.ProbeCostConfig"},
+    ("memory", "temp_lora"): {"": "sfplan.memory.temp_lora.TempLoRAConfig"},
+    ("stage", "vae"): {"model": "sfplan.world_model.vae.VAEConfig"},
+    ("stage", "dynamics"): {
+        # the model's own settings (runtime ones, e.g. autocast, are the planner's: world_model/learned.yaml)
+        "model.world_model": ("sfplan.world_model.learned.SlowFastWorldModelConfig",
+                              ("return_frames", "autocast", "cast_weights")),
+        "model.diffusion": ("sfplan.world_model.video_diffusion.VideoDiffusionConfig",
+                            ("latent_channels", "action_dim", "max_context")),
+        "model.schedule": "sfplan.world_model.sampler.NoiseScheduleConfig"},
+    ("stage", "probe"): {"model": ("sfplan.world_model.probe.ProbeConfig", ("latent_channels", "latent_size", "out_dim"))},
+    ("stage", "idm"): {"model": ("sfplan.world_model.idm.IDMConfig", ("latent_channels", "latent_size", "action_dim"))},
+}
+
+
+def schema_name(option: str, package: str) -> str:
+    """The ConfigStore name of ``option``'s schema at ``package`` (in the option's group)."""
+    return f"{option}_{package.replace('.', '_')}_defaults" if package else f"{option}_defaults"
+
+
+def dataclass_defaults(cls) -> dict:
+    """{field: default} of a config dataclass (tuples as lists, as YAML has them)."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        v = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "???")
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _register_schemas() -> None:
+    from hydra.core.config_store import ConfigStore
+    from hydra.utils import get_class
+
+    cs = ConfigStore.instance()
+    for (group, option), packages in SCHEMAS.items():
+        for package, spec in packages.items():
+            cls, left_out = (spec, ()) if isinstance(spec, str) else spec
+            node = {k: v for k, v in dataclass_defaults(get_class(cls)).items() if k not in left_out}
+            cs.store(group=group, name=schema_name(option, package), node=node)
+
+
 def config_options(group: str) -> list[str]:
     """Names of the options of a config group, e.g. ``config_options("planner")``."""
     root = resources.files(CONFIG_MODULE) / group
@@ -180,6 +237,7 @@ def _compose(name: str, overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_module
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
+    _register_schemas()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             cfg = compose(config_name=name, overrides=overrides)
@@ -240,5 +298,6 @@ def _key_of(msg: str) -> str:
 def _top_keys(name: str) -> list[str]:
     from hydra import compose, initialize_config_module
 
+    _register_schemas()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return sorted(compose(config_name=name).keys())
