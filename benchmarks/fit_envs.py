@@ -70,6 +70,11 @@ def run(args) -> dict:
     return res
 
 
+def _state_error(q: dict) -> str:
+    se = q.get("state_error")
+    return f"{se['model']:.3f} / {se['copy_last']:.3f}" if se else "n/a"
+
+
 def table() -> str:
     rows = [r for r in (json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))) if "eval" in r]
     lines = ["# `sfplan fit` with its defaults, per env", "",
@@ -98,16 +103,18 @@ def table() -> str:
                      f"| {r['minutes']:g} / {total} | {walls} | {c['dataset_episodes']} ep x {c['steps']} steps "
                      f"({c['dataset_mb']:.0f} MB) | {r['model_mb']:.1f} | "
                      f"{f'{learned:.2f}' if learned else 'n/a'} | {hw['cpu']} ({hw['isa']}), {hw['cores']} cores |")
-    lines += ["", "Derived recipe and held-out quality (one chunk, dB: model / copy-last; adherence = object PSNR "
-              "true minus shuffled actions):", "",
-              "| env | action repeat | fg_weight | motion_weight | PSNR | object PSNR | adherence dB |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "Derived recipe and held-out quality (one chunk, model / copy-last; adherence = object PSNR "
+              "true minus shuffled actions; state error: the distance between the probe's reading of the frames "
+              "and the true state, in the task's units, where the env reports one):", "",
+              "| env | action repeat | fg_weight | motion_weight | PSNR dB | object PSNR dB | adherence dB "
+              "| state error |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         q, rc = r.get("quality") or {}, r["recipe"]
         if "psnr" in q:
             lines.append(f"| {r['name']} | {r.get('action_repeat', 1)} | {rc['fg_weight']:.1f} | {rc['motion_weight']:.1f} | "
                          f"{q['psnr']['model']:.2f} / {q['psnr']['copy_last']:.2f} | {q['object_psnr']['model']:.2f} / "
-                         f"{q['object_psnr']['copy_last']:.2f} | {q['adherence_margin_db']:+.2f} |")
+                         f"{q['object_psnr']['copy_last']:.2f} | {q['adherence_margin_db']:+.2f} | {_state_error(q)} |")
     text = "\n".join(lines) + "\n"
     (RESULTS / "README.md").write_text(text)
     return text
