@@ -14,11 +14,12 @@ class ConfigError(UserError):
     """A config or override the user can fix; the message says how."""
 
 
-#: (group, option) -> {package: the dataclass that is the one source of the defaults there} ("":
-#: the option's own node), or (the dataclass, fields left out: what the stage takes from the data). Each is stored in Hydra's ConfigStore (``schema_name``); the option's YAML
-#: extends it (``defaults: [<schema>@<package>, _self_]``) and sets only what departs from it (Hydra
-#: targets, interpolations of the env's search settings, deliberate choices), yet every field can
-#: be overridden by name.
+#: (group, option) -> {package: the dataclass that is the one source of the defaults there ("": the
+#: option's own node), or (the dataclass, the fields a stage takes from the data instead)}. Each is
+#: stored in Hydra's ConfigStore (``schema_name``); the option's YAML extends it (``defaults:
+#: [<schema>@<package>, _self_]``) and sets only what departs from it (Hydra targets,
+#: interpolations of the env's search settings, deliberate choices), yet every field can be
+#: overridden by name.
 SCHEMAS = {
     ("planner", "cem"): {"": "sfplan.planners.cem.CEMConfig"},
     ("planner", "mppi"): {"": "sfplan.planners.mppi.MPPIConfig"},
