@@ -1,6 +1,7 @@
 """Hydra composition of the shipped configs (``sfplan.configs``), with errors that name the fix."""
 from __future__ import annotations
 
+import functools
 from importlib import resources
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -60,7 +61,9 @@ def dataclass_defaults(cls) -> dict:
     return out
 
 
+@functools.cache
 def _register_schemas() -> None:
+    """Once per process: the ConfigStore is global."""
     from hydra.core.config_store import ConfigStore
     from hydra.utils import get_class
 

@@ -147,10 +147,11 @@ def derive_action_repeat(frames: list[np.ndarray], chunk: int = MOTION_CHUNK) ->
     own frame_skip 1 UMaze 4 and Medium 5 (the shipped PointMaze models use 4), PointMaze at
     frame_skip 4 1, MemoryMaze 1 (docs/notes/2026-12-06-sfplan-fit.md)."""
     span = min(len(f) for f in frames) - 1
+    offsets = sorted({j for r in range(1, MAX_REPEAT + 1) for j in (r, chunk * r) if j <= span})
     m = np.zeros(span + 1)
     for f in frames:
         x = f.astype(np.int16)
-        for j in range(1, span + 1):
+        for j in offsets:  # only the gaps the ratios read
             m[j] += float((np.abs(x[j:] - x[:-j]).max(-1) > 25).mean())
     m /= len(frames)
     ratios, k = {}, None
