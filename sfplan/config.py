@@ -41,6 +41,7 @@ SCHEMAS = {
         "model.schedule": "sfplan.world_model.sampler.NoiseScheduleConfig"},
     ("stage", "probe"): {"model": ("sfplan.world_model.probe.ProbeConfig", ("latent_channels", "latent_size", "out_dim"))},
     ("stage", "idm"): {"model": ("sfplan.world_model.idm.IDMConfig", ("latent_channels", "latent_size", "action_dim"))},
+    ("stage", "distill"): {"model": "sfplan.world_model.one_step.OneStepConfig"},
 }
 
 

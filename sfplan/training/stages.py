@@ -701,4 +701,147 @@ class ProbeStage(_AttachedStage):
         return d
 
 
-STAGES = {"vae": VaeStage, "dynamics": DynamicsStage, "idm": IdmStage, "probe": ProbeStage}
+# ----------------------------------------------------------------------------- one-step distillation
+class DistillStage(DynamicsStage):
+    """The one-step student of a world model (``sfplan.world_model.one_step``): LoRA on its
+    denoiser, trained so that one call from pure noise returns what the model's own
+    ``num_steps``-step sampler returns from the same noise, context and actions (on clips of
+    the training data: context latents and the recorded actions). The loss is the motion-
+    weighted latent MSE of ``masked_loss``: the moving object is what planning reads.
+
+    batch: {"latents": (B, T, C, h, w), "actions": (B, T-1, A)} with T = context + chunk."""
+
+    name = "distill"
+
+    def setup(self, device: torch.device, is_main: bool = True, wait=None) -> None:
+        import copy
+
+        from sfplan.training.latent_cache import vae_fingerprint
+        from sfplan.world_model.learned import SlowFastWorldModel
+        from sfplan.world_model.one_step import OneStepConfig, add_adapter
+
+        self.device = device
+        cfg = self.cfg
+        if not cfg.get("attach_to"):
+            raise UserError("stage=distill distils a trained world model: pass attach_to=<world model dir> (the "
+                            "one-step adapter is written into it)")
+        self.ds, self.train_ds, self.val_ds = open_dataset(cfg)
+        wm = SlowFastWorldModel.from_pretrained(cfg.attach_to, device=device)
+        if wm.config.num_steps < 2:
+            raise UserError(f"{cfg.attach_to} samples with num_steps={wm.config.num_steps}: the teacher must take "
+                            f"2 or more steps (its world_model.json num_steps)")
+        self.wm, self.wm_config = wm, wm.config
+        self.vae = wm.vae.requires_grad_(False)
+        self.vae_sha = vae_fingerprint(self.vae)
+        if self.vae.config.image_size != self.ds.image_size:
+            raise UserError(f"{cfg.attach_to} works on {self.vae.config.image_size}px frames but {self.ds.path} "
+                            f"holds {self.ds.image_size}px: distil on the data the model was trained on")
+        if wm.diffusion.config.action_dim != self.ds.action_dim:
+            raise UserError(f"{cfg.attach_to} takes {wm.diffusion.config.action_dim}-d actions but {self.ds.path} "
+                            f"holds {self.ds.action_dim}-d: distil on the data the model was trained on")
+        self.teacher = wm.diffusion.eval().requires_grad_(False)
+        self.train_scheduler = wm.train_scheduler
+        self.adapter = OneStepConfig(**_dataclass_kwargs(OneStepConfig, _container(cfg.model), "model"))
+        self.model = copy.deepcopy(self.teacher)
+        add_adapter(self.model, self.adapter, seed=int(cfg.seed))
+        self.clip_frames = wm.context_frames + wm.chunk_size
+        self._load_latents(is_main, wait)
+        self._index = {split: self._clip_index(self.cache.rows_of(sub.seeds))
+                       for split, sub in (("train", self.train_ds), ("val", self.val_ds))}
+        if len(self._index["train"][0]) == 0:
+            raise UserError(f"no training clips of {self.clip_frames} frames in {self.ds.path}: episodes are shorter")
+        if len(self._index["val"][0]) == 0:
+            self._index["val"] = self._index["train"]
+        self.lat_all, self.act_all = self.cache.latents, self.cache.actions
+
+    def _split(self, batch: dict, g: torch.Generator):
+        """A batch -> (context (B, f_p, C, h, w), actions (B, K, A), noise (B, K, C, h, w))."""
+        P, K = self.wm.context_frames, self.wm.chunk_size
+        lat = batch["latents"]
+        noise = torch.randn((lat.shape[0], K, *lat.shape[2:]), generator=g).to(lat.device)
+        return lat[:, :P], batch["actions"][:, P - 1: P - 1 + K], noise
+
+    @torch.no_grad()
+    def teacher_sample(self, context, actions, noise) -> torch.Tensor:
+        from sfplan.world_model.sampler import sample_chunk
+
+        return sample_chunk(self.teacher, context, actions, self.wm.config.num_steps, self.wm.scheduler, noise=noise)
+
+    def loss(self, model, batch, g):
+        from sfplan.world_model.one_step import one_step_x0
+        from sfplan.world_model.video_diffusion import motion_mask
+
+        ctx, acts, noise = self._split(batch, g)
+        target = self.teacher_sample(ctx, acts, noise)  # (B, K, C, h, w)
+        x0 = one_step_x0(model, ctx, acts, noise, self.train_scheduler)
+        err = (x0 - target.float()).pow(2)
+        mw = float(self.cfg.get("motion_weight") or 0.0)
+        moving = motion_mask(torch.cat([ctx, target], 1), float(self.cfg.get("motion_threshold", 0.01)))
+        w = 1.0 + mw * moving[:, ctx.shape[1]:]  # (B, K, 1, h, w)
+        loss = (err * w).sum() / (w.sum() * err.shape[2])
+        return loss, {"loss": loss.item(), "mse": err.mean().item()}
+
+    @torch.no_grad()
+    def evaluate(self, model, clips: int = 256) -> dict[str, float]:
+        """On ``clips`` held-out clips (fixed noise): latent MSE to the true chunk of the student
+        (one call), the teacher (its steps) and the teacher in one call, and the student's MSE
+        to the teacher; with the model's probe, the same as state errors (task units) of the
+        chunk's last frame."""
+        from sfplan.world_model.one_step import one_step_x0
+
+        was = model.training
+        model.eval()
+        g = torch.Generator().manual_seed(1234)
+        fs, as_ = self._index["val"]
+        sel = torch.linspace(0, len(fs) - 1, min(clips, len(fs))).round().long()
+        probe = self.wm.probe
+        acc: dict[str, list[float]] = {}
+        T = self.clip_frames
+        for i in range(0, len(sel), 64):
+            k = sel[i: i + 64]
+            batch = {"latents": self.lat_all[fs[k][:, None] + torch.arange(T)].to(self.device),
+                     "actions": self.act_all[as_[k][:, None] + torch.arange(T - 1)].to(self.device)}
+            ctx, acts, noise = self._split(batch, g)
+            truth = batch["latents"][:, ctx.shape[1]:]
+            runs = {"student": one_step_x0(model, ctx, acts, noise, self.train_scheduler),
+                    "teacher": self.teacher_sample(ctx, acts, noise),
+                    "teacher_1step": one_step_x0(self.teacher, ctx, acts, noise, self.train_scheduler)}
+            for name, x in runs.items():
+                acc.setdefault(f"{name}_mse", []).append((x.float() - truth).pow(2).mean().item())
+                if probe is not None:
+                    err = (probe(x[:, -1].float()) - probe(truth[:, -1])).norm(dim=-1).mean().item()
+                    acc.setdefault(f"{name}_state_error", []).append(err)
+            for name in ("student", "teacher_1step"):
+                acc.setdefault(f"{name}_to_teacher_mse", []).append(
+                    (runs[name] - runs["teacher"]).pow(2).mean().item())
+        model.train(was)
+        return {k: float(np.mean(v)) for k, v in acc.items()}
+
+    def sample(self, ema_model, step: int, out_dir: Path):
+        return self.evaluate(ema_model), {}, {}
+
+    def save_final(self, ema_model, directory: Path) -> dict:
+        from sfplan.world_model.one_step import save_adapter
+
+        val = self.evaluate(ema_model)
+        meta = {"teacher_steps": int(self.wm.config.num_steps), "teacher_sampler": self.wm.config.sampler,
+                "steps": int(self.cfg.steps), "held_out": val}
+        save_adapter(ema_model, self.adapter, directory, meta)
+        out = {"distill_val": val, "attached_to": str(save_adapter(ema_model, self.adapter, self.cfg.attach_to, meta))}
+        return out
+
+    def identity(self) -> dict:
+        from sfplan.world_model.learned import checkpoint_sha256
+
+        return {"stage": self.name, "model": _container(self.cfg.model), "teacher": checkpoint_sha256(self.cfg.attach_to),
+                "data": str(Path(str(self.cfg.data.path)).expanduser().resolve())}
+
+    def describe(self) -> dict:
+        d = _Stage.describe(self)
+        d.update(attach_to=str(self.cfg.attach_to), latent_cache=str(self.cache.path), clip_frames=self.clip_frames,
+                 train_clips=int(len(self._index["train"][0])), teacher_steps=int(self.wm.config.num_steps),
+                 adapter_parameters=int(sum(p.numel() for p in self.model.parameters() if p.requires_grad)))
+        return d
+
+
+STAGES = {"vae": VaeStage, "dynamics": DynamicsStage, "idm": IdmStage, "probe": ProbeStage, "distill": DistillStage}

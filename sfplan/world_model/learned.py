@@ -148,6 +148,7 @@ class SlowFastWorldModel:
         self.train_scheduler = train_scheduler
         self.scheduler = make_sampler(self.config.sampler, train_scheduler)
         self.checkpoint_sha256: str | None = None
+        self.one_step: dict | None = None  # the one_step/ adapter's config once folded into the weights
         self.imagined_frames = 0  # imagined env steps, summed over candidates (throughput reports)
         self.memory = None  # TempLoRAMemory once attach_memory() ran
         # parts only some planners and costs use, loaded from <directory>/<part>/ on first use
@@ -380,6 +381,9 @@ class SlowFastWorldModel:
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> str:
         """Write the checkpoint (see module docstring); returns its sha256."""
+        if self.one_step is not None:
+            raise ValueError("this model's weights hold its one-step adapter (loaded with num_steps=1): load it with "
+                             "num_steps=2 to save it")
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.vae.save_pretrained(d / "vae")
@@ -408,6 +412,7 @@ class SlowFastWorldModel:
         otherwise keep their defaults. Raises UserError naming the fix when it is missing/corrupt."""
         from diffusers import DDPMScheduler
 
+        from sfplan.world_model.one_step import fold_adapter, has_adapter
         from sfplan.world_model.video_diffusion import ActionVideoDiffusion
 
         d = Path(directory).expanduser()
@@ -429,6 +434,8 @@ class SlowFastWorldModel:
             vae = FrameAutoencoder.from_pretrained(d / "vae")
             diffusion = ActionVideoDiffusion.from_pretrained(str(d / "diffusion"), use_safetensors=True)
             sched = DDPMScheduler.from_pretrained(str(d / "scheduler"))
+            # one step: the distilled student (one_step.py) where the dir holds one
+            one_step = fold_adapter(diffusion, d) if cfg.num_steps == 1 and has_adapter(d) else None
         except UserError:
             raise
         except Exception as e:  # corrupt json / safetensors header / shape mismatch
@@ -437,6 +444,7 @@ class SlowFastWorldModel:
                 f"re-save it, {TRAIN_HINT}"
             ) from None
         model = cls(vae, diffusion, sched, cfg, device)
+        model.one_step = one_step
         model.trained_env = meta.get("env")
         model.directory = str(d)
         model.checkpoint_sha256 = checkpoint_sha256(d)
