@@ -1,6 +1,6 @@
 """FLOPs and time of one planning decision, per setting of the learned planner.
 
-    python benchmarks/decision_flops.py --task reacher --out benchmarks/results/decision_levers/flops.json
+    python benchmarks/decision_flops.py --task reacher --out benchmarks/results/one_step/decision_reacher.json
 
 Counts one ``planner.plan`` call (``torch.utils.flop_counter``) from a real first observation
 (evaluation seed 100000) with the shipped model, for each lever of ``planning_suite.py --suite
@@ -77,7 +77,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="reacher")
     p.add_argument("--repeats", type=int, default=5, help="timed decisions per lever (0: FLOPs only)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/decision_levers/flops.json"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/one_step/decision_reacher.json"))
     args = p.parse_args()
     from sfplan.training.trainer import cpu_info
 

@@ -206,16 +206,18 @@ def quality(link: str) -> str:
 PEER = [("Reacher", "reacher"), ("PointMaze UMaze", "pointmaze_umaze")]
 PEER_SUFFIX = "__goal-peer__budget-50__success-first"
 
-# Levers on the default Reacher decision (`planning_suite.py --suite decision_levers`), against the default.
-LEVERS = [("default: 2 sampler steps, 64 candidates", "headline/reacher__cem__learned", []),
-          ("1 sampler step, 32 candidates",
-           "decision_levers/reacher__cem__learned__world_model-num_steps-1__env-search-learned-num_samples-32",
-           ["+world_model.num_steps=1", "env.search.learned.num_samples=32"]),
-          ("1 sampler step", "decision_levers/reacher__cem__learned__world_model-num_steps-1",
-           ["+world_model.num_steps=1"]),
-          ("32 candidates", "decision_levers/reacher__cem__learned__env-search-learned-num_samples-32",
-           ["env.search.learned.num_samples=32"])]
-
+# Levers on the Reacher decision (`planning_suite.py --suite decision_levers` / `--suite one_step`): (name, cell,
+# sampler steps, candidates). The undistilled 1-step cells ran before the shipped model carried its one_step/ part.
+LEVERS = [("2 sampler steps, 64 candidates", "headline/reacher__cem__learned", 2, 64),
+          ("2 sampler steps, 32 candidates",
+           "decision_levers/reacher__cem__learned__world_model-num_steps-2__env-search-learned-num_samples-32", 2, 32),
+          ("1 call of the undistilled model, 64 candidates", "decision_levers/reacher__cem__learned__world_model-num_steps-1",
+           1, 64),
+          ("1 call of the undistilled model, 32 candidates",
+           "decision_levers/reacher__cem__learned__world_model-num_steps-1__env-search-learned-num_samples-32", 1, 32),
+          ("one-step student, 64 candidates", "one_step/reacher__cem__learned__world_model-num_steps-1", 1, 64),
+          ("one-step student, 32 candidates",
+           "one_step/reacher__cem__learned__world_model-num_steps-1__env-search-learned-num_samples-32", 1, 32)]
 
 def peer(link: str) -> str:
     lines = ["| task | learned | oracle | random | steps to success, learned (mean) |", "|---|---|---|---|---|"]
@@ -229,19 +231,23 @@ def peer(link: str) -> str:
 
 
 def levers(link: str) -> str:
-    flops = {tuple(d["overrides"]): d["gflop"]
-             for d in json.loads((RESULTS / "decision_levers" / "flops.json").read_text())["decisions"]}
-    lines = ["| decision | GFLOP / decision | success, hold 10 | success, first | plan time / decision |",
-             "|---|---|---|---|---|"]
-    for name, folder, extra in LEVERS:
+    """The lever table: FLOPs and idle time per decision from ``decision_flops.py`` (one process,
+    all threads, side by side), success from the suites' reports."""
+    timing = json.loads((RESULTS / "one_step" / "decision_reacher.json").read_text())
+    cost = {tuple(d["overrides"]): d for d in timing["decisions"]}
+    lines = [f"| decision | GFLOP / decision | plan time / decision, idle ({timing['cpu']}, {timing['isa']}, "
+             f"{timing['decisions'][0]['threads']} threads) | success, hold 10 | success, first | plan time / decision "
+             f"in the suite |", "|---|---|---|---|---|---|"]
+    for name, folder, k, n in LEVERS:
         if not (RESULTS / folder / "report.json").exists():
             continue
+        c = cost[(f"+world_model.num_steps={k}", f"env.search.learned.num_samples={n}")]
         s = report(folder)["summary"]
         first = s["protocols"]["first"]
-        lines.append(f"| {name} | {flops[tuple(extra)]:.0f} | {success([folder], link, True)} | "
+        idle = f"{c['seconds_median']:.2f} s" if not name.startswith("1 call") else "as the student's"
+        lines.append(f"| {name} | {c['gflop']:.0f} | {idle} | {success([folder], link, True)} | "
                      f"{first['successes']}/{s['episodes']} ({first['success_rate']:.0%}) | {plan_time(folder)} |")
     return "\n".join(lines)
-
 
 def tables() -> dict[Path, dict[str, str]]:
     """{file: {table name: generated markdown}}."""

@@ -13,6 +13,10 @@
     # (trained with vae=sfplan/models/Reacher-v0): no --dynamics-run
     python scripts/ship_model.py --task Reacher-v0 --probe-run outputs/train/Reacher-v0-probe
 
+    # add (or replace) the one-step student (a `sfplan train stage=distill` run whose teacher
+    # was the shipped model): no --dynamics-run
+    python scripts/ship_model.py --task Reacher-v0 --distill-run outputs/train/Reacher-v0-distill
+
 Copies ``<dynamics run>/model`` (the full world model: VAE + diffusion + scheduler, and the
 IDM from ``--idm-run`` into ``idm/``) into the package atomically (a temporary folder, then
 a rename), refuses a result over ``--max-mb`` (20 MB: what a git repo should carry), and
@@ -23,7 +27,7 @@ held-out quality figures of ``benchmarks/world_model_quality.py``.
 Without ``--vae-run`` the dynamics run must use the VAE of the model already shipped for the
 task (same weights, checked by hash); that model's IDM and state probe (unless ``--idm-run``,
 ``--probe-run``) and its card's lineage, VAE, IDM and probe sections are carried over (edit
-the lineage table by hand). A probe is trained on the shipped VAE's latents: the script
+the lineage table by hand). The one-step student is not: it was distilled from the old weights. A probe is trained on the shipped VAE's latents: the script
 checks that its run used that VAE (``vae_sha256`` of its training summary).
 """
 from __future__ import annotations
@@ -61,10 +65,12 @@ def card_section(run: Path, title: str) -> str:
 
 
 VAE_WEIGHTS = "vae/diffusion_pytorch_model.safetensors"
+DIFFUSION_WEIGHTS = "diffusion/diffusion_pytorch_model.safetensors"
 PROBE_TITLE = "State probe (cost=probe)"
+ONE_STEP_TITLE = "One-step student (num_steps=1)"
 KEPT_SECTIONS = ("## Lineage", "## Stage 1: frame VAE", "## Inverse dynamics model", f"## {PROBE_TITLE}")
 # the card's top-level sections; each stage's own card brings sub-sections (## Data, ...) at the same level
-TOP_SECTIONS = ("## Held-out quality", "## Stage 2: dynamics", *KEPT_SECTIONS)
+TOP_SECTIONS = ("## Held-out quality", "## Stage 2: dynamics", *KEPT_SECTIONS, f"## {ONE_STEP_TITLE}")
 
 
 def split_card(card: str) -> tuple[str, list[str]]:
@@ -81,9 +87,11 @@ def kept_sections(card: str) -> list[str]:
     return [sec for sec in split_card(card)[1] if sec.startswith(KEPT_SECTIONS)]
 
 
-def ship_probe_only(task: str, probe_run: Path) -> None:
-    """Put ``<probe_run>/model`` into ``sfplan/models/<task>/probe/`` (atomically) and its card
-    section into the model card, replacing a probe shipped before."""
+def ship_part_only(task: str, run: Path, stage: str) -> None:
+    """Put a ``stage=probe`` run's probe (``probe/``) or a ``stage=distill`` run's one-step
+    student (``one_step/``) into ``sfplan/models/<task>/`` (atomically) and its card section into
+    the model card, replacing one shipped before. The run must have been made on the shipped
+    model: the probe on its VAE, the student from its diffusion weights."""
     from sfplan.io import atomic_dir, atomic_write_text
     from sfplan.training.latent_cache import vae_fingerprint
     from sfplan.world_model.vae import FrameAutoencoder
@@ -91,18 +99,25 @@ def ship_probe_only(task: str, probe_run: Path) -> None:
     dst = MODELS / task
     if not (dst / "world_model.json").is_file():
         raise SystemExit(f"no model is shipped at {dst}: ship one with --dynamics-run first")
-    summary = json.loads((probe_run / "training_summary.json").read_text())
-    if summary.get("stage") != "probe":
-        raise SystemExit(f"{probe_run} is not a finished `sfplan train stage=probe` run")
-    if vae_fingerprint(FrameAutoencoder.from_pretrained(dst / "vae")) != summary.get("data", {}).get("vae_sha256"):
-        raise SystemExit(f"{probe_run} was trained on another VAE than the one shipped at {dst}: train it with "
-                         f"vae={dst}")
-    atomic_dir(dst / "probe", lambda d: shutil.copytree(probe_run / "model", d, dirs_exist_ok=True))
+    summary = json.loads((run / "training_summary.json").read_text())
+    if summary.get("stage") != stage:
+        raise SystemExit(f"{run} is not a finished `sfplan train stage={stage}` run")
+    data = summary.get("data", {})
+    if stage == "probe":
+        sub, title, src = "probe", PROBE_TITLE, run / "model"
+        if vae_fingerprint(FrameAutoencoder.from_pretrained(dst / "vae")) != data.get("vae_sha256"):
+            raise SystemExit(f"{run} was trained on another VAE than the one shipped at {dst}: train it with vae={dst}")
+    else:
+        sub, title, src = "one_step", ONE_STEP_TITLE, run / "model" / "one_step"
+        if sha256_file(dst / DIFFUSION_WEIGHTS) != data.get("teacher_diffusion_sha256"):
+            raise SystemExit(f"{run} was distilled from other diffusion weights than those shipped at {dst}: "
+                             f"distil a copy of {dst}")
+    atomic_dir(dst / sub, lambda d: shutil.copytree(src, d, dirs_exist_ok=True))
     head, sections = split_card((dst / "README.md").read_text())
-    kept = [sec for sec in sections if not sec.startswith(f"## {PROBE_TITLE}")]
+    kept = [sec for sec in sections if not sec.startswith(f"## {title}")]
     atomic_write_text(dst / "README.md", scrub_paths("\n".join([head.rstrip("\n") + "\n", *kept,
-                                                               card_section(probe_run, PROBE_TITLE)])))
-    print(f"shipped {dst / 'probe'}")
+                                                               card_section(run, title)])))
+    print(f"shipped {dst / sub}")
 
 
 def main(argv=None) -> None:
@@ -114,14 +129,22 @@ def main(argv=None) -> None:
                     help="the VAE's training run; omit it to keep the shipped model's VAE (see above)")
     ap.add_argument("--idm-run", type=Path, default=None)
     ap.add_argument("--probe-run", type=Path, default=None, help="a `sfplan train stage=probe` run")
+    ap.add_argument("--distill-run", type=Path, default=None, help="a `sfplan train stage=distill` run")
     ap.add_argument("--quality", type=Path, default=None, help="JSON of benchmarks/world_model_quality.py")
     ap.add_argument("--max-mb", type=float, default=20.0)
     args = ap.parse_args(argv)
 
     if args.dynamics_run is None:
-        if args.probe_run is None:
-            raise SystemExit("pass --dynamics-run (a new world model) or --probe-run (a probe for the shipped one)")
-        return ship_probe_only(args.task, args.probe_run)
+        if args.probe_run is None and args.distill_run is None:
+            raise SystemExit("pass --dynamics-run (a new world model), or --probe-run / --distill-run (a probe or "
+                             "one-step student for the shipped one)")
+        for run, stage in ((args.probe_run, "probe"), (args.distill_run, "distill")):
+            if run is not None:
+                ship_part_only(args.task, run, stage)
+        return
+    if args.distill_run is not None:
+        raise SystemExit("--distill-run adds a student to the model already shipped: ship the dynamics run first, "
+                         "then distil that model")
     src = args.dynamics_run / "model"
     if not (src / "world_model.json").is_file():
         raise SystemExit(f"{src} holds no world model: finish `sfplan train stage=dynamics` first")

@@ -22,3 +22,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """4 Reacher episodes x 10 steps at 32x32 (near goals), collected once per test session:
+    the toy training data of every module that does not define its own ``data``. Tests that
+    damage a dataset copy it first."""
+    from sfplan.data import collect
+
+    out = tmp_path_factory.mktemp("toy_data") / "reacher"
+    collect(out, "sfplan/Reacher-v0", {"image_size": 32, "goal": "near"}, episodes=4, steps=10, workers=1,
+            progress=False)
+    return out

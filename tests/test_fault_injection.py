@@ -38,15 +38,6 @@ TRAIN = ["stage=vae", "model.block_out_channels=[8,8,8]", "model.norm_num_groups
 ENV = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    from sfplan.data import collect
-
-    out = tmp_path_factory.mktemp("fi") / "reacher"
-    collect(out, "sfplan/Reacher-v0", {"image_size": 32, "goal": "near"}, episodes=4, steps=10, workers=1,
-            progress=False)
-    return out
-
 
 def train_cfg(data: Path, out: Path, *extra: str):
     return load_config("train", [*TRAIN, f"data.path={data}", f"out_dir={out}", *extra])

@@ -333,16 +333,6 @@ def test_imagine_video_with_memory_matches_imagine_video_when_nothing_is_learned
     assert info2["write_s_total"] > 0 and len(info2["write_loss_first"]) == 2
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """4 Reacher episodes x 10 steps at 32x32, collected in-process."""
-    from sfplan.data import collect
-
-    out = tmp_path_factory.mktemp("mem") / "reacher"
-    collect(out, "sfplan/Reacher-v0", {"image_size": 32, "goal": "near"}, episodes=4, steps=10, workers=1,
-            progress=False)
-    return out
-
 
 def test_generate_memory_temp_lora_end_to_end(data, tmp_path, capsys):
     from sfplan.cli import main

@@ -35,16 +35,6 @@ def _cfg(args, data, out, *extra):
     return load_config("train", [*args, *COMMON, f"data.path={data}", f"out_dir={out}", *extra])
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """4 Reacher episodes x 10 steps at 32x32."""
-    from sfplan.data import collect
-
-    out = tmp_path_factory.mktemp("distill") / "reacher"
-    collect(out, "sfplan/Reacher-v0", {"image_size": 32, "goal": "near"}, episodes=4, steps=10, workers=1,
-            progress=False)
-    return out
-
 
 @pytest.fixture(scope="module")
 def teacher(data, tmp_path_factory) -> Path:

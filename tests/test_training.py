@@ -33,16 +33,6 @@ DYN_TINY = ["stage=dynamics", "model.world_model.chunk_size=2", "model.diffusion
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """4 Reacher episodes x 10 steps at 32x32, collected in-process."""
-    from sfplan.data import collect
-
-    out = tmp_path_factory.mktemp("train") / "reacher"
-    collect(out, "sfplan/Reacher-v0", {"image_size": 32, "goal": "near"}, episodes=4, steps=10, workers=1,
-            progress=False)
-    return out
-
 
 @pytest.fixture(scope="module")
 def vae_model(data, tmp_path_factory) -> Path:

@@ -148,16 +148,6 @@ IDM_TINY = ["stage=idm", "model.block_out_channels=[8,16]", "model.hidden_dim=32
             "model.norm_num_groups=4", "batch_size=8", "val_windows=64"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """4 Reacher episodes x 10 steps at 32x32, collected in-process."""
-    from sfplan.data import collect
-
-    out = tmp_path_factory.mktemp("idm") / "reacher"
-    collect(out, "sfplan/Reacher-v0", {"image_size": 32, "goal": "near"}, episodes=4, steps=10, workers=1,
-            progress=False)
-    return out
-
 
 @pytest.fixture(scope="module")
 def vae_model(data, tmp_path_factory) -> Path:

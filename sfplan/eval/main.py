@@ -207,6 +207,9 @@ def run_eval(cfg: DictConfig) -> dict:
         "planner": planner_cls.__name__,
         "world_model": type(world_model).__name__ if world_model is not None else None,
         "checkpoint_sha256": getattr(world_model, "checkpoint_sha256", None),
+        # the learned model's sampler: its steps, and whether they run the distilled one-step student
+        "sampler_steps": getattr(getattr(world_model, "config", None), "num_steps", None),
+        "one_step_student": getattr(world_model, "one_step", None) is not None,
         "budget": int(cfg.budget),
         "execute": int(cfg.execute),
         "waypoints": int(cfg.waypoints),

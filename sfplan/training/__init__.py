@@ -7,12 +7,14 @@
         attach_to=<world model dir>                                     # 3. IDM for planner=video_plan
     sfplan train stage=probe data.path=data/Reacher-v0 vae=<world model dir> \
         attach_to=<world model dir>                                     # 4. state probe for cost=probe
+    sfplan train stage=distill data.path=data/Reacher-v0 \
+        attach_to=<world model dir>                                     # 5. one-step student (num_steps=1)
     accelerate launch -m sfplan.cli train stage=dynamics ...            # DDP on several GPUs
 
 Built on HF Accelerate (CPU, one GPU, or DDP), with EMA weights, atomic checkpoints and
 exact resume (re-run the same command), a NaN guard, tqdm and TensorBoard
 (``tensorboard --logdir OUT/tb``). The config is ``configs/train.yaml`` with the stage
-groups ``configs/stage/{vae,dynamics,idm,probe}.yaml``; the run layout is described in
+groups ``configs/stage/{vae,dynamics,idm,probe,distill}.yaml``; the run layout is described in
 ``sfplan.training.checkpoint``; the loop in ``sfplan.training.trainer``; the stages in
 ``sfplan.training.stages``.
 """

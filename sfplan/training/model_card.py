@@ -48,6 +48,12 @@ def write_model_card(out_dir: Path, cfg, result: dict, data: dict, hardware: str
         use = (f"sfplan eval world_model=learned world_model.path={Path(wm).parent} cost=probe" if wm else
                "copy model/ to <world model dir>/probe/, then: sfplan eval world_model=learned "
                "world_model.path=<world model dir> cost=probe")
+    elif stage == "distill":
+        what = ("One-step student: a LoRA on the denoiser, distilled so that one call returns what the model's "
+                f"{data.get('teacher_steps')}-step sampler returns ({data.get('adapter_parameters')} parameters)")
+        wm = result.get("attached_to")
+        use = (f"sfplan eval world_model=learned world_model.path={Path(wm).parent} +world_model.num_steps=1" if wm
+               else "")
     else:
         what = "SlowFastWorldModel: frame VAE + action-conditioned masked latent video diffusion (slow learner)"
         use = (f"sfplan generate model={model_dir} data={cfg.data.path} episode=0\n"
@@ -71,6 +77,9 @@ def write_model_card(out_dir: Path, cfg, result: dict, data: dict, hardware: str
     if stage == "idm":
         lines += [f"- VAE: `{data.get('vae')}`; latent {data.get('latent_shape')}; windows of {data.get('num_frames')} "
                   f"frames, gaps 1..{data.get('max_gap')} ({data.get('train_windows')} training windows)"]
+    if stage == "distill":
+        lines += [f"- teacher: `{data.get('attach_to')}` ({data.get('teacher_steps')} sampler steps); clips of "
+                  f"{data.get('clip_frames')} latent frames ({data.get('train_clips')} training clips)"]
     if stage == "probe":
         lines += [f"- VAE: `{data.get('vae')}`; descriptor dim {data.get('descriptor_dim')}; frames: "
                   f"{data.get('train_frames')} train, {data.get('val_frames')} held out; imagined frames "
@@ -97,6 +106,11 @@ def write_model_card(out_dir: Path, cfg, result: dict, data: dict, hardware: str
         f"- val (EMA weights, held-out episodes): {_kv(result.get('last_val', {}))}",
         f"- samples: {_kv(result.get('last_sample', {}))}",
     ]
+    if stage == "distill":
+        lines.append("- held-out clips, fixed noise (latent MSE to the true chunk; probe state error of its last "
+                     f"frame; student = one call, teacher = its steps): {_kv(result.get('distill_val', {}))}")
+        if result.get("attached_to"):
+            lines.append(f"- written into the world model: `{result['attached_to']}`")
     if stage in ("idm", "probe"):
         key, what_val = ("idm_val", "held-out actions") if stage == "idm" else ("probe_val", "held-out descriptors")
         lines.append(f"- {what_val} (EMA weights): {_kv(result.get(key, {}))}")

@@ -782,8 +782,8 @@ class DistillStage(DynamicsStage):
         return loss, {"loss": loss.item(), "mse": err.mean().item()}
 
     @torch.no_grad()
-    def evaluate(self, model, clips: int = 256) -> dict[str, float]:
-        """On ``clips`` held-out clips (fixed noise): latent MSE to the true chunk of the student
+    def evaluate(self, model) -> dict[str, float]:
+        """On ``val_clips`` held-out clips (fixed noise): latent MSE to the true chunk of the student
         (one call), the teacher (its steps) and the teacher in one call, and the student's MSE
         to the teacher; with the model's probe, the same as state errors (task units) of the
         chunk's last frame."""
@@ -793,7 +793,7 @@ class DistillStage(DynamicsStage):
         model.eval()
         g = torch.Generator().manual_seed(1234)
         fs, as_ = self._index["val"]
-        sel = torch.linspace(0, len(fs) - 1, min(clips, len(fs))).round().long()
+        sel = torch.linspace(0, len(fs) - 1, min(int(self.cfg.val_clips), len(fs))).round().long()
         probe = self.wm.probe
         acc: dict[str, list[float]] = {}
         T = self.clip_frames
@@ -838,7 +838,11 @@ class DistillStage(DynamicsStage):
 
     def describe(self) -> dict:
         d = _Stage.describe(self)
+        from sfplan.training.checkpoint import sha256_file
+
+        weights = Path(str(self.cfg.attach_to)).expanduser() / "diffusion" / "diffusion_pytorch_model.safetensors"
         d.update(attach_to=str(self.cfg.attach_to), latent_cache=str(self.cache.path), clip_frames=self.clip_frames,
+                 teacher_diffusion_sha256=sha256_file(weights),
                  train_clips=int(len(self._index["train"][0])), teacher_steps=int(self.wm.config.num_steps),
                  adapter_parameters=int(sum(p.numel() for p in self.model.parameters() if p.requires_grad)))
         return d
