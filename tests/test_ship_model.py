@@ -1,5 +1,6 @@
 """scripts/ship_model.py: a dynamics-only re-ship keeps the shipped VAE, IDM, probe and card sections;
---probe-run alone adds (or replaces) the state probe of the shipped model."""
+--probe-run alone adds (or replaces) the state probe of the shipped model, --distill-run its one-step
+student, which a dynamics re-ship drops."""
 from __future__ import annotations
 
 import importlib.util
@@ -172,6 +173,39 @@ def test_probe_only_ship_adds_then_replaces_the_probe_and_its_card_section(tmp_p
     with pytest.raises(SystemExit, match="--dynamics-run.*--probe-run"):
         ship.main(["--task", "T-v0"])
     assert not [p for p in dst.glob(".*")]  # no temporary folders left
+
+
+def test_distill_only_ship_adds_the_student_of_the_shipped_weights_and_a_reship_drops_it(tmp_path):
+    import json
+
+    from sfplan.training.checkpoint import sha256_file
+
+    models = tmp_path / "models"
+    dst = _shipped(models, b"vae v1")
+    (dst / "world_model.json").write_text("{}")
+    ship = _ship_module(models)
+
+    def distill_run(name: str, teacher_sha: str) -> Path:
+        run = tmp_path / name
+        (run / "model" / "one_step").mkdir(parents=True)
+        (run / "model" / "one_step" / "adapter_model.safetensors").write_bytes(name.encode())
+        (run / "model_card.md").write_text(f"# sfplan model card: distill\n\n{name} card\n")
+        (run / "training_summary.json").write_text(json.dumps(
+            {"stage": "distill", "data": {"teacher_diffusion_sha256": teacher_sha}}))
+        return run
+
+    with pytest.raises(SystemExit, match="other diffusion weights"):
+        ship.main(["--task", "T-v0", "--distill-run", str(distill_run("d0", "0" * 64))])
+    assert not (dst / "one_step").exists()
+    teacher = sha256_file(dst / "diffusion" / "diffusion_pytorch_model.safetensors")
+    ship.main(["--task", "T-v0", "--distill-run", str(distill_run("d1", teacher))])
+    assert (dst / "one_step" / "adapter_model.safetensors").read_bytes() == b"d1"
+    card = (dst / "README.md").read_text()
+    assert "## One-step student (num_steps=1)" in card and "d1 card" in card and "idm card" in card
+    # new diffusion weights: the student of the old ones is not carried over, nor its card section
+    ship.main(["--task", "T-v0", "--dynamics-run", str(_run(tmp_path / "run", b"vae v1"))])
+    assert not (dst / "one_step").exists() and "d1 card" not in (dst / "README.md").read_text()
+    assert (dst / "probe" / "weights").read_bytes() == b"probe"
 
 
 def test_shipped_card_holds_no_absolute_path(tmp_path, monkeypatch):
