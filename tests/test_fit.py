@@ -15,7 +15,6 @@ import pytest
 from sfplan.cli import main
 from sfplan.config import load_config
 from sfplan.errors import UserError
-from sfplan.training import fit
 
 USER_ENV = Path(__file__).parent / "user_env"
 TOY_FIT = ["size=toy", "progress=false", "minutes=0.5", "collect.pilot_episodes=3", "collect.min_episodes=24",
@@ -95,22 +94,15 @@ def test_a_users_own_env_yaml_is_merged_over_the_custom_config(tmp_path):
 # ----------------------------------------------------------------------------- fit -> eval -> generate
 def test_fit_writes_a_complete_model_dir_with_card_and_eval(puck_fit):
     s = json.loads((puck_fit / "fit.json").read_text())
-    assert all(s["stages"][k]["status"] == "done"
-               for k in ("collect", "vae", "dynamics", "probe", "idm", "distill", "eval"))
+    assert all(s["stages"][k]["status"] == "done" for k in ("collect", "vae", "dynamics", "probe", "idm", "eval"))
     wm = json.loads((puck_fit / "model" / "world_model.json").read_text())
-    # the one-step student is written; the model samples with it only where its state error is near 2 steps'
-    d = s["stages"]["distill"]
-    assert (puck_fit / "model" / "one_step" / "adapter_model.safetensors").is_file()
-    held = json.loads((puck_fit / "model" / "one_step" / "adapter_config.json").read_text())["held_out"]
-    near = held["student_state_error"] <= fit.ADOPT_STATE_ERROR_RATIO * held["teacher_state_error"]
-    assert d["adopted"] == near and wm["num_steps"] == (1 if near else 2), d
     assert wm["env"]["id"] == "puck_env:make_puck"
     # the puck moves ~1 px a step: the fit derives an action repeat, and the model dir records it
     k = s["motion"]["action_repeat"]
     assert s["motion"]["source"] == "derived" and k > 1
     assert wm["env"]["kwargs"]["action_repeat"] == k == s["env_fitted"]["kwargs"]["action_repeat"]
     assert s["env"]["kwargs"] == {}  # what the user gave, kept apart from what was derived
-    for part in ("vae", "diffusion", "scheduler", "probe", "idm", "one_step"):
+    for part in ("vae", "diffusion", "scheduler", "probe", "idm"):
         assert (puck_fit / "model" / part).is_dir(), part
     r = s["recipe"]
     assert r["fg_weight"] > 1 and r["motion_weight"] > 0  # a small puck: its pixels are weighed up
@@ -244,18 +236,3 @@ def test_eval_time_limit_stops_starting_episodes_and_reports_those_run(tmp_path,
     assert main(["eval", "env.id=puck_env:make_puck", "planner=random", "time_limit_s=5", "jobs=2",
                  "progress=false"]) == 2
     assert "time_limit_s=5" in capsys.readouterr().err
-
-
-def test_the_one_step_student_is_adopted_only_near_the_two_step_state_error(tmp_path):
-    (tmp_path / "world_model.json").write_text(json.dumps({"num_steps": 2, "chunk_size": 8}))
-
-    def steps():
-        return json.loads((tmp_path / "world_model.json").read_text())["num_steps"]
-
-    assert fit.adopt_one_step(tmp_path, {"student_mse": 0.1})[0] is False and steps() == 2  # no probe: no verdict
-    far = {"student_state_error": 0.2, "teacher_state_error": 0.1}
-    assert fit.adopt_one_step(tmp_path, far)[0] is False and steps() == 2
-    near = {"student_state_error": 0.1 * fit.ADOPT_STATE_ERROR_RATIO * 0.99, "teacher_state_error": 0.1}
-    adopted, why = fit.adopt_one_step(tmp_path, near)
-    assert adopted and steps() == 1 and "num_steps=1" in why
-    assert json.loads((tmp_path / "world_model.json").read_text())["chunk_size"] == 8  # the rest kept

@@ -10,9 +10,6 @@ Stages, each sized from the budget (``configs/fit.yaml`` ``shares``) and resumab
     dynamics  (the slow learner)                                 OUT/work/runs/dynamics -> OUT/model
     probe     the env's goal descriptor (skipped where the env cannot label states)  OUT/model/probe
     idm       inverse dynamics for planner=video_plan            OUT/model/idm
-    distill   the one-step student, where the budget buys enough steps; imagination
-              uses it (num_steps=1) when its held-out state error is near the 2-step
-              sampler's                                          OUT/model/one_step
     quality   held-out PSNR / object PSNR / action adherence vs copy-last
     eval      learned / random / oracle (where cloneable), same seeds     OUT/eval/<name>
     card      OUT/model/README.md
@@ -36,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sfplan.errors import UserError
 
-STAGES = ("collect", "vae", "dynamics", "probe", "idm", "distill", "eval")
+STAGES = ("collect", "vae", "dynamics", "probe", "idm", "eval")
 #: tiny models for smoke tests (``size=toy``); a toy model does not plan
 TOY = {
     "vae": ["model.block_out_channels=[8,8,8]", "model.norm_num_groups=4", "batch_size=4", "latent_scale_frames=64"],
@@ -46,34 +43,9 @@ TOY = {
     "probe": ["model.width=8", "model.hidden_dim=16", "batch_size=16", "val_frames=32"],
     "idm": ["model.block_out_channels=[8,8,8]", "model.hidden_dim=16", "model.norm_num_groups=4", "batch_size=8",
             "val_windows=32"],
-    "distill": ["model.rank=4", "batch_size=2", "val_clips=16"],
 }
 CALIBRATION_STEPS = 6
 TOY_MAX_STEPS = 12
-#: distillation steps a fit must afford to distil at all (Reacher: the student's held-out state
-#: error after 500 steps of batch 16 is 11% above the 2-step sampler's, after 1500 steps XX%)
-MIN_DISTILL_STEPS = 500
-#: the one-step student becomes the model's sampler when its held-out state error is at most this
-#: factor times the 2-step sampler's (Reacher: XX)
-ADOPT_STATE_ERROR_RATIO = 1.10
-
-
-def adopt_one_step(model_dir: Path, val: dict) -> tuple[bool, str]:
-    """Make the distilled student the model's sampler (``num_steps=1`` in ``world_model.json``)
-    when its held-out state error (the probe's reading of the chunk's last frame) is within
-    ``ADOPT_STATE_ERROR_RATIO`` of the 2-step sampler's -> (adopted, why)."""
-    s, t = val.get("student_state_error"), val.get("teacher_state_error")
-    if s is None or t is None:
-        return False, "no state probe to compare the student with the 2-step sampler: num_steps stays 2"
-    ratio = s / max(t, 1e-12)
-    if ratio > ADOPT_STATE_ERROR_RATIO:
-        return False, f"state error {s:.4f} vs {t:.4f} with 2 steps (x{ratio:.2f} > {ADOPT_STATE_ERROR_RATIO}): num_steps stays 2"
-    from sfplan.io import atomic_write_text
-
-    path = Path(model_dir) / "world_model.json"
-    meta = json.loads(path.read_text())
-    atomic_write_text(path, json.dumps({**meta, "num_steps": 1}, indent=2) + "\n")
-    return True, f"state error {s:.4f} vs {t:.4f} with 2 steps (x{ratio:.2f} <= {ADOPT_STATE_ERROR_RATIO}): num_steps=1"
 
 
 # ----------------------------------------------------------------------------- state
@@ -340,8 +312,6 @@ class Fit:
         if stage == "dynamics":
             return [f"vae={self.work / 'runs' / 'vae' / 'model'}", f"motion_weight={r['motion_weight']:.4g}",
                     f"num_context={r['num_context']}", f"sampler_timesteps={r['sampler_timesteps']}"]
-        if stage == "distill":
-            return [f"attach_to={self.model_dir}", f"motion_weight={r['motion_weight']:.4g}"]
         extra = [f"vae={self.model_dir}", f"attach_to={self.model_dir}"]
         if stage == "probe":
             extra += [f"imagined={str(r['probe_imagined']).lower()}",
@@ -360,8 +330,6 @@ class Fit:
               "val_every=0", "sample_every=0", "tensorboard=false", "progress=false", "warmup_steps=0"]
         if stage == "probe":
             ov.append("imagined=false")
-        if stage == "distill":
-            ov.append("val_clips=8")
         r = run_train(load_config("train", ov))
         wall = time.perf_counter() - t0
         shutil.rmtree(scratch, ignore_errors=True)
@@ -385,14 +353,7 @@ class Fit:
             if self.toy:
                 steps = min(steps, TOY_MAX_STEPS)
             rec.update(steps=steps, calibrated_steps_per_s=rate, calibration_s=cal_wall)
-            if stage == "distill" and steps < MIN_DISTILL_STEPS and not self.toy:
-                shutil.rmtree(self.model_dir / "one_step", ignore_errors=True)  # the calibration run's
-                rec.update(status="skipped", wall_s=time.perf_counter() - t0,
-                           why=f"the budget buys {steps} distillation steps, under {MIN_DISTILL_STEPS}: imagination "
-                               f"keeps the 2-step sampler (a longer fit, or `sfplan train stage=distill` on its data)")
             st.save()
-        if rec.get("status") == "skipped":
-            return
         steps = int(rec["steps"])
         warm = int(stage_cfg.warmup_steps)
         ov = [*base, f"out_dir={self.work / 'runs' / stage}", f"steps={steps}",
@@ -407,8 +368,6 @@ class Fit:
                    sample=r.get("last_sample"), status="done")
         if stage == "dynamics":
             self._assemble(Path(r["model"]))
-        if stage == "distill":
-            rec["adopted"], rec["adoption"] = adopt_one_step(self.model_dir, r.get("distill_val") or {})
         st.save()
 
     def _plan_imagination(self, st: FitState, avail: float) -> float:
@@ -515,8 +474,6 @@ class Fit:
                 st.save()
         if not st.done("idm"):
             self.train("idm", st)
-        if not st.done("distill"):
-            self.train("distill", st)
         if "quality" not in st.data:
             self.quality(st)
         if not st.done("eval"):
@@ -581,9 +538,7 @@ def write_fit_card(out: Path, s: dict) -> Path:
         sps = d.get("steps_per_s")
         if name == "collect":
             note = f"{d.get('dataset_episodes')} episodes of {d.get('steps')} steps"
-        if name == "distill" and d.get("adoption"):
-            note = d["adoption"]
-        amount = d.get("steps", "") if name in ("vae", "dynamics", "probe", "idm", "distill") else ""
+        amount = d.get("steps", "") if name in ("vae", "dynamics", "probe", "idm") else ""
         lines.append(f"| {name} | {amount} | "
                      f"{f'{sps:.2f}' if sps else ''} | {d.get('wall_s', 0):.0f} | {note} |")
     walls = [float(d.get("wall_s", 0.0)) for d in st.values()]
