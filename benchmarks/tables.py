@@ -236,8 +236,7 @@ def levers(link: str) -> str:
     timing = json.loads((RESULTS / "one_step" / "decision_reacher.json").read_text())
     cost = {tuple(d["overrides"]): d for d in timing["decisions"]}
     lines = [f"| decision | GFLOP / decision | plan time / decision, idle ({timing['cpu']}, {timing['isa']}, "
-             f"{timing['decisions'][0]['threads']} threads) | success, hold 10 | success, first | plan time / decision "
-             f"in the suite |", "|---|---|---|---|---|---|"]
+             f"{timing['decisions'][0]['threads']} threads) | success, hold 10 | success, first |", "|---|---|---|---|---|"]
     for name, folder, k, n in LEVERS:
         if not (RESULTS / folder / "report.json").exists():
             continue
@@ -246,7 +245,7 @@ def levers(link: str) -> str:
         first = s["protocols"]["first"]
         idle = f"{c['seconds_median']:.2f} s" if not name.startswith("1 call") else "as the student's"
         lines.append(f"| {name} | {c['gflop']:.0f} | {idle} | {success([folder], link, True)} | "
-                     f"{first['successes']}/{s['episodes']} ({first['success_rate']:.0%}) | {plan_time(folder)} |")
+                     f"{first['successes']}/{s['episodes']} ({first['success_rate']:.0%}) |")
     return "\n".join(lines)
 
 def tables() -> dict[Path, dict[str, str]]:
