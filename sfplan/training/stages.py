@@ -830,19 +830,21 @@ class DistillStage(DynamicsStage):
         out = {"distill_val": val, "attached_to": str(save_adapter(ema_model, self.adapter, self.cfg.attach_to, meta))}
         return out
 
-    def identity(self) -> dict:
-        from sfplan.world_model.learned import checkpoint_sha256
+    def _teacher_sha256(self) -> str:
+        """The teacher's diffusion weights (not its dir's: the student written into it changes that)."""
+        from sfplan.training.checkpoint import sha256_file
 
-        return {"stage": self.name, "model": _container(self.cfg.model), "teacher": checkpoint_sha256(self.cfg.attach_to),
+        return sha256_file(Path(str(self.cfg.attach_to)).expanduser() / "diffusion" /
+                           "diffusion_pytorch_model.safetensors")
+
+    def identity(self) -> dict:
+        return {"stage": self.name, "model": _container(self.cfg.model), "teacher": self._teacher_sha256(),
                 "data": str(Path(str(self.cfg.data.path)).expanduser().resolve())}
 
     def describe(self) -> dict:
         d = _Stage.describe(self)
-        from sfplan.training.checkpoint import sha256_file
-
-        weights = Path(str(self.cfg.attach_to)).expanduser() / "diffusion" / "diffusion_pytorch_model.safetensors"
         d.update(attach_to=str(self.cfg.attach_to), latent_cache=str(self.cache.path), clip_frames=self.clip_frames,
-                 teacher_diffusion_sha256=sha256_file(weights),
+                 teacher_diffusion_sha256=self._teacher_sha256(),
                  train_clips=int(len(self._index["train"][0])), teacher_steps=int(self.wm.config.num_steps),
                  adapter_parameters=int(sum(p.numel() for p in self.model.parameters() if p.requires_grad)))
         return d

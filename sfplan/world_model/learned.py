@@ -15,6 +15,7 @@ Checkpoint layout (``save_pretrained`` / ``from_pretrained``; no pickles)::
     diffusion/config.json     ActionVideoDiffusion config
     diffusion/diffusion_pytorch_model.safetensors   (incl. action normaliser buffers)
     scheduler/scheduler_config.json                 training noise schedule
+    one_step/ (optional)      the distilled one-step student, a LoRA folded in for num_steps=1
 """
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ class SlowFastWorldModelConfig:
         this many past observations). 2 gives velocity; more costs time at every step.
     chunk_size: env steps generated per sampler call; a horizon-8 plan is one chunk.
     sampler, num_steps: DPM-Solver++ with 2 steps (see sampler.py for the schedule).
+        ``num_steps=1`` on a model dir with a ``one_step/`` part imagines with its distilled
+        student (``one_step.py``): half the FLOPs of 2 steps.
     guidance_scale: > 1 doubles the batch (classifier-free guidance on the actions).
     noise_seed: each ``imagine`` call redraws the same noise from this seed, so the model
         is a deterministic function of (state, actions) across CEM iterations;
