@@ -49,8 +49,9 @@ def held_out_quality(wm, episodes: list, descriptors: list[np.ndarray] | None = 
     probe = getattr(wm, "probe", None) if descriptors is not None else None
     read: dict[str, torch.Tensor] = {}  # run -> probe descriptors (B, C, D)
 
+    state = wm.encode(context)  # the same context for every run
+
     def imagine(name: str, acts: np.ndarray) -> np.ndarray:
-        state = wm.encode(context)
         lat = wm.imagine(state, torch.as_tensor(acts)[:, None]).features[:, 0]  # (B, C, c, h, w)
         if probe is not None:
             read[name] = probe(lat)
@@ -65,6 +66,6 @@ def held_out_quality(wm, episodes: list, descriptors: list[np.ndarray] | None = 
     out["adherence_margin_db"] = out["object_psnr"]["model"] - out["object_psnr"]["shuffled_actions"]
     if probe is not None:
         true = torch.as_tensor(np.stack([descriptors[i][ctx: ctx + C] for i in keep]), dtype=torch.float32)
-        read["copy_last"] = probe(wm.encode(context).features)[:, None].expand_as(true)  # (B, C, D)
+        read["copy_last"] = probe(state.features)[:, None].expand_as(true)  # (B, C, D)
         out["state_error"] = {k: float((v.float() - true).norm(dim=-1).mean()) for k, v in read.items()}
     return out

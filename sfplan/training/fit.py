@@ -396,7 +396,6 @@ class Fit:
         from sfplan.data import EpisodeDataset
         from sfplan.eval.quality import held_out_quality
         from sfplan.world_model.learned import load_world_model
-
         from sfplan.world_model.probe import label_descriptors
 
         wm = load_world_model(str(self.model_dir), device=str(self.cfg.device), return_frames="all")

@@ -301,13 +301,17 @@ class DynamicsStage(_Stage):
         if cfg.get("init_from"):
             self.init_report = warm_start(self.model, cfg.init_from, is_main)
         self._load_latents(is_main, wait)
-        self._index = {}
-        for split, sub in (("train", self.train_ds), ("val", self.val_ds)):
-            self._index[split] = self._clip_index(self.cache.rows_of(sub.seeds))
+        self._index_clips("lower model.world_model.chunk_size or clip_frames, or collect longer episodes")
+
+    def _index_clips(self, fix: str) -> None:
+        """Clips of ``clip_frames`` latent frames in the cached train and val episodes (val
+        falls back to train) -> self._index, self.lat_all, self.act_all; none to train on is
+        a UserError ending in ``fix``."""
+        self._index = {split: self._clip_index(self.cache.rows_of(sub.seeds))
+                       for split, sub in (("train", self.train_ds), ("val", self.val_ds))}
         if len(self._index["train"][0]) == 0:
             raise UserError(f"no training clips of {self.clip_frames} frames: episodes in {self.ds.path} are "
-                            f"shorter (longest {int(self.ds.lengths.max())} steps); lower "
-                            f"model.world_model.chunk_size or clip_frames, or collect longer episodes")
+                            f"shorter (longest {int(self.ds.lengths.max())} steps); {fix}")
         if len(self._index["val"][0]) == 0:
             self._index["val"] = self._index["train"]
         self.lat_all = self.cache.latents  # (N_frames, C, h, w) on the CPU
@@ -716,7 +720,6 @@ class DistillStage(DynamicsStage):
     def setup(self, device: torch.device, is_main: bool = True, wait=None) -> None:
         import copy
 
-        from sfplan.training.latent_cache import vae_fingerprint
         from sfplan.world_model.learned import SlowFastWorldModel
         from sfplan.world_model.one_step import OneStepConfig, add_adapter
 
@@ -730,9 +733,8 @@ class DistillStage(DynamicsStage):
         if wm.config.num_steps < 2:
             raise UserError(f"{cfg.attach_to} samples with num_steps={wm.config.num_steps}: the teacher must take "
                             f"2 or more steps (its world_model.json num_steps)")
-        self.wm, self.wm_config = wm, wm.config
-        self.vae = wm.vae.requires_grad_(False)
-        self.vae_sha = vae_fingerprint(self.vae)
+        self.wm = wm
+        self.vae = wm.vae.requires_grad_(False)  # the latent cache is of this VAE
         if self.vae.config.image_size != self.ds.image_size:
             raise UserError(f"{cfg.attach_to} works on {self.vae.config.image_size}px frames but {self.ds.path} "
                             f"holds {self.ds.image_size}px: distil on the data the model was trained on")
@@ -746,13 +748,7 @@ class DistillStage(DynamicsStage):
         add_adapter(self.model, self.adapter, seed=int(cfg.seed))
         self.clip_frames = wm.context_frames + wm.chunk_size
         self._load_latents(is_main, wait)
-        self._index = {split: self._clip_index(self.cache.rows_of(sub.seeds))
-                       for split, sub in (("train", self.train_ds), ("val", self.val_ds))}
-        if len(self._index["train"][0]) == 0:
-            raise UserError(f"no training clips of {self.clip_frames} frames in {self.ds.path}: episodes are shorter")
-        if len(self._index["val"][0]) == 0:
-            self._index["val"] = self._index["train"]
-        self.lat_all, self.act_all = self.cache.latents, self.cache.actions
+        self._index_clips("distil on the data the model was trained on")
 
     def _split(self, batch: dict, g: torch.Generator):
         """A batch -> (context (B, f_p, C, h, w), actions (B, K, A), noise (B, K, C, h, w))."""
@@ -827,8 +823,7 @@ class DistillStage(DynamicsStage):
         meta = {"teacher_steps": int(self.wm.config.num_steps), "teacher_sampler": self.wm.config.sampler,
                 "steps": int(self.cfg.steps), "held_out": val}
         save_adapter(ema_model, self.adapter, directory, meta)
-        out = {"distill_val": val, "attached_to": str(save_adapter(ema_model, self.adapter, self.cfg.attach_to, meta))}
-        return out
+        return {"distill_val": val, "attached_to": str(save_adapter(ema_model, self.adapter, self.cfg.attach_to, meta))}
 
     def _teacher_sha256(self) -> str:
         """The teacher's diffusion weights (not its dir's: the student written into it changes that)."""

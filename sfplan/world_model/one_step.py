@@ -51,19 +51,20 @@ def add_adapter(diffusion: nn.Module, config: OneStepConfig, seed: int = 0) -> l
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         diffusion.add_adapter(lcfg, adapter_name=ADAPTER)
-    params = [p for n, p in diffusion.named_parameters() if f".{ADAPTER}." in n and ".lora_" in n]
+    params = [p for _, p in _adapter_parameters(diffusion)]
     for p in params:
         p.requires_grad_(True)
     return params
 
 
+def _adapter_parameters(diffusion: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of the student's LoRA tensors (peft names them ``...lora_A.one_step.weight``)."""
+    return [(n, p) for n, p in diffusion.named_parameters() if f".{ADAPTER}." in n and ".lora_" in n]
+
+
 def adapter_state_dict(diffusion: nn.Module) -> dict[str, torch.Tensor]:
     """The student's LoRA tensors by module name (``<module>.lora_A`` / ``.lora_B``)."""
-    out = {}
-    for name, p in diffusion.named_parameters():
-        if f".{ADAPTER}." in name and ".lora_" in name:
-            out[name.replace(f".{ADAPTER}.", ".").replace(".weight", "")] = p.detach()
-    return out
+    return {n.replace(f".{ADAPTER}.", ".").replace(".weight", ""): p.detach() for n, p in _adapter_parameters(diffusion)}
 
 
 def save_adapter(diffusion: nn.Module, config: OneStepConfig, directory: str | Path, meta: dict) -> Path:
