@@ -100,6 +100,29 @@ def test_state_round_trip_and_sim_step_match_step(task):
     np.testing.assert_array_equal(u.render_pixels(), px)
 
 
+def test_pusher_near_starts_behind_the_cylinder_at_rest():
+    """Pusher's near goal: the episode starts with the palm just behind the cylinder, the arm
+    at rest; the goal is one push line away (about 15-25 steps) and moves the cylinder by at
+    least twice the success radius for most draws; under ``far`` the arm starts at Pusher-v5's
+    rest pose, far from the cylinder."""
+    env = gym.make("sfplan/Pusher-v0", goal="near")
+    u = env.unwrapped
+    moved, gaps = [], []
+    for seed in range(6):
+        _, info = env.reset(seed=seed)
+        np.testing.assert_allclose(u.data.qvel[:7], 0.0, atol=1e-9)
+        gaps.append(np.linalg.norm(u.body_xpos("tips_arm")[:2] - u.object_xy()))
+        assert 15 <= len(u._goal_actions(None)) <= 25
+        moved.append(info["distance"])
+    assert max(gaps) < 0.2, gaps  # the palm's origin sits 0.12 m behind the cylinder's centre
+    assert sum(m >= 2 * u.success_threshold for m in moved) >= 5, moved
+    env.close()
+    far = gym.make("sfplan/Pusher-v0", goal="far")
+    far.reset(seed=0)
+    assert np.linalg.norm(far.unwrapped.body_xpos("tips_arm")[:2] - far.unwrapped.object_xy()) > 0.2
+    far.close()
+
+
 @pytest.mark.parametrize("tid", ["sfplan/Reacher-v0", "sfplan/PointMazeUMaze-v0", "sfplan/MemoryMaze-v0"])
 def test_far_goals(tid):
     env = gym.make(tid, goal="far")
