@@ -40,6 +40,8 @@ TASKS: dict[str, str] = {
     "sfplan/PointMazeMedium-v0": "PointMaze Medium (8x8 cells), top-down; success: ball within 0.45 m of the goal ball position.",
     "sfplan/MemoryMaze-v0": "point mass in an 8 m arena painted anew each episode, seen by a camera that follows it "
     "(3 m view; the memory benchmark's task); success: agent within 0.25 m of the goal position.",
+    "sfplan/ForkMaze-v0": "point mass at the junction of a plus-shaped maze whose four rooms are painted anew each "
+    "episode, after a leg from the goal room (recall: planning needs memory); success: agent within 0.5 m of the goal.",
 }
 
 _REGISTRATIONS = [
@@ -50,6 +52,7 @@ _REGISTRATIONS = [
     ("sfplan/PointMazeUMaze-v0", "sfplan.envs.pointmaze:PointMazeGoalEnv", 400, {"maze": "UMaze"}),
     ("sfplan/PointMazeMedium-v0", "sfplan.envs.pointmaze:PointMazeGoalEnv", 700, {"maze": "Medium"}),
     ("sfplan/MemoryMaze-v0", "sfplan.envs.memory_maze:MemoryMazeEnv", 400, {}),
+    ("sfplan/ForkMaze-v0", "sfplan.envs.fork_maze:ForkMazeEnv", 200, {"goal": "recall"}),
 ]
 
 # ---- robosuite tasks (sfplan/Lift-v0, sfplan/Stack-v0) ------------------------------

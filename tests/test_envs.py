@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 from sfplan.envs import TASKS, GoalImageEnv, GoalImageWrapper, make_env
 
 MUJOCO_TASKS = ["sfplan/Reacher-v0", "sfplan/Pusher-v0", "sfplan/PointMazeUMaze-v0", "sfplan/PointMazeMedium-v0",
-                "sfplan/MemoryMaze-v0"]
+                "sfplan/MemoryMaze-v0", "sfplan/ForkMaze-v0"]
 
 
 @pytest.fixture(scope="module", params=MUJOCO_TASKS)
@@ -121,6 +121,47 @@ def test_pusher_near_starts_behind_the_cylinder_at_rest():
     far.reset(seed=0)
     assert np.linalg.norm(far.unwrapped.body_xpos("tips_arm")[:2] - far.unwrapped.object_xy()) > 0.2
     far.close()
+
+
+def test_fork_maze_recall_shows_the_goal_room_only_in_the_past():
+    """ForkMaze recall: the episode starts at the junction, where no room colour is in view; the
+    goal image is all the goal room's colour; the leg (history) starts with the goal image and
+    walks to the junction; the four rooms take the four colours in an order drawn per seed; set_state of a
+    recorded state repaints the rooms."""
+    from sfplan.envs.fork_maze import ARMS, ROOM_PALETTE
+
+    env = gym.make("sfplan/ForkMaze-v0")
+    u = env.unwrapped
+    palette = np.round(ROOM_PALETTE * 255)
+    seen_rooms, paints = set(), []
+    for seed in range(8):
+        obs, info = env.reset(seed=seed)
+        np.testing.assert_allclose(u.agent_xy(), 0.0, atol=0.05)
+        assert len(set(u.colours.tolist())) == 4
+        seen_rooms.add(u.goal_room)
+        paints.append(tuple(u.colours))
+        np.testing.assert_array_equal(info["history_frames"][0], obs["desired_goal"])
+        np.testing.assert_array_equal(info["history_frames"][-1], obs["pixels"])
+        assert len(info["history_actions"]) == len(info["history_frames"]) - 1
+        # nearest room hue per pixel (rooms are painted at 1.0 and 0.85 of their colour)
+        def room_share(img, k):
+            px = img.reshape(-1, 1, 3).astype(float)
+            hues = np.concatenate([palette, palette * 0.85])
+            near = np.abs(px - hues[None]).max(-1).min(-1) < 25
+            return near.mean(), (np.abs(px - palette[k]).max(-1) < 25).mean() + (np.abs(px - 0.85 * palette[k]).max(-1) < 25).mean()
+        assert room_share(obs["pixels"], 0)[0] == 0.0  # no room in view at the junction
+        assert room_share(obs["desired_goal"], u.colours[u.goal_room])[1] > 0.9
+        assert not info["is_success"] and info["distance"] > 3.0
+    assert len(seen_rooms) >= 3 and len(set(paints)) >= 5  # 24 orders of the four colours
+    goal, room = u.goal_state, u.goal_room
+    env.reset(seed=100)
+    u.set_state(goal)
+    np.testing.assert_array_equal(u.colours, np.array(paints[-1]))
+    np.testing.assert_array_equal(u.render_pixels(), obs["desired_goal"])
+    # the goal room lies down the arm the leg came along
+    u.set_state(goal)
+    assert u.room_of(u.agent_xy()) == room and np.dot(u.agent_xy(), ARMS[room]) > 3.0
+    env.close()
 
 
 @pytest.mark.parametrize("tid", ["sfplan/Reacher-v0", "sfplan/PointMazeUMaze-v0", "sfplan/MemoryMaze-v0"])
