@@ -26,6 +26,7 @@ import numpy as np
 
 from sfplan.envs.base import GoalImageEnv, MujocoGoalEnv, smooth_noise
 from sfplan.envs.memory_maze import _CAM_HEIGHT, _RADIUS, _VIEW, MemoryMazeEnv
+from sfplan.errors import UserError
 
 #: room colours, one per room in an order drawn per episode: four hues far apart, so that an
 #: image cost tells a room from the others by colour alone
@@ -140,6 +141,11 @@ class ForkMazeEnv(MemoryMazeEnv):
     - ``near``: a uniformly drawn open cell as the start, the goal after 10-20 steps of
       smooth random actions (redrawn until 2x the threshold away): collection and
       short-range planning.
+    - ``past="other"`` (the memory benchmark's control): under ``recall`` the leg in
+      ``info["history_frames"]`` / ``info["history_actions"]`` is another episode's (another
+      goal room and room order, drawn from the same seed), while the episode itself is
+      unchanged; its last frames are the same still junction view, so only a memory of the
+      leg can tell the two apart.
     - Success: agent within ``success_threshold = 0.5`` m of the goal (inside the goal room
       under ``recall``).
     """
@@ -150,8 +156,12 @@ class ForkMazeEnv(MemoryMazeEnv):
     wait_steps = 3
     leg_speed = 1.0
 
-    def __init__(self, image_size: int = 64, goal: str = "recall", render_mode: str | None = "rgb_array"):
+    def __init__(self, image_size: int = 64, goal: str = "recall", past: str = "own",
+                 render_mode: str | None = "rgb_array"):
         GoalImageEnv.__init__(self, image_size=image_size, goal=goal, render_mode=render_mode)
+        if past not in ("own", "other"):
+            raise UserError(f"past={past!r}: use 'own' (the episode's own leg) or 'other' (another episode's)")
+        self.past = past
         xml, room = build_fork_xml()
         model = mujoco.MjModel.from_xml_string(xml)
         MujocoGoalEnv._init_mujoco(self, model, frame_skip=5, camera="follow")
@@ -217,30 +227,41 @@ class ForkMazeEnv(MemoryMazeEnv):
         n_waypoints = self._waypoints_option(options)
         gym.Env.reset(self, seed=seed)  # seeding only: the leg replaces GoalImageEnv's goal drive
         rng = self.np_random
-        self._paint(rng.permutation(len(ROOM_PALETTE))[:4])
-        self.goal_room = int(rng.integers(4))
-        mujoco.mj_resetData(self.model, self.data)
-        self.data.qpos[:2] = ARMS[self.goal_room] * ROOM_CENTRE
-        mujoco.mj_forward(self.model, self.data)
-        self._stale = False
-        self._goal, self._goal_state = self._goal_descriptor(), self.get_state()
-        self._goal_pixels = self.render_pixels()
-        # the outbound leg: room centre -> junction, then a short wait
-        actions, states, frames = [], [self._goal_state], []
-        step = self.leg_speed * 2.0 * self.dt  # m per step at leg_speed (2 m/s at |action| = 1)
-        n = int(np.ceil(ROOM_CENTRE / step))
-        for k in range(1, n + 1 + self.wait_steps):
-            target = ARMS[self.goal_room] * max(0.0, ROOM_CENTRE - k * step)
-            a = self.track_action(target)
-            self.sim_step(a)
-            actions.append(a)
-            states.append(self.get_state())
-            frames.append(self.render_pixels())
+        paint, self.goal_room = rng.permutation(len(ROOM_PALETTE)), int(rng.integers(4))
+        if self.past == "other":  # a leg that does not show the goal room's colour down its arm
+            other_paint, other_room = paint, self.goal_room
+            while other_room == self.goal_room and other_paint[other_room] == paint[self.goal_room]:
+                other_paint, other_room = rng.permutation(len(ROOM_PALETTE)), int(rng.integers(4))
+            past = self._leg(other_paint, other_room)
+        frames, actions, states = self._leg(paint, self.goal_room)  # leaves the agent at the junction
+        if self.past == "own":
+            past = frames, actions, states
+        self._goal, self._goal_state = ARMS[self.goal_room] * ROOM_CENTRE, states[0]
+        self._goal_pixels = frames[0]
         info = self._info()
         if n_waypoints:
             self._goal_path = states[::-1][1:]
             info["goal_waypoints"] = self._render_waypoints(n_waypoints)
             self.set_state(states[-1])
-        info["history_frames"] = np.stack([self._goal_pixels, *frames])
-        info["history_actions"] = np.asarray(actions, np.float32)
+        info["history_frames"], info["history_actions"] = past[0], past[1]
         return self._obs(), info
+
+    def _leg(self, paint: np.ndarray, room: int):
+        """Paint the rooms, walk from the centre of ``room`` to the junction and wait there ->
+        (frames (T+1, H, W, 3) uint8, the room view first; actions (T, 2) float32; states
+        [T+1]). Leaves the simulator at the junction."""
+        self._paint(paint)
+        mujoco.mj_resetData(self.model, self.data)
+        self.data.qpos[:2] = ARMS[room] * ROOM_CENTRE
+        mujoco.mj_forward(self.model, self.data)
+        self._stale = False
+        states, frames, actions = [self.get_state()], [self.render_pixels()], []
+        step = self.leg_speed * 2.0 * self.dt  # m per step at leg_speed (2 m/s at |action| = 1)
+        n = int(np.ceil(ROOM_CENTRE / step))
+        for k in range(1, n + 1 + self.wait_steps):
+            a = self.track_action(ARMS[room] * max(0.0, ROOM_CENTRE - k * step))
+            self.sim_step(a)
+            actions.append(a)
+            states.append(self.get_state())
+            frames.append(self.render_pixels())
+        return np.stack(frames), np.asarray(actions, np.float32), states

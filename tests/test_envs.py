@@ -164,6 +164,24 @@ def test_fork_maze_recall_shows_the_goal_room_only_in_the_past():
     env.close()
 
 
+def test_fork_maze_other_past_changes_only_the_leg():
+    """past="other": the same episode (start, goal image, goal state) with another episode's leg,
+    which ends in the same junction view (it shows the goal room's colour down no arm, or
+    down another arm than the goal's)."""
+    own, other = gym.make("sfplan/ForkMaze-v0"), gym.make("sfplan/ForkMaze-v0", past="other")
+    for seed in range(4):
+        o1, i1 = own.reset(seed=seed)
+        o2, i2 = other.reset(seed=seed)
+        np.testing.assert_array_equal(o1["pixels"], o2["pixels"])
+        np.testing.assert_array_equal(o1["desired_goal"], o2["desired_goal"])
+        np.testing.assert_array_equal(i1["state"], i2["state"])
+        np.testing.assert_array_equal(i2["history_frames"][-1], o2["pixels"])
+        assert not np.array_equal(i2["history_frames"], i1["history_frames"])
+    own.close(), other.close()
+    with pytest.raises(ValueError, match="past="):
+        gym.make("sfplan/ForkMaze-v0", past="mine")
+
+
 @pytest.mark.parametrize("tid", ["sfplan/Reacher-v0", "sfplan/PointMazeUMaze-v0", "sfplan/MemoryMaze-v0"])
 def test_far_goals(tid):
     env = gym.make(tid, goal="far")
