@@ -88,6 +88,8 @@ class EpisodeResult:
             "decisions": len(self.plan_times),
             "plan_time_mean_s": float(np.mean(self.plan_times)) if self.plan_times else 0.0,
             "memory_write_mean_s": float(np.mean(self.memory_write_times)) if self.memory_write_times else 0.0,
+            "memory_writes": len(self.memory_write_times),
+            "memory_write_total_s": float(np.sum(self.memory_write_times)),
             **({"waypoints": self.waypoints, "waypoints_passed": self.waypoints_passed} if self.waypoints else {}),
         }
 
