@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -86,7 +85,7 @@ def side_by_side_gif(reports: dict, out: Path, seed: int) -> Path | None:
 
 def run(args) -> dict:
     import sfplan
-    from sfplan.eval.report import wilson_interval
+    from sfplan.eval.report import git_commit, wilson_interval
     from sfplan.paths import portable
     from sfplan.training.fit import hardware
 
@@ -105,7 +104,7 @@ def run(args) -> dict:
     n = args.episodes
     summary = {"env": ENV, "goal": "recall", "episodes": n, "budget": args.budget or "task", "seeds": [args.seed, args.seed + n - 1],
                "model": args.model, "memory": args.memory, "cells": {}, "per_seed": {},
-               "commit": _git_commit(), "hardware": hardware(),
+               "commit": git_commit(), "hardware": hardware(),
                "command": "python benchmarks/memory_planning.py " + " ".join(sys.argv[1:])}
     for cell, r in reports.items():
         eps = r["report"]["episodes"]
@@ -141,14 +140,6 @@ def table(s: dict) -> str:
         lines += ["", f"Memory writing: {s['write_time_fraction']:.1%} of the planning time (all writes of an "
                   "episode, the leg's included, over all its decisions)."]
     return "\n".join(lines) + "\n"
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
-                                       cwd=Path(__file__).resolve().parent).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv=None) -> int:

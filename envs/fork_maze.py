@@ -25,7 +25,7 @@ import mujoco
 import numpy as np
 
 from sfplan.envs.base import GoalImageEnv, MujocoGoalEnv, smooth_noise
-from sfplan.envs.memory_maze import _CAM_HEIGHT, _RADIUS, _VIEW, MemoryMazeEnv
+from sfplan.envs.memory_maze import _RADIUS, MemoryMazeEnv, agent_scene_xml
 from sfplan.errors import UserError
 
 #: room colours, one per room in an order drawn per episode: four hues far apart, so that an
@@ -89,34 +89,7 @@ def build_fork_xml() -> tuple[str, list[int]]:
         geoms.append(f'<geom name="wall_{w}" type="box" pos="{x:.3f} {y:.3f} {_WALL_H / 2}" '
                      f'size="{_CELL / 2} {_CELL / 2} {_WALL_H / 2}" material="flat" '
                      f'rgba="{_WALL_RGB[0]} {_WALL_RGB[1]} {_WALL_RGB[2]} 1"/>')
-    fovy = float(np.degrees(2 * np.arctan(_VIEW / 2 / (_CAM_HEIGHT + _RADIUS))))
-    kv = 200.0 / 0.5**2
-    xml = f"""
-<mujoco model="fork_maze">
-  <compiler angle="radian"/>
-  <option timestep="0.01" integrator="implicitfast" gravity="0 0 0"/>
-  <visual>
-    <headlight ambient="0.55 0.55 0.55" diffuse="0.45 0.45 0.45" specular="0 0 0"/>
-    <rgba haze="0.1 0.1 0.1 1"/>
-  </visual>
-  <asset><material name="flat" specular="0" shininess="0" reflectance="0"/></asset>
-  <worldbody>
-    <geom name="ground" type="plane" pos="0 0 -0.02" size="20 20 0.1" rgba="0.12 0.12 0.12 1"
-          contype="0" conaffinity="0" material="flat"/>
-    {chr(10).join(geoms)}
-    <body name="agent" pos="0 0 {_RADIUS}">
-      <joint name="x" type="slide" axis="1 0 0"/>
-      <joint name="y" type="slide" axis="0 1 0"/>
-      <geom name="agent" type="sphere" size="{_RADIUS}" mass="1" rgba="0.97 0.97 0.97 1" material="flat"/>
-      <camera name="follow" pos="0 0 {_CAM_HEIGHT}" xyaxes="1 0 0 0 1 0" fovy="{fovy:.4f}"/>
-    </body>
-  </worldbody>
-  <actuator>
-    <velocity name="vx" joint="x" kv="{kv}" gear="0.5" ctrlrange="-1 1" ctrllimited="true"/>
-    <velocity name="vy" joint="y" kv="{kv}" gear="0.5" ctrlrange="-1 1" ctrllimited="true"/>
-  </actuator>
-</mujoco>
-"""
+    xml = agent_scene_xml("fork_maze", geoms)
     return xml, room
 
 

@@ -67,10 +67,18 @@ def build_arena_xml() -> str:
         geoms.append(f'<geom name="wall_{w}" type="box" pos="{x:.3f} {y:.3f} {_WALL_H / 2:.3f}" '
                      f'size="{_WALL_T / 2:.3f} {_WALL_T / 2:.3f} {_WALL_H / 2:.3f}" material="flat"/>')
         w += 1
+    return agent_scene_xml("memory_maze", geoms)
+
+
+def agent_scene_xml(name: str, geoms: list[str]) -> str:
+    """MJCF of a scene of ``geoms`` (MJCF lines: floor and walls) with the point-mass agent:
+    a sphere on x/y slide joints with velocity actuators (2 m/s per unit action, 5 ms time
+    constant), no gravity, and its ``follow`` camera looking straight down at a
+    ``_VIEW`` x ``_VIEW`` m patch of floor."""
     fovy = float(np.degrees(2 * np.arctan(_VIEW / 2 / (_CAM_HEIGHT + _RADIUS))))
     kv = 200.0 / 0.5**2  # gear 0.5 -> damping kv * gear^2 = 200 N s/m on a 1 kg mass: 5 ms time constant
     return f"""
-<mujoco model="memory_maze">
+<mujoco model="{name}">
   <compiler angle="radian"/>
   <option timestep="0.01" integrator="implicitfast" gravity="0 0 0"/>
   <visual>

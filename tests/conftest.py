@@ -35,3 +35,28 @@ def data(tmp_path_factory):
     collect(out, "sfplan/Reacher-v0", {"image_size": 32, "goal": "near"}, episodes=4, steps=10, workers=1,
             progress=False)
     return out
+
+
+def tiny_point_mass_model(directory, trained_env: dict | None = None):
+    """An untrained 16x16, 2-action world model (chunk 2, 2 context frames) saved to
+    ``directory``, its diffusion weights moved off their zero-initialised outputs so that
+    memory writes change what it imagines: the memory benchmarks' end-to-end model.
+    ``trained_env``: the env it records (``sfplan eval`` refuses a model without one)."""
+    import torch
+
+    from sfplan.world_model.learned import SlowFastWorldModel, SlowFastWorldModelConfig
+    from sfplan.world_model.vae import VAEConfig
+    from sfplan.world_model.video_diffusion import VideoDiffusionConfig
+
+    wm = SlowFastWorldModel.build(
+        VAEConfig(image_size=16, block_out_channels=(8, 8), norm_num_groups=4),
+        VideoDiffusionConfig(action_dim=2, max_frames=8, block_out_channels=(16, 32), head_dim=8,
+                             cross_attention_dim=16, norm_num_groups=4),
+        config=SlowFastWorldModelConfig(context_frames=2, chunk_size=2), device="cpu", seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in wm.diffusion.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    wm.trained_env = trained_env
+    wm.save_pretrained(directory)
+    return directory

@@ -23,6 +23,8 @@ from sfplan.eval.memory_metrics import (RandomConvFeatures, calibrate_cut_thresh
                                         scene_cuts, scene_revisit_consistency)
 from sfplan.eval.video_metrics import psnr
 
+from conftest import tiny_point_mass_model
+
 ENV_ID = "sfplan/MemoryMaze-v0"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,24 +191,8 @@ def test_return_leg_metrics(episode):
 # ----------------------------------------------------------------------------- benchmark
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    torch = pytest.importorskip("torch")
     pytest.importorskip("diffusers")
-    from sfplan.world_model.learned import SlowFastWorldModel, SlowFastWorldModelConfig
-    from sfplan.world_model.vae import VAEConfig
-    from sfplan.world_model.video_diffusion import VideoDiffusionConfig
-
-    wm = SlowFastWorldModel.build(
-        VAEConfig(image_size=16, block_out_channels=(8, 8), norm_num_groups=4),
-        VideoDiffusionConfig(action_dim=2, max_frames=8, block_out_channels=(16, 32), head_dim=8,
-                             cross_attention_dim=16, norm_num_groups=4),
-        config=SlowFastWorldModelConfig(context_frames=2, chunk_size=2), device="cpu", seed=0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # move the zero-initialised output layers off zero, so writes change outputs
-        for p in wm.diffusion.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    d = tmp_path_factory.mktemp("wm") / "tiny"
-    wm.save_pretrained(d)
-    return d
+    return tiny_point_mass_model(tmp_path_factory.mktemp("wm") / "tiny")
 
 
 def _bench(args, tmp_path):

@@ -11,29 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_point_mass_model
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def fork_model_dir(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    from sfplan.world_model.learned import SlowFastWorldModel, SlowFastWorldModelConfig
-    from sfplan.world_model.vae import VAEConfig
-    from sfplan.world_model.video_diffusion import VideoDiffusionConfig
-
-    wm = SlowFastWorldModel.build(
-        VAEConfig(image_size=16, block_out_channels=(8, 8), norm_num_groups=4),
-        VideoDiffusionConfig(action_dim=2, max_frames=8, block_out_channels=(16, 32), head_dim=8,
-                             cross_attention_dim=16, norm_num_groups=4),
-        config=SlowFastWorldModelConfig(context_frames=2, chunk_size=2), device="cpu", seed=0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # off the zero-initialised outputs, so that writes change what it imagines
-        for p in wm.diffusion.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    wm.trained_env = {"id": "sfplan/ForkMaze-v0", "kwargs": {"image_size": 16}}
-    d = tmp_path_factory.mktemp("wm") / "fork"
-    wm.save_pretrained(d)
-    return d
+    return tiny_point_mass_model(tmp_path_factory.mktemp("wm") / "fork",
+                                 {"id": "sfplan/ForkMaze-v0", "kwargs": {"image_size": 16}})
 
 
 def _bench(args, cwd):
