@@ -60,3 +60,15 @@ def tiny_point_mass_model(directory, trained_env: dict | None = None):
     wm.trained_env = trained_env
     wm.save_pretrained(directory)
     return directory
+
+
+def run_benchmark(script: str, args: list[str], cwd, timeout: int = 900):
+    """``python benchmarks/<script> *args`` in a subprocess on one thread -> CompletedProcess."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    return subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=timeout)

@@ -4,9 +4,6 @@ benchmarks/memory_benchmark.py end to end on a tiny untrained model."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -23,7 +20,7 @@ from sfplan.eval.memory_metrics import (RandomConvFeatures, calibrate_cut_thresh
                                         scene_cuts, scene_revisit_consistency)
 from sfplan.eval.video_metrics import psnr
 
-from conftest import tiny_point_mass_model
+from conftest import run_benchmark, tiny_point_mass_model
 
 ENV_ID = "sfplan/MemoryMaze-v0"
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,10 +192,8 @@ def tiny_model_dir(tmp_path_factory):
     return tiny_point_mass_model(tmp_path_factory.mktemp("wm") / "tiny")
 
 
-def _bench(args, tmp_path):
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory_benchmark.py"), *args],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+def _bench(args, cwd):
+    return run_benchmark("memory_benchmark.py", args, cwd)
 
 
 def test_memory_benchmark_end_to_end(tiny_model_dir, tmp_path):

@@ -4,28 +4,22 @@ another episode's leg, and summary.json carries the fields the benchmark promise
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import tiny_point_mass_model
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_benchmark, tiny_point_mass_model
 
 
 @pytest.fixture(scope="module")
+
+
 def fork_model_dir(tmp_path_factory):
     return tiny_point_mass_model(tmp_path_factory.mktemp("wm") / "fork",
                                  {"id": "sfplan/ForkMaze-v0", "kwargs": {"image_size": 16}})
 
 
 def _bench(args, cwd):
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory_planning.py"), *args],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
+    return run_benchmark("memory_planning.py", args, cwd)
 
 
 def test_memory_planning_end_to_end(fork_model_dir, tmp_path):
