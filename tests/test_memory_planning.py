@@ -11,8 +11,6 @@ from conftest import run_benchmark, tiny_point_mass_model
 
 
 @pytest.fixture(scope="module")
-
-
 def fork_model_dir(tmp_path_factory):
     return tiny_point_mass_model(tmp_path_factory.mktemp("wm") / "fork",
                                  {"id": "sfplan/ForkMaze-v0", "kwargs": {"image_size": 16}})
