@@ -106,11 +106,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     cfg = _compose("fit", args)
     if cfg is None:
         return 0
-    from sfplan.training.fit import run_fit
+    from sfplan.training.fit import quality_verdict, run_fit
 
     s = run_fit(cfg)
     out = cfg.out
     print(f"world model: {out}/model  card: {out}/model/README.md  (sfplan eval world_model.path={out})")
+    verdict = quality_verdict(s.get("quality", {}))
+    if verdict:
+        print(f"sfplan fit: warning: {verdict}", file=sys.stderr)
     for name, d in s["stages"].get("eval", {}).get("results", {}).items():
         lo, hi = d["ci95"]
         print(f"  {name:8s} success {d['successes']}/{d['episodes']} (95% CI {lo:.0%}-{hi:.0%}), "

@@ -115,6 +115,7 @@ def test_fit_writes_a_complete_model_dir_with_card_and_eval(puck_fit):
         assert str(puck_fit) not in cfg.read_text(), cfg
     q = s["quality"]
     assert set(q["object_psnr"]) == set(q["state_error"]) == {"model", "copy_last", "shuffled_actions"}
+    assert ("Not ready to plan with" in card) == bool(q["verdict"]) != ("keeps the moving object" in card)
     ev = s["stages"]["eval"]["results"]
     assert ev["random"]["episodes"] == ev["learned"]["episodes"] >= 1  # the same seeds
 
@@ -174,6 +175,27 @@ def _episodes(side: int, n: int = 6, T: int = 12) -> list:
             px[t, y0:y0 + side, x0 + t:x0 + t + side] = 255
         eps.append(SimpleNamespace(pixels=px))
     return eps
+
+
+@pytest.mark.parametrize("quality, ready", [
+    # held-out figures of real fits (docs/notes/2026-12-06-sfplan-fit.md, benchmarks/results/fit)
+    ({"state_error": {"model": 0.031, "copy_last": 0.141, "shuffled_actions": 0.180}, "adherence_margin_db": 1.5},
+     True),   # the puck: kept and moved by the actions
+    ({"state_error": {"model": 1.297, "copy_last": 0.381, "shuffled_actions": 1.3}, "adherence_margin_db": -0.0},
+     False),  # PointMaze UMaze at 30 min: a maze without its ball
+    ({"state_error": {"model": 0.05, "copy_last": 0.141, "shuffled_actions": 0.05}, "adherence_margin_db": 0.0},
+     False),  # an object that moves whatever the actions say
+    ({"adherence_margin_db": 0.70}, True),   # no probe (Reacher's fit): the actions move the object
+    ({"adherence_margin_db": -0.01}, False),
+])
+def test_the_fit_says_when_its_model_cannot_plan(quality, ready):
+    from sfplan.training.fit import quality_verdict
+
+    verdict = quality_verdict({"psnr": {}, **quality})
+    assert (verdict is None) == ready
+    if not ready:
+        assert "minutes=" in verdict and "init_from" in verdict
+    assert quality_verdict({}) is None  # not measured: nothing to say
 
 
 def test_derived_weights_follow_the_size_of_what_moves():

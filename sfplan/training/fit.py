@@ -405,6 +405,7 @@ class Fit:
             labelled = wm.probe is not None and all(e.states is not None for e in eps)
             desc = label_descriptors(ds.meta, (e.states for e in eps)) if labelled else None
             st.data["quality"] = held_out_quality(wm, eps, descriptors=desc)
+        st.data["quality"]["verdict"] = quality_verdict(st.data["quality"])
         st.save()
 
     def evaluate(self, st: FitState) -> None:
@@ -483,6 +484,30 @@ class Fit:
         return st.data
 
 
+def quality_verdict(q: dict) -> str | None:
+    """None where the held-out check shows a model that keeps the moving object and follows
+    the actions; else what it lacks, with the fix. With a state probe: the state read off the
+    model's frames must be closer to the truth than the state read off the last real frame
+    held still (copy-last) and off the model's frames under shuffled actions; without one,
+    the object PSNR under the true actions must beat shuffled actions'."""
+    if "psnr" not in q:
+        return None
+    se = q.get("state_error")
+    if se:
+        if se["model"] < min(se["copy_last"], se["shuffled_actions"]):
+            return None
+        why = (f"its frames put the object no nearer the truth (probe state error {se['model']:.3g}) than the "
+               f"last real frame held still ({se['copy_last']:.3g}) or its own frames under shuffled actions "
+               f"({se['shuffled_actions']:.3g})")
+    else:
+        if q["adherence_margin_db"] > 0.0:
+            return None
+        why = f"its frames do not follow the actions (object PSNR adherence {q['adherence_margin_db']:+.2f} dB)"
+    return (f"this model does not yet imagine the moving object: {why}, so planning with it is guesswork. "
+            f"Give the fit more time (a new out= with a larger minutes=), or train its dynamics on with "
+            f"`sfplan train stage=dynamics init_from=<this model>` on the fit's data (work/data).")
+
+
 def hardware() -> dict:
     from sfplan.training.trainer import cpu_info
 
@@ -551,6 +576,9 @@ def write_fit_card(out: Path, s: dict) -> Path:
                   *(f"| {k.replace('_', ' ')} | {q['psnr'][k]:.2f} | {q['object_psnr'][k]:.2f} |"
                     + (f" {se[k]:.4f} |" if se else "") for k in ("model", "copy_last", "shuffled_actions")),
                   "", f"Action adherence (object PSNR, true minus shuffled actions): {q['adherence_margin_db']:+.2f} dB."]
+        verdict = quality_verdict(q)
+        lines += ["", f"**Not ready to plan with**: {verdict}" if verdict else
+                  "The model keeps the moving object and follows the actions (held-out check above)."]
     elif q:
         lines += ["", "## Held-out quality", "", f"Not measured: {q.get('note')} ({q.get('episodes')} held out)."]
     ev = st.get("eval", {}).get("results", {})
@@ -577,4 +605,4 @@ def run_fit(cfg: DictConfig) -> dict:
     return Fit(cfg).run()
 
 
-__all__ = ["run_fit", "derive_recipe", "Fit", "write_fit_card"]
+__all__ = ["run_fit", "derive_recipe", "Fit", "write_fit_card", "quality_verdict"]
