@@ -56,6 +56,8 @@ def test_a_model_that_loses_the_object_reads_far_from_the_state_copy_last_reads_
     # the probe's reading can: copy-last is off by the 1-4 px the square moved, the blank frame by more
     assert 1.0 <= q["state_error"]["copy_last"] <= 4.0
     assert q["state_error"]["model"] > 2 * q["state_error"]["copy_last"]
+    # and the probe reads the true frames themselves to within a pixel (its own error)
+    assert q["state_error"]["truth"] < 0.1 * q["state_error"]["copy_last"]
 
 
 def test_no_state_error_without_descriptors():

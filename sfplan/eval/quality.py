@@ -33,7 +33,8 @@ def held_out_quality(wm, episodes: list, descriptors: list[np.ndarray] | None = 
     ``adherence_margin_db`` (object PSNR, true minus shuffled actions). With ``descriptors``
     (one (L+1, D) array of goal descriptors per episode, task units) and ``wm.probe``, also
     ``state_error``: the mean distance between what the probe reads off each run's frames and the
-    true descriptors (copy-last: the probe on the last context frame)."""
+    true descriptors (copy-last: the probe on the last context frame; truth: the probe on the true
+    frames, its own reading error, which says whether the probe can read the state at all)."""
     from sfplan.eval.video_metrics import psnr
 
     ctx, C = wm.context_frames, wm.chunk_size
@@ -67,5 +68,7 @@ def held_out_quality(wm, episodes: list, descriptors: list[np.ndarray] | None = 
     if probe is not None:
         true = torch.as_tensor(np.stack([descriptors[i][ctx: ctx + C] for i in keep]), dtype=torch.float32)
         read["copy_last"] = probe(state.features)[:, None].expand_as(true)  # (B, C, D)
+        B, C_ = truth.shape[:2]
+        read["truth"] = probe(wm.encode(truth.reshape(B * C_, 1, *truth.shape[2:])).features).reshape(B, C_, -1)
         out["state_error"] = {k: float((v.float() - true).norm(dim=-1).mean()) for k, v in read.items()}
     return out

@@ -484,15 +484,28 @@ class Fit:
         return st.data
 
 
+#: the state probe counts in the held-out check only where it reads the true frames at least this
+#: much better than the last context frame held still (else it cannot read the state: a follow
+#: camera's local view in MemoryMaze; a ball the VAE lost)
+PROBE_READS_STATE = 0.5
+#: ... and without it the object PSNR under the true actions must beat shuffled actions' by this
+#: much (dB): fits whose models followed their actions measured +0.7 to +2.4, those whose models
+#: had lost the object -0.00 and +0.002 (benchmarks/results/fit)
+FOLLOWS_ACTIONS_DB = 0.25
+
+
 def quality_verdict(q: dict) -> str | None:
     """None where the held-out check shows a model that keeps the moving object and follows
-    the actions; else what it lacks, with the fix. With a state probe: the state read off the
-    model's frames must be closer to the truth than the state read off the last real frame
-    held still (copy-last) and off the model's frames under shuffled actions; without one,
-    the object PSNR under the true actions must beat shuffled actions'."""
+    the actions; else what it lacks, with the fix. Where the state probe reads the true frames
+    (``PROBE_READS_STATE``), the state read off the model's frames must be closer to the truth
+    than the state read off the last real frame held still (copy-last) and off the model's
+    frames under shuffled actions; elsewhere the object PSNR under the true actions must beat
+    shuffled actions' by ``FOLLOWS_ACTIONS_DB``."""
     if "psnr" not in q:
         return None
     se = q.get("state_error")
+    if se and "truth" in se and se["truth"] > PROBE_READS_STATE * se["copy_last"]:
+        se = None  # the probe cannot read the state: its figures say nothing of the model
     if se:
         if se["model"] < min(se["copy_last"], se["shuffled_actions"]):
             return None
@@ -500,7 +513,7 @@ def quality_verdict(q: dict) -> str | None:
                f"last real frame held still ({se['copy_last']:.3g}) or its own frames under shuffled actions "
                f"({se['shuffled_actions']:.3g})")
     else:
-        if q["adherence_margin_db"] > 0.0:
+        if q["adherence_margin_db"] >= FOLLOWS_ACTIONS_DB:
             return None
         why = f"its frames do not follow the actions (object PSNR adherence {q['adherence_margin_db']:+.2f} dB)"
     return (f"this model does not yet imagine the moving object: {why}, so planning with it is guesswork. "
@@ -576,6 +589,8 @@ def write_fit_card(out: Path, s: dict) -> Path:
                   *(f"| {k.replace('_', ' ')} | {q['psnr'][k]:.2f} | {q['object_psnr'][k]:.2f} |"
                     + (f" {se[k]:.4f} |" if se else "") for k in ("model", "copy_last", "shuffled_actions")),
                   "", f"Action adherence (object PSNR, true minus shuffled actions): {q['adherence_margin_db']:+.2f} dB."]
+        if se and "truth" in se:
+            lines += [f"The probe reads the true frames with state error {se['truth']:.4f} (its own error)."]
         verdict = quality_verdict(q)
         lines += ["", f"**Not ready to plan with**: {verdict}" if verdict else
                   "The model keeps the moving object and follows the actions (held-out check above)."]
