@@ -115,7 +115,7 @@ def test_fit_writes_a_complete_model_dir_with_card_and_eval(puck_fit):
         assert str(puck_fit) not in cfg.read_text(), cfg
     q = s["quality"]
     assert set(q["object_psnr"]) == set(q["state_error"]) - {"truth"} == {"model", "copy_last", "shuffled_actions"}
-    assert ("Not ready to plan with" in card) == bool(q["verdict"]) != ("keeps the moving object" in card)
+    assert ("Not ready to plan with" in card) == bool(q["verdict"]) != ("follows the actions (held-out" in card)
     ev = s["stages"]["eval"]["results"]
     assert ev["random"]["episodes"] == ev["learned"]["episodes"] >= 1  # the same seeds
 

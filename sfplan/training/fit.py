@@ -592,7 +592,11 @@ def write_fit_card(out: Path, s: dict) -> Path:
         if se and "truth" in se:
             lines += [f"The probe reads the true frames with state error {se['truth']:.4f} (its own error)."]
         verdict = quality_verdict(q)
+        unread = not se or ("truth" in se and se["truth"] > PROBE_READS_STATE * se["copy_last"])
         lines += ["", f"**Not ready to plan with**: {verdict}" if verdict else
+                  "The model follows the actions (held-out check above). There is no probe that reads the state "
+                  "off the true frames here, so this check does not see a small object the model may have lost: "
+                  "read the planning table." if unread else
                   "The model keeps the moving object and follows the actions (held-out check above)."]
     elif q:
         lines += ["", "## Held-out quality", "", f"Not measured: {q.get('note')} ({q.get('episodes')} held out)."]
