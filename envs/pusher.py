@@ -37,7 +37,8 @@ class PusherGoalEnv(MujocoGoalEnv):
       up to ``approach_steps``) and the episode starts there, the arm at rest: from
       Pusher-v5's own start the push must be found behind a detour, which the goal image
       (it also fixes the arm pose, and the arm covers far more pixels than the cylinder)
-      cannot guide, so even planning with the simulator solved 2/20.
+      cannot guide: an image cost is then lowest with the arm posed and the cylinder left
+      (docs/notes/2026-12-07-pusher-near-and-forkmaze.md).
     - Camera: a free camera looking down at 75 degrees at the table from the arm's side;
       the arm, the cylinder and its reachable area (about 0.2-0.85 m from the shoulder)
       are in view.
