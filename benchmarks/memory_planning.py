@@ -102,7 +102,8 @@ def run(args) -> dict:
         rep = json.loads((where / "report.json").read_text())
         reports[cell] = {"dir": str(where), "report": rep}
     n = args.episodes
-    summary = {"env": ENV, "goal": "recall", "episodes": n, "budget": args.budget or "task", "seeds": [args.seed, args.seed + n - 1],
+    summary = {"env": ENV, "goal": "recall", "episodes": n, "budget": args.budget or "task",
+               "seeds": [args.seed, args.seed + n - 1],
                "model": args.model, "memory": args.memory, "cells": {}, "per_seed": {},
                "commit": git_commit(), "hardware": hardware(),
                "command": "python benchmarks/memory_planning.py " + " ".join(sys.argv[1:])}
@@ -113,7 +114,7 @@ def run(args) -> dict:
                                   "ci95": list(wilson_interval(k, len(eps))),
                                   "plan_time_per_decision_s": r["report"]["summary"]["plan_time_per_decision_s"]}
         summary["per_seed"][cell] = [int(bool(e["success"])) for e in eps]
-        summary[SUCCESS_KEYS[cell]] = k / max(1, len(eps))
+        summary[SUCCESS_KEYS[cell]] = summary["cells"][cell]["success_rate"]
     if "memory" in reports:
         summary["write_time_fraction"] = write_time_fraction(reports["memory"]["report"])
         gif = side_by_side_gif(reports, out, args.seed) if {"memory", "no_memory"} <= set(reports) else None

@@ -170,14 +170,19 @@ class ForkMazeEnv(MemoryMazeEnv):
         return int(self.cell_room[i]) if d[i] <= _CELL / 2 + 1e-9 else -1
 
     # ---- task hooks --------------------------------------------------------------
-    def _reset_sim(self, rng: np.random.Generator) -> None:
-        self._paint(rng.permutation(len(ROOM_PALETTE))[:4])
+    def _place(self, paint: np.ndarray, xy: np.ndarray) -> None:
+        """Paint the rooms and put the agent at rest at ``xy`` (m)."""
+        self._paint(paint)
         mujoco.mj_resetData(self.model, self.data)
-        # a uniformly drawn open cell, jittered inside it (clear of the walls by the radius)
-        c = self.cell_xy[int(rng.integers(len(self.cell_xy)))]
-        self.data.qpos[:2] = c + rng.uniform(-1, 1, 2) * (_CELL / 2 - _RADIUS) * 0.5
+        self.data.qpos[:2] = xy
         mujoco.mj_forward(self.model, self.data)
         self._stale = False
+
+    def _reset_sim(self, rng: np.random.Generator) -> None:
+        paint = rng.permutation(len(ROOM_PALETTE))
+        # a uniformly drawn open cell, jittered inside it (clear of the walls by the radius)
+        c = self.cell_xy[int(rng.integers(len(self.cell_xy)))]
+        self._place(paint, c + rng.uniform(-1, 1, 2) * (_CELL / 2 - _RADIUS) * 0.5)
 
     def _goal_actions(self, rng: np.random.Generator) -> np.ndarray:
         start, p0 = self.get_state(), self.agent_xy()
@@ -223,11 +228,7 @@ class ForkMazeEnv(MemoryMazeEnv):
         """Paint the rooms, walk from the centre of ``room`` to the junction and wait there ->
         (frames (T+1, H, W, 3) uint8, the room view first; actions (T, 2) float32; states
         [T+1]). Leaves the simulator at the junction."""
-        self._paint(paint)
-        mujoco.mj_resetData(self.model, self.data)
-        self.data.qpos[:2] = ARMS[room] * ROOM_CENTRE
-        mujoco.mj_forward(self.model, self.data)
-        self._stale = False
+        self._place(paint, ARMS[room] * ROOM_CENTRE)
         states, frames, actions = [self.get_state()], [self.render_pixels()], []
         step = self.leg_speed * 2.0 * self.dt  # m per step at leg_speed (2 m/s at |action| = 1)
         n = int(np.ceil(ROOM_CENTRE / step))
