@@ -103,17 +103,17 @@ class ForkMazeEnv(MemoryMazeEnv):
       Room floors are checkered too (every other cell 15% darker).
     - Agent, actions, camera and dt: as ``MemoryMazeEnv`` (velocity actions, up to 0.1 m per
       step and axis; a 3 m x 3 m view centred on the agent).
-    - ``recall`` (the default; this task's protocol): a room is drawn (the goal room); the
-      outbound leg walks from its centre to the junction at 0.8 of full speed along the
-      arm (about 34 steps, each step a one-step-exact controller action, ``track_action``),
-      then waits ``wait_steps`` steps at the junction, so the context frames are still and
-      show no direction of travel. The episode starts there; the goal is the room's centre,
-      its image the view there. ``reset`` returns the leg as ``info["history_frames"]`` /
-      ``info["history_actions"]`` (as MemoryMaze ``retrace``). From the junction the rooms
-      are 0.5 m beyond the view's edge.
-    - ``near``: a uniformly drawn open cell as the start, the goal after 10-20 steps of
-      smooth random actions (redrawn until 2x the threshold away): collection and
-      short-range planning.
+    - ``recall`` (this task's protocol: ``sfplan eval env=fork_maze goal=recall``): a room is
+      drawn (the goal room); the outbound leg walks from its centre to the junction at full
+      speed along the arm (about 34 steps, each a one-step-exact controller action,
+      ``track_action``), then waits ``wait_steps`` steps at the junction, so the context frames
+      are still and show no direction of travel. The episode starts there; the goal is the
+      room's centre, its image the view there. ``reset`` returns the leg as
+      ``info["history_frames"]`` / ``info["history_actions"]`` (as MemoryMaze ``retrace``).
+      From the junction the rooms are 0.5 m beyond the view's edge.
+    - ``near`` (the default, as every task's; collection uses it): a uniformly drawn open cell
+      as the start, the goal after 10-20 steps of smooth random actions (redrawn until 2x the
+      threshold away): collection and short-range planning.
     - ``past="other"`` (the memory benchmark's control): under ``recall`` the leg in
       ``info["history_frames"]`` / ``info["history_actions"]`` is another episode's (another
       goal room and room order, drawn from the same seed), while the episode itself is
@@ -129,7 +129,7 @@ class ForkMazeEnv(MemoryMazeEnv):
     wait_steps = 3
     leg_speed = 1.0
 
-    def __init__(self, image_size: int = 64, goal: str = "recall", past: str = "own",
+    def __init__(self, image_size: int = 64, goal: str = "near", past: str = "own",
                  render_mode: str | None = "rgb_array"):
         GoalImageEnv.__init__(self, image_size=image_size, goal=goal, render_mode=render_mode)
         if past not in ("own", "other"):

@@ -130,7 +130,7 @@ def test_fork_maze_recall_shows_the_goal_room_only_in_the_past():
     recorded state repaints the rooms."""
     from sfplan.envs.fork_maze import ARMS, ROOM_PALETTE
 
-    env = gym.make("sfplan/ForkMaze-v0")
+    env = gym.make("sfplan/ForkMaze-v0", goal="recall")
     u = env.unwrapped
     palette = np.round(ROOM_PALETTE * 255)
     seen_rooms, paints = set(), []
@@ -168,7 +168,7 @@ def test_fork_maze_other_past_changes_only_the_leg():
     """past="other": the same episode (start, goal image, goal state) with another episode's leg,
     which ends in the same junction view (it shows the goal room's colour down no arm, or
     down another arm than the goal's)."""
-    own, other = gym.make("sfplan/ForkMaze-v0"), gym.make("sfplan/ForkMaze-v0", past="other")
+    own, other = gym.make("sfplan/ForkMaze-v0", goal="recall"), gym.make("sfplan/ForkMaze-v0", goal="recall", past="other")
     for seed in range(4):
         o1, i1 = own.reset(seed=seed)
         o2, i2 = other.reset(seed=seed)
