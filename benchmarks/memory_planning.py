@@ -56,6 +56,19 @@ def cell_overrides(name: str, model: str, memory: list[str]) -> dict:
     }[name]
 
 
+def check_model(path: str) -> str | None:
+    """What is wrong with ``--model`` for this benchmark (before any cell runs), or None."""
+    p = Path(path).expanduser()
+    wm = next((f for f in (p / "world_model.json", p / "model" / "world_model.json") if f.is_file()), None)
+    if wm is None:
+        return (f"--model {path}: no world_model.json there (nor in {path}/model): give the model dir of a "
+                "ForkMaze world model, e.g. `sfplan fit env=fork_maze out=DIR` then --model DIR")
+    env = (json.loads(wm.read_text()).get("env") or {}).get("id")
+    if env and env != ENV:
+        return f"--model {path} was trained on {env}: this benchmark plans on {ENV} (`sfplan fit env=fork_maze`)"
+    return None
+
+
 def write_time_fraction(report: dict) -> float:
     """All memory writes of the cell's episodes over all their planning time."""
     eps = report["episodes"]
@@ -158,6 +171,10 @@ def main(argv=None) -> int:
     if args.seed < 100000:
         print("memory_planning: --seed must be >= 100000 (evaluation seeds; lower seeds are training data)",
               file=sys.stderr)
+        return 2
+    problem = check_model(args.model) if {"no_memory", "memory", "other_memory"} & set(args.cells) else None
+    if problem:
+        print(f"memory_planning: {problem}", file=sys.stderr)
         return 2
     s = run(args)
     print(table(s))

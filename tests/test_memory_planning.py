@@ -1,6 +1,7 @@
 """benchmarks/memory_planning.py end to end on a tiny untrained ForkMaze model: every cell runs
 on the same seeds, the memory cells write (the leg and each chunk) and the control is told
-another episode's leg, and summary.json carries the fields the benchmark promises."""
+another episode's leg, and summary.json carries the fields the benchmark promises; and
+benchmarks/arm_recall.py, the same question without planning."""
 from __future__ import annotations
 
 import json
@@ -42,3 +43,38 @@ def test_memory_planning_end_to_end(fork_model_dir, tmp_path):
 def test_memory_planning_refuses_training_seeds(tmp_path):
     r = _bench(["--model", str(tmp_path), "--seed", "5", "--out", str(tmp_path / "x")], tmp_path)
     assert r.returncode == 2 and "100000" in r.stderr
+
+
+def test_memory_planning_checks_the_model_before_any_cell(tmp_path):
+    """A dir without a world model, or a model of another env, ends in exit 2 naming the fix,
+    before the (slow) oracle cell runs: nothing is written."""
+    out = tmp_path / "x"
+    r = _bench(["--model", str(tmp_path), "--out", str(out)], tmp_path)
+    assert r.returncode == 2 and "world_model.json" in r.stderr and "sfplan fit env=fork_maze" in r.stderr
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "world_model.json").write_text('{"env": {"id": "sfplan/Reacher-v0", "kwargs": {}}}')
+    r = _bench(["--model", str(tmp_path / "m"), "--out", str(out)], tmp_path)
+    assert r.returncode == 2 and "sfplan/Reacher-v0" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_arm_recall_scores_every_arm_with_and_without_the_leg(fork_model_dir, tmp_path):
+    """arm_recall: per episode the choice is the arm of least cost and the rank counts the arms
+    cheaper than the goal's; memory rows write the leg (time > 0) and carry the other-leg control;
+    the memory-free row writes nothing."""
+    out = tmp_path / "arms"
+    r = run_benchmark("arm_recall.py", ["--model", str(fork_model_dir), "--episodes", "2", "--seed", "90000",
+                                        "--setting", "none", "--setting", "w:rank=4,steps_per_write=1",
+                                        "--out", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["rows"]) == ["none", "w", "w (other episode's leg)"]
+    none, mem = res["rows"]["none"], res["rows"]["w"]
+    for row in res["rows"].values():
+        for ep in row["per_episode"]:
+            c = ep["costs"]
+            assert len(c) == 4 and ep["choice"] == c.index(min(c)) and ep["rank"] == sum(x < c[ep["arm"]] for x in c)
+    assert none["write_s"] == 0.0 and mem["write_s"] > 0.0
+    assert [e["arm"] for e in none["per_episode"]] == [e["arm"] for e in mem["per_episode"]]
+    assert mem["per_episode"][0]["costs"] != none["per_episode"][0]["costs"]  # the write changed the imagination
+    assert (out / "first_episode.png").is_file() and "| w |" in (out / "README.md").read_text()
