@@ -106,6 +106,11 @@ def test_fit_writes_a_complete_model_dir_with_card_and_eval(puck_fit):
         assert (puck_fit / "model" / part).is_dir(), part
     r = s["recipe"]
     assert r["fg_weight"] > 1 and r["motion_weight"] > 0  # a small puck: its pixels are weighed up
+    for stage in ("vae", "dynamics", "probe", "idm"):  # each training stage runs under its time limit
+        limit = s["stages"][stage]["time_limit_s"]
+        assert limit >= 20.0
+        run_cfg = (puck_fit / "work" / "runs" / stage / "config.yaml").read_text()
+        assert f"time_limit_s: {round(limit, 1)}" in run_cfg, stage
     card = (puck_fit / "model" / "README.md").read_text()
     for words in ("Derived settings", "fg_weight", "Held-out quality", "object PSNR", "| learned |", "| random |",
                   "| oracle |"):

@@ -370,3 +370,14 @@ def test_psnr_ssim_known_values():
     assert torch.from_numpy(a).shape == a.shape and psnr(torch.from_numpy(a), torch.from_numpy(b)).shape == (2, 3)
     with pytest.raises(TypeError):
         psnr(a.astype(np.float32), b)
+
+
+def test_time_limit_ends_training_as_a_finished_run(data, tmp_path):
+    """time_limit_s ends the run at the first step past it, with what the last step brings
+    (a checkpoint at that step, the final model, the card naming the limit), not as a kill."""
+    r = run_train(cfg(VAE_TINY, data, tmp_path / "run", "steps=100000", "checkpoint_every=100000", "time_limit_s=1"))
+    reached = r["stopped_early"]["step"]
+    assert 0 < reached < 100000 and r["step"] == reached and "stopped" not in r
+    assert (tmp_path / "run" / "model").is_dir()
+    assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [reached]
+    assert "ended by time_limit_s=1" in (tmp_path / "run" / "model_card.md").read_text()

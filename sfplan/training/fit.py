@@ -6,7 +6,7 @@ Stages, each sized from the budget (``configs/fit.yaml`` ``shares``) and resumab
 
     collect   a pilot measures the env's speed -> episodes      OUT/work/data
     recipe    settings derived from the data (fg_weight, ...)     OUT/fit.json
-    vae       calibrated steps/s x its share -> steps            OUT/work/runs/vae
+    vae       calibrated steps/s x its share -> steps (and a time limit of 1.15x the share)   OUT/work/runs/vae
     dynamics  (the slow learner)                                 OUT/work/runs/dynamics -> OUT/model
     probe     the env's goal descriptor (skipped where the env cannot label states)  OUT/model/probe
     idm       inverse dynamics for planner=video_plan            OUT/model/idm
@@ -45,6 +45,10 @@ TOY = {
             "val_windows=32"],
 }
 CALIBRATION_STEPS = 6
+#: a training stage's time limit, over the seconds it was sized for (its steps take 0.9 of them at the
+#: calibrated rate): a machine slower than at calibration ends the stage early rather than starve the next
+STAGE_TIME_SLACK = 1.15
+MIN_STAGE_S = 20.0
 TOY_MAX_STEPS = 12
 
 
@@ -352,17 +356,22 @@ class Fit:
             steps = int(np.clip(rate * max(avail, 0.0) * 0.9, 20, int(stage_cfg.steps)))
             if self.toy:
                 steps = min(steps, TOY_MAX_STEPS)
-            rec.update(steps=steps, calibrated_steps_per_s=rate, calibration_s=cal_wall)
+            rec.update(steps=steps, calibrated_steps_per_s=rate, calibration_s=cal_wall,
+                       time_limit_s=max(STAGE_TIME_SLACK * avail, MIN_STAGE_S))
             st.save()
         steps = int(rec["steps"])
         warm = int(stage_cfg.warmup_steps)
         ov = [*base, f"out_dir={self.work / 'runs' / stage}", f"steps={steps}",
               f"warmup_steps={min(warm, max(1, steps // 10))}", f"checkpoint_every={max(10, steps // 4)}",
               f"val_every={steps}", f"sample_every={steps}", "tensorboard=true"]
+        if "time_limit_s" in rec:
+            ov.append(f"time_limit_s={rec['time_limit_s']:.1f}")
         r = run_train(load_config("train", ov), command="sfplan train " + " ".join(ov))
         if r.get("stopped"):
             raise UserError(f"the {stage} stage stopped at step {r['step']}: run the same sfplan fit command again "
                             f"to resume")
+        if r.get("stopped_early"):  # slower than calibrated: the stage kept to its time
+            rec["steps_done"] = int(r["stopped_early"]["step"])
         rec.update(wall_s=rec.get("wall_s", 0.0) + time.perf_counter() - t0, steps_per_s=r.get("steps_per_s"),
                    final_loss=(r.get("last_train") or {}).get("loss"), val=r.get("last_val"),
                    sample=r.get("last_sample"), status="done")
@@ -576,6 +585,8 @@ def write_fit_card(out: Path, s: dict) -> Path:
         if name == "collect":
             note = f"{d.get('dataset_episodes')} episodes of {d.get('steps')} steps"
         amount = d.get("steps", "") if name in ("vae", "dynamics", "probe", "idm") else ""
+        if "steps_done" in d:
+            amount, note = d["steps_done"], f"{note}; ended by its time limit ({d['steps']} planned)"
         lines.append(f"| {name} | {amount} | "
                      f"{f'{sps:.2f}' if sps else ''} | {d.get('wall_s', 0):.0f} | {note} |")
     walls = [float(d.get("wall_s", 0.0)) for d in st.values()]

@@ -89,7 +89,9 @@ def write_model_card(out_dir: Path, cfg, result: dict, data: dict, hardware: str
         "## Training",
         f"- command: `{cmd}`",
         f"- steps: {result['step']} (this invocation: {result['steps_this_run']}"
-        + (f", resumed from `{result['resumed_from']}`" if result.get("resumed_from") else "") + ")",
+        + (f", resumed from `{result['resumed_from']}`" if result.get("resumed_from") else "") + ")"
+        + (f"; ended by time_limit_s={result['stopped_early']['time_limit_s']:g} before the {result['steps']} "
+           f"steps set (the LR schedule is the one for {result['steps']})" if result.get("stopped_early") else ""),
         f"- batch size: {cfg.batch_size} per process x {world} process(es); lr {cfg.lr} ({cfg.lr_schedule}, "
         f"warmup {cfg.warmup_steps}), grad clip {cfg.grad_clip}, weight decay {cfg.weight_decay}",
         f"- non-finite steps skipped: {result['nan_skipped_total']}",

@@ -17,6 +17,12 @@ checkpoint holds good weights.
 Interrupts: SIGINT/SIGTERM finish the current step, write a checkpoint and stop
 (a second Ctrl-C stops at once). ``stop_at_step`` stops like a kill (no checkpoint
 beyond the regular ones), for testing resume.
+
+Time limit: ``time_limit_s`` ends training at the first step past that many seconds of this
+run (every process at the same step) and finishes as at ``steps``: a checkpoint, the final
+model and its card, which records the step reached (``stopped_early``). ``sfplan fit`` gives
+each stage its share of the budget this way, so a machine slower than at the stage's
+calibration (other jobs on it) shortens the stage instead of the stages after it.
 """
 from __future__ import annotations
 
@@ -165,6 +171,7 @@ class _Run:
     last_saved: int | None = None  # the step of the last checkpoint written (or resumed from)
     last_loss: float = 0.0  # loss of the last step taken (checked before each checkpoint)
     stopped: str | None = None  # stop_at_step | SIGINT | SIGTERM
+    stopped_early: int | None = None  # the step ``time_limit_s`` ended a finished run at
     # NaN guard
     nan_total: int = 0
     nan_streak: int = 0
@@ -234,6 +241,8 @@ class Trainer:
         t_start = time.time()
         run = self._start()
         stop_at = self.cfg.get("stop_at_step")
+        limit = self.cfg.get("time_limit_s")
+        deadline = None if limit is None else time.perf_counter() + float(limit)
         try:
             with _Signals() as sig:
                 while run.step < int(self.cfg.steps):
@@ -241,11 +250,15 @@ class Trainer:
                         run.stopped = "stop_at_step"
                         break
                     self._train_step(run)
-                    self._after_step(run)
+                    over = deadline is not None and _any(self.acc, time.perf_counter() > deadline)
+                    self._after_step(run, last=over)  # validation, samples and a checkpoint, as at the last step
                     if _any(self.acc, sig.flag is not None):  # every process stops at the same step
                         if run.nan_streak == 0 and run.last_saved != run.step:
                             self._checkpoint(run, run.step)
                         run.stopped = sig.flag or "SIGTERM"
+                        break
+                    if over and run.step < int(self.cfg.steps):
+                        run.stopped_early = run.step  # finishes below as a run that reached its steps
                         break
         finally:
             run.bar.close()
@@ -379,10 +392,11 @@ class Trainer:
         run.step += 1
         run.bar.update(1)
 
-    def _after_step(self, run: _Run) -> None:
+    def _after_step(self, run: _Run, last: bool = False) -> None:
         """What is due after a step: the train log every ``log_every`` steps, validation, samples
-        and a checkpoint on their schedules (each also at the last step)."""
-        cfg, step, steps = self.cfg, run.step, int(self.cfg.steps)
+        and a checkpoint on their schedules (each also at the last step, or with ``last``)."""
+        cfg, step = self.cfg, run.step
+        steps = step if last else int(cfg.steps)  # the step that counts as the last
         is_main = self.acc.is_main_process
         val_every, sample_every = int(cfg.val_every or 0), int(cfg.sample_every or 0)
         ckpt_every = int(cfg.checkpoint_every)
@@ -451,6 +465,8 @@ class Trainer:
                   "steps_per_s": run.steps_done / run.train_time if run.train_time > 0 else None,
                   "last_train": run.last_train, "last_val": run.last_val, "last_sample": run.last_sample,
                   "checkpoint": str(ckpts[-1][1]) if ckpts else None}
+        if run.stopped_early is not None:
+            result["stopped_early"] = {"step": run.stopped_early, "time_limit_s": float(cfg.time_limit_s)}
         if run.stopped in ("SIGINT", "SIGTERM"):
             raise TrainingInterrupted(f"{run.stopped} at step {run.step}: checkpoint {result['checkpoint']}; run the "
                                       f"same command again to resume")
