@@ -20,7 +20,11 @@ then the four arms are imagined. Each memory setting also runs the control: the 
 another episode (``past="other"``: another goal room and room colours, the same junction view).
 
 Measured per setting: the share of episodes whose choice is the goal arm (with its 95%
-interval), the mean rank of the goal arm (0 best, 3 worst), seconds per leg write. Writes JSON
+interval), the mean rank of the goal arm (0 best, 3 worst), seconds per leg write; and what the
+memory stores of the leg itself: the way back (the leg played backwards from the junction under
+its negated actions, the same motion a write with ``reverse_actions=negate`` trains on) imagined
+against the true frames (PSNR), and the share of its last imagined frame in the goal room's
+colour (the truth's share is reported beside it: a blank or corridor-only frame scores 0). Writes JSON
 (``--out``), a markdown table, and a PNG of the first episode (rows: settings; columns: the
 four arms' last imagined frames, then the goal image).
 """
@@ -71,10 +75,31 @@ def episodes(seeds: list[int], image_size: int) -> list[dict]:
     return out
 
 
-def arm_costs(wm, cost, ep: dict, horizon: int, leg: tuple | None, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Write ``leg`` (when given) into the memory, imagine the four arms from the junction ->
-    (cost per arm (4,), last imagined frame per arm (4, H, W, 3) uint8, write seconds)."""
+def goal_colour_fraction(frame: np.ndarray, goal: np.ndarray) -> float:
+    """Share of the pixels of ``frame`` (H, W, 3) uint8 painted in the goal room's colour (either
+    shade of its checkered floor; the goal image is that floor)."""
+    rgb = np.median(goal.reshape(-1, 3).astype(float), axis=0)
+    px = frame.reshape(-1, 1, 3).astype(float)
+    shades = np.stack([rgb, 0.85 * rgb])[None]  # (1, 2, 3)
+    return float((np.abs(px - shades).max(-1).min(-1) < 40).mean())
+
+
+def back_along_the_leg(ep: dict, horizon: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The leg played backwards from the junction: actions (1, 1, H, A) (the leg's, negated, in
+    reverse order: the inverse motion of velocity actions) and the true frames (H, H, W, 3)."""
+    frames, actions = np.asarray(ep["leg"][0]), np.asarray(ep["leg"][1], np.float32)
+    back = -actions[::-1][:horizon]
+    truth = frames[::-1][1: horizon + 1]
+    return torch.as_tensor(back.copy())[None, None], truth
+
+
+def arm_costs(wm, cost, ep: dict, horizon: int, leg: tuple | None, seed: int) -> dict:
+    """Write ``leg`` (when given) into the memory, imagine the four arms from the junction, and
+    the way back along the episode's own leg -> {costs (4,) per arm, last (4, H, W, 3) uint8
+    last imagined frame per arm, write_s, back_psnr (dB, the way back against the truth),
+    back_colour (the goal colour's share of the way back's last imagined frame)}."""
     from sfplan.envs.fork_maze import ARMS
+    from sfplan.eval.video_metrics import psnr
 
     write_s = 0.0
     if leg is not None:
@@ -90,7 +115,11 @@ def arm_costs(wm, cost, ep: dict, horizon: int, leg: tuple | None, seed: int) ->
     im = wm.imagine(state, acts, generator=gen)
     c = cost(im, goal)[0].detach().cpu().numpy()  # (4,)
     last = wm.decode(im.features[0, :, -1]).numpy()  # (4, H, W, 3)
-    return c, last, write_s
+    back, truth = back_along_the_leg(ep, horizon)
+    way = wm.decode(wm.imagine(state, back, generator=torch.Generator("cpu").manual_seed(int(seed))).features[0, 0])
+    return {"costs": c, "last": last, "write_s": write_s,
+            "back_psnr": float(psnr(way.numpy(), truth).mean()),
+            "back_colour": goal_colour_fraction(way.numpy()[-1], ep["goal"])}
 
 
 def run(args) -> dict:
@@ -119,22 +148,27 @@ def run(args) -> dict:
             label = f"{name} ({suffix} episode's leg)" if suffix else name
             per, pic = [], None
             for ep in eps:
-                c, last, ws = arm_costs(wm, cost, ep, args.horizon, ep[key] if settings is not None else None,
-                                        ep["seed"])
-                rank = int((c < c[ep["arm"]]).sum())
-                per.append({"seed": ep["seed"], "arm": ep["arm"], "choice": int(np.argmin(c)), "rank": rank,
-                            "costs": c.tolist(), "write_s": ws})
+                a = arm_costs(wm, cost, ep, args.horizon, ep[key] if settings is not None else None, ep["seed"])
+                c = a["costs"]
+                per.append({"seed": ep["seed"], "arm": ep["arm"], "choice": int(np.argmin(c)),
+                            "rank": int((c < c[ep["arm"]]).sum()), "costs": c.tolist(), "write_s": a["write_s"],
+                            "back_psnr": a["back_psnr"], "back_colour": a["back_colour"]})
                 if pic is None:
-                    pic = np.concatenate([*last, ep["goal"]], axis=1)
+                    pic = np.concatenate([*a["last"], ep["goal"]], axis=1)
             k = sum(p["choice"] == p["arm"] for p in per)
             rows[label] = {"settings": settings, "correct": k, "episodes": len(per), "accuracy": k / len(per),
                            "ci95": list(wilson_interval(k, len(per))),
-                           "mean_rank": float(np.mean([p["rank"] for p in per])),
-                           "write_s": float(np.mean([p["write_s"] for p in per])), "per_episode": per}
+                           **{m: float(np.mean([p[m] for p in per]))
+                              for m in ("rank", "write_s", "back_psnr", "back_colour")},
+                           "per_episode": per}
             pictures.append(pic)
-            print(f"{label}: {k}/{len(per)} goal arm chosen, mean rank {rows[label]['mean_rank']:.2f}, "
-                  f"write {rows[label]['write_s']:.1f} s", file=sys.stderr)
+            r = rows[label]
+            print(f"{label}: {k}/{len(per)} goal arm chosen, mean rank {r['rank']:.2f}, way back {r['back_psnr']:.2f} "
+                  f"dB, goal colour {r['back_colour']:.0%}, write {r['write_s']:.1f} s", file=sys.stderr)
+    truth_colour = float(np.mean([goal_colour_fraction(back_along_the_leg(ep, args.horizon)[1][-1], ep["goal"])
+                                  for ep in eps]))
     res = {"env": ENV, "goal": "recall", "model": args.model, "horizon": args.horizon, "seeds": [seeds[0], seeds[-1]],
+           "back_colour_truth": truth_colour,
            "cost": "multiscale (last frame)", "rows": rows, "commit": git_commit(), "hardware": hardware(),
            "threads": args.threads, "command": "python benchmarks/arm_recall.py " + " ".join(sys.argv[1:])}
     out = Path(args.out)
@@ -151,11 +185,15 @@ def table(res: dict) -> str:
     lines = [f"# Arm recall (ForkMaze recall, horizon {res['horizon']}, seeds {res['seeds'][0]}-{res['seeds'][1]})", "",
              "Which of the four arms the model imagines nearest the goal image from the junction "
              "(chance: 1 in 4).", "",
-             "| setting | goal arm chosen | 95% CI | mean rank of the goal arm | write s / leg |", "|---|---|---|---|---|"]
+             "| setting | goal arm chosen | 95% CI | mean rank of the goal arm | way back PSNR dB | goal colour, "
+             "way back's last frame | write s / leg |", "|---|---|---|---|---|---|---|"]
     for label, r in res["rows"].items():
         lo, hi = r["ci95"]
         lines.append(f"| {label} | {r['correct']}/{r['episodes']} ({r['accuracy']:.0%}) | {lo:.0%}-{hi:.0%} | "
-                     f"{r['mean_rank']:.2f} | {r['write_s']:.1f} |")
+                     f"{r['rank']:.2f} | {r['back_psnr']:.2f} | {r['back_colour']:.0%} | {r['write_s']:.1f} |")
+    lines += ["", f"Way back: the episode's own leg played backwards from the junction (its actions negated, in "
+              f"reverse order), imagined and compared with the true frames; in the true last frame the goal room's "
+              f"colour covers {res['back_colour_truth']:.0%} of the pixels."]
     lines += ["", f"Command: `{res['command']}`; {res['hardware']['cpu']}, {res['threads']} thread(s).",
               "`first_episode.png`: per row (setting), the four arms' last imagined frames (east, north, west, "
               "south), then the goal image."]

@@ -75,6 +75,7 @@ def test_arm_recall_scores_every_arm_with_and_without_the_leg(fork_model_dir, tm
             c = ep["costs"]
             assert len(c) == 4 and ep["choice"] == c.index(min(c)) and ep["rank"] == sum(x < c[ep["arm"]] for x in c)
     assert none["write_s"] == 0.0 and mem["write_s"] > 0.0
+    assert 0.0 <= res["back_colour_truth"] <= 1.0 and all(0.0 <= r["back_colour"] <= 1.0 for r in res["rows"].values())
     assert [e["arm"] for e in none["per_episode"]] == [e["arm"] for e in mem["per_episode"]]
     assert mem["per_episode"][0]["costs"] != none["per_episode"][0]["costs"]  # the write changed the imagination
     assert (out / "first_episode.png").is_file() and "| w |" in (out / "README.md").read_text()
