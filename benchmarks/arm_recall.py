@@ -5,9 +5,9 @@
         --setting back:loss=masked,reverse=true,reverse_actions=negate,forward=false,lr=1e-3,steps_per_write=8
 
 The question behind ``benchmarks/memory_planning.py``, asked directly and cheaply. For each
-``sfplan/ForkMaze-v0`` ``goal=recall`` episode the model sees the last frames of the leg (the
-still junction view) and imagines ``--horizon`` steps straight down each of the four arms at
-full speed (one batch of four candidates, the same diffusion noise for every setting). The
+``sfplan/ForkMaze-v0`` ``goal=recall`` episode (the env as the model dir records it, its action
+repeat included) the model sees the last frames of the leg (the still junction view) and
+imagines ``--horizon`` steps straight down each of the four arms at full speed (one batch of four candidates, the same diffusion noise for every setting). The
 arm whose imagined last frame is nearest the goal image under the planner's image cost
 (``MultiScaleCost``) is the model's choice; a planner with this model and cost can only do
 as well as this choice. Without memory the four arms look alike from the junction, so the
@@ -55,15 +55,15 @@ def parse_setting(text: str) -> tuple[str, dict | None]:
     return name, parse_memory_settings([kv for kv in rest.split(",") if kv])
 
 
-def episodes(seeds: list[int], image_size: int) -> list[dict]:
-    """Per seed: the leg (frames (T+1, H, W, 3), actions (T, A)), another episode's leg (the
-    control), the goal image and the goal arm."""
-    import gymnasium as gym
+def episodes(seeds: list[int], env_kwargs: dict) -> list[dict]:
+    """Per seed: the leg (frames (T+1, H, W, 3), actions (T, A), in the model's steps: its
+    ``action_repeat`` applies), another episode's leg (the control), the goal image and the goal
+    arm. ``env_kwargs``: the model dir's recorded env kwargs."""
+    from sfplan.envs.spec import make_env
 
-    import sfplan.envs  # noqa: F401  (registers the tasks)
-
-    own = gym.make(ENV, goal="recall", image_size=image_size)
-    other = gym.make(ENV, goal="recall", image_size=image_size, past="other")
+    kw = {k: v for k, v in env_kwargs.items() if k not in ("goal", "past")}
+    own = make_env(ENV, **kw, goal="recall")
+    other = make_env(ENV, **kw, goal="recall", past="other")
     out = []
     for seed in seeds:
         obs, info = own.reset(seed=seed)
@@ -135,7 +135,7 @@ def run(args) -> dict:
     model = Path(args.model).expanduser()
     model = model if (model / "world_model.json").is_file() else model / "model"
     env = json.loads((model / "world_model.json").read_text()).get("env") or {}
-    eps = episodes(seeds, int(env.get("kwargs", {}).get("image_size", 64)))
+    eps = episodes(seeds, env.get("kwargs", {}))
     cost = MultiScaleCost(reduce="last")
     rows, pictures = {}, []
     for text in args.setting:

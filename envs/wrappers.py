@@ -299,6 +299,23 @@ def episode_limit(env: gym.Env) -> int | None:
 SIM_HOOKS = ("get_state", "set_state", "sim_step", "render_pixels")
 
 
+def history_at_repeat(frames, actions, repeat: int) -> dict:
+    """An episode's past at ``repeat`` inner steps per step: frames (T+1, H, W, 3) and actions
+    (T, A) -> {"history_frames": every ``repeat``-th frame counted back from the last (the
+    current one), (n+1, H, W, 3); "history_actions": per step the mean of the ``repeat`` inner
+    actions it spans (exact where they are equal, as a held action is), (n, A)}, n = T // repeat
+    (the oldest T mod repeat steps are dropped)."""
+    frames, actions = np.asarray(frames), np.asarray(actions, np.float32)
+    T, k = len(actions), int(repeat)
+    if len(frames) != T + 1:
+        raise ValueError(f"history_frames {frames.shape} and history_actions {actions.shape}: need T+1 frames "
+                         f"for T actions")
+    n = T // k
+    start = T - n * k
+    return {"history_frames": frames[start::k],
+            "history_actions": actions[start:].reshape(n, k, *actions.shape[1:]).mean(axis=1)}
+
+
 class ActionRepeat(gym.Wrapper):
     """Each action held for ``repeat`` steps of ``env``: one step of this env is ``repeat`` of
     the inner one (rewards summed; it stops early where the inner episode ends), so a chunk of
@@ -307,7 +324,9 @@ class ActionRepeat(gym.Wrapper):
 
     The episode limit counts outer steps (the inner TimeLimit divided by ``repeat``), and the
     simulator hooks the oracle clones through (``sim_step`` & co., where ``env`` has them)
-    repeat the same way."""
+    repeat the same way. An episode's past (``info["history_frames"]`` / ``"history_actions"``
+    of ``reset``) is given in outer steps too (``history_at_repeat``), so a memory written with
+    it sees the motion per action the world model was trained on."""
 
     def __init__(self, env: gym.Env, repeat: int):
         super().__init__(env)
@@ -319,6 +338,12 @@ class ActionRepeat(gym.Wrapper):
             self._hooks = hooks
             self.get_state, self.set_state, self.render_pixels = hooks.get_state, hooks.set_state, hooks.render_pixels
             self.sim_step = self._repeat_sim_step
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        if "history_frames" in info and "history_actions" in info:
+            info = {**info, **history_at_repeat(info["history_frames"], info["history_actions"], self.repeat)}
+        return obs, info
 
     def _repeat_sim_step(self, action) -> None:
         for _ in range(self.repeat):

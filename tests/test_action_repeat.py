@@ -60,3 +60,26 @@ def test_make_env_repeats_steps_limits_and_the_oracle_hooks():
 def test_bad_action_repeat_is_a_user_error(bad):
     with pytest.raises(UserError, match="action_repeat"):
         make_env("sfplan/Reacher-v0", image_size=32, action_repeat=bad)
+
+
+def test_an_episodes_past_is_given_in_repeated_steps():
+    """ForkMaze recall's leg under action_repeat=2: every 2nd frame counted back from the current
+    one, each action the mean of the two it spans; the outer leg ends at the observation as the
+    inner one does, and the memory's write then sees two steps of motion per action."""
+    from sfplan.envs.wrappers import history_at_repeat
+
+    inner = make_env("sfplan/ForkMaze-v0", image_size=32, goal="recall")
+    outer = make_env("sfplan/ForkMaze-v0", image_size=32, goal="recall", action_repeat=2)
+    obs_i, info_i = inner.reset(seed=3)
+    obs_o, info_o = outer.reset(seed=3)
+    f, a = info_i["history_frames"], info_i["history_actions"]
+    F, A = info_o["history_frames"], info_o["history_actions"]
+    n = len(a) // 2
+    assert len(A) == n and len(F) == n + 1
+    np.testing.assert_array_equal(F[-1], obs_o["pixels"])
+    np.testing.assert_array_equal(F, f[len(a) - 2 * n::2])
+    np.testing.assert_allclose(A[-1], (a[-2] + a[-1]) / 2)
+    np.testing.assert_allclose(A[0], (a[len(a) - 2 * n] + a[len(a) - 2 * n + 1]) / 2)
+    inner.close(), outer.close()
+    odd = history_at_repeat(np.zeros((8, 2, 2, 3), np.uint8), np.arange(14, dtype=np.float32).reshape(7, 2), 3)
+    assert odd["history_frames"].shape[0] == 3 and odd["history_actions"].tolist() == [[4, 5], [10, 11]]
