@@ -102,6 +102,8 @@ def load_config(name: str, overrides: list[str] | None = None) -> DictConfig:
             for k, v in model_kwargs.items():
                 if not any(o.split("=", 1)[0].lstrip("+") == f"env.kwargs.{k}" for o in overrides):
                     cfg.env.kwargs[k] = v
+    if name == "eval":
+        _steps_under_action_repeat(cfg, overrides)
     if "env" in cfg and _has_auto(cfg.env):
         derive_env_settings(cfg)
     try:
@@ -149,6 +151,25 @@ def _model_dir_env(path: str) -> dict | None:
             except (OSError, ValueError):
                 return None
     return None
+
+
+def _steps_under_action_repeat(cfg: DictConfig, overrides: list[str]) -> None:
+    """A task config's ``budget`` and ``hold_steps`` count the task's own env steps. Under an
+    action repeat k (``env.kwargs.action_repeat``, e.g. the one a fit derived and its model dir
+    records) one step of the wrapped env is k of them, so the episode gets budget / k steps and
+    success is held hold_steps / k (rounded up): the same time in the task as without the
+    repeat, so a learned model that plans at k and a baseline that does not are compared on
+    equal terms. Values given on the command line, and a budget derived from the wrapped env's
+    own limit (``auto``), are steps of the wrapped env and kept."""
+    k = int(cfg.env.kwargs.get("action_repeat", 1) or 1) if "env" in cfg else 1
+    if k <= 1:
+        return
+    given = {_split(o)[0] for o in overrides if "=" in o}
+    with open_dict(cfg):
+        if "budget" not in given and str(cfg.env.get("budget")) != "auto":
+            cfg.budget = -(-int(cfg.budget) // k)
+        if "hold_steps" not in given:
+            cfg.hold_steps = -(-int(cfg.hold_steps) // k)
 
 
 def model_env_kwargs(name: str, overrides: list[str]) -> dict:

@@ -83,3 +83,17 @@ def test_an_episodes_past_is_given_in_repeated_steps():
     inner.close(), outer.close()
     odd = history_at_repeat(np.zeros((8, 2, 2, 3), np.uint8), np.arange(14, dtype=np.float32).reshape(7, 2), 3)
     assert odd["history_frames"].shape[0] == 3 and odd["history_actions"].tolist() == [[4, 5], [10, 11]]
+
+
+def test_a_tasks_budget_and_hold_count_its_own_steps_under_a_repeat():
+    """Under action_repeat=k an episode gets the task's budget and hold in its own env steps
+    (budget / k steps of the wrapped env, rounded up), unless given on the command line."""
+    from sfplan.config import load_config
+
+    base = load_config("eval", ["env=fork_maze", "goal=recall"])
+    rep = load_config("eval", ["env=fork_maze", "goal=recall", "env.kwargs.action_repeat=3"])
+    assert (rep.budget, rep.hold_steps) == (-(-base.budget // 3), -(-base.hold_steps // 3)) != (base.budget,
+                                                                                               base.hold_steps)
+    given = load_config("eval", ["env=fork_maze", "goal=recall", "env.kwargs.action_repeat=3", "budget=7",
+                                 "hold_steps=2"])
+    assert (given.budget, given.hold_steps) == (7, 2)

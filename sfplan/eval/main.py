@@ -211,6 +211,7 @@ def run_eval(cfg: DictConfig) -> dict:
         "sampler_steps": getattr(getattr(world_model, "config", None), "num_steps", None),
         "one_step_student": getattr(world_model, "one_step", None) is not None,
         "budget": int(cfg.budget),
+        "action_repeat": int(cfg.env.kwargs.get("action_repeat", 1) or 1),  # the budget's steps are this many env steps
         "execute": int(cfg.execute),
         "waypoints": int(cfg.waypoints),
         "success_protocol": str(cfg.success),
