@@ -140,7 +140,7 @@ def run(args) -> dict:
     rows, pictures = {}, []
     for text in args.setting:
         name, settings = parse_setting(text)
-        wm = load_world_model(str(model), device="cpu")  # fresh: one memory per model
+        wm = load_world_model(str(model), device=args.device)  # fresh: one memory per model
         if settings is not None:
             wm.attach_memory(TempLoRAConfig.from_any(settings))
         arms = [("", "leg")] + ([("other", "other_leg")] if settings is not None else [])
@@ -170,7 +170,8 @@ def run(args) -> dict:
     res = {"env": ENV, "goal": "recall", "model": args.model, "horizon": args.horizon, "seeds": [seeds[0], seeds[-1]],
            "back_colour_truth": truth_colour,
            "cost": "multiscale (last frame)", "rows": rows, "commit": git_commit(), "hardware": hardware(),
-           "threads": args.threads, "command": "python benchmarks/arm_recall.py " + " ".join(sys.argv[1:])}
+           "threads": args.threads, "device": args.device,
+           "command": "python benchmarks/arm_recall.py " + " ".join(sys.argv[1:])}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(portable(res), indent=1))
@@ -208,6 +209,7 @@ def main(argv=None) -> int:
     ap.add_argument("--horizon", type=int, default=8, help="imagined steps down each arm")
     ap.add_argument("--setting", action="append", default=None, help="none | name:key=value,... (repeatable)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--out", default="outputs/arm_recall")
     args = ap.parse_args(argv)
     args.setting = args.setting or ["none", "paper:"]
