@@ -43,8 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from memory_benchmark import parse_memory_settings  # noqa: E402  (benchmarks/ is on sys.path as a script)
-
-ENV = "sfplan/ForkMaze-v0"
+from memory_planning import ENV, check_model  # noqa: E402
 
 
 def parse_setting(text: str) -> tuple[str, dict | None]:
@@ -53,6 +52,22 @@ def parse_setting(text: str) -> tuple[str, dict | None]:
         return "none", None
     name, _, rest = text.partition(":")
     return name, parse_memory_settings([kv for kv in rest.split(",") if kv])
+
+
+def bad_setting(texts: list[str]) -> str | None:
+    """What is wrong with a ``--setting`` (before any model loads), or None."""
+    from sfplan.errors import UserError
+    from sfplan.memory.temp_lora import TempLoRAConfig
+
+    for text in texts:
+        try:
+            name, settings = parse_setting(text)
+            if settings is not None:
+                TempLoRAConfig.from_any(settings).validate()
+        except (UserError, ValueError, TypeError) as e:
+            return (f"--setting {text!r}: {e} (none, or name:key=value,... over TempLoRAConfig, e.g. "
+                    f"back:loss=masked,reverse=true,steps_per_write=8)")
+    return None
 
 
 def episodes(seeds: list[int], env_kwargs: dict) -> list[dict]:
@@ -213,6 +228,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="outputs/arm_recall")
     args = ap.parse_args(argv)
     args.setting = args.setting or ["none", "paper:"]
+    problem = check_model(args.model) or bad_setting(args.setting)
+    if problem:
+        print(f"arm_recall: {problem}", file=sys.stderr)
+        return 2
     return 0 if run(args) else 1
 
 

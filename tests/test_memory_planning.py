@@ -79,3 +79,15 @@ def test_arm_recall_scores_every_arm_with_and_without_the_leg(fork_model_dir, tm
     assert [e["arm"] for e in none["per_episode"]] == [e["arm"] for e in mem["per_episode"]]
     assert mem["per_episode"][0]["costs"] != none["per_episode"][0]["costs"]  # the write changed the imagination
     assert (out / "first_episode.png").is_file() and "| w |" in (out / "README.md").read_text()
+
+
+def test_arm_recall_refuses_a_bad_model_or_setting_before_loading(fork_model_dir, tmp_path):
+    """A dir without a world model, or a Temp-LoRA setting that does not exist, ends in exit 2
+    naming the fix, with no traceback and nothing written."""
+    out = tmp_path / "x"
+    r = run_benchmark("arm_recall.py", ["--model", str(tmp_path), "--out", str(out)], tmp_path)
+    assert r.returncode == 2 and "world_model.json" in r.stderr and "Traceback" not in r.stderr
+    r = run_benchmark("arm_recall.py", ["--model", str(fork_model_dir), "--setting", "w:rnak=4", "--out", str(out)],
+                      tmp_path)
+    assert r.returncode == 2 and "rnak" in r.stderr and "TempLoRAConfig" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()

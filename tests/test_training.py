@@ -381,3 +381,12 @@ def test_time_limit_ends_training_as_a_finished_run(data, tmp_path):
     assert (tmp_path / "run" / "model").is_dir()
     assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [reached]
     assert "ended by time_limit_s=1" in (tmp_path / "run" / "model_card.md").read_text()
+
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "soon"])
+def test_a_bad_time_limit_names_the_fix(data, tmp_path, bad):
+    with pytest.raises(UserError, match="time_limit_s=.*a number > 0") as e:
+        run_train(cfg(VAE_TINY, data, tmp_path / "run", "steps=2", f"time_limit_s={bad}"))
+    assert bad in str(e.value)
+    assert not (tmp_path / "run").exists()
