@@ -11,7 +11,7 @@ import torch
 from sfplan.world_model.base import WorldState
 
 from .base import PlanResult
-from .common import SamplingPlanner, imagine_and_score, update_best
+from .common import SamplingPlanner, colored_noise, imagine_and_score, update_best
 
 
 @dataclass
@@ -25,6 +25,7 @@ class CEMConfig:
     min_std: float = 0.05  # std floor, as a fraction of (high - low): keeps exploring
     include_mean: bool = True  # candidate 0 is the current mean (the warm start at iteration 0)
     cold_num_samples: int = 0  # candidates per iteration when there is no warm start (an episode's first plan); 0 = num_samples
+    noise_beta: float = 0.0  # colour of the sampling noise along the horizon: power ~ 1/f^beta (0 white, 2 smooth; iCEM)
     seed: int = 0
 
 
@@ -33,7 +34,7 @@ class CEMPlanner(SamplingPlanner):
 
     ``CEMPlanner(world_model, cost, action_low, action_high, config=None, *, horizon=10,
     num_samples=64, iterations=4, num_elites=8, alpha=0.1, init_std=0.5, min_std=0.05,
-    include_mean=True, cold_num_samples=0, seed=0)``.
+    include_mean=True, cold_num_samples=0, noise_beta=0.0, seed=0)``.
 
     Each iteration samples N sequences (B, N, H, A), clips them to the bounds, imagines
     them all in one ``world_model.imagine`` call and scores them with ``cost`` (B, N). The
@@ -46,6 +47,9 @@ class CEMPlanner(SamplingPlanner):
     first decision): there is nothing to refine yet, and that plan can commit the episode
     to one of several look-alike basins (Reacher: which way the elbow folds), so it is
     worth a larger draw than the re-plans that follow.
+    ``noise_beta`` > 0 draws the candidates' deviations from the mean as coloured noise along
+    the horizon (``sfplan.planners.common.colored_noise``, iCEM): smooth sequences, each step
+    still of std ``std``.
     Noise comes from a generator seeded ``seed + call index``: reproducible runs.
     """
 
@@ -58,6 +62,8 @@ class CEMPlanner(SamplingPlanner):
             raise ValueError("iterations, num_samples and num_elites must be >= 1")
         if not 0.0 <= c.alpha < 1.0:
             raise ValueError(f"alpha must be in [0, 1), got {c.alpha}")
+        if c.noise_beta < 0:
+            raise ValueError(f"noise_beta must be >= 0 (0: white noise), got {c.noise_beta}")
         if c.cold_num_samples < 0:
             raise ValueError(f"cold_num_samples must be >= 0 (0: num_samples), got {c.cold_num_samples}")
 
@@ -82,7 +88,7 @@ class CEMPlanner(SamplingPlanner):
         best_actions = best_cost = None
         first_best = None
         for _ in range(c.iterations):
-            noise = torch.randn((B, N, H, A), generator=gen, device=self.device)
+            noise = colored_noise((B, N, H, A), float(c.noise_beta), gen, self.device)
             cand = self.clip(mean[:, None] + std[:, None] * noise)  # (B, N, H, A)
             if c.include_mean:
                 cand[:, 0] = self.clip(mean)

@@ -115,6 +115,32 @@ class SeedCounter:
         self.calls = 0
 
 
+def colored_noise(shape: tuple[int, ...], beta: float, generator: torch.Generator, device) -> torch.Tensor:
+    """Gaussian noise (..., H, A) whose power spectrum along H falls as 1/f^beta (iCEM,
+    Pinneri et al. 2020), each step of unit variance. beta = 0 is white noise; beta = 2
+    (Brownian-like) draws smooth sequences, which is how torque and velocity commands that
+    reach a goal look, so fewer candidates cover them. The lowest frequency (DC) gets the
+    scale of the longest period, 1/H."""
+    if beta == 0:
+        return torch.randn(shape, generator=generator, device=device)
+    H = shape[-2]
+    f = torch.fft.rfftfreq(H, device=device)  # (F,) in [0, 0.5]
+    f[0] = 1.0 / H
+    s = f ** (-beta / 2)  # (F,) amplitude per frequency
+    re = torch.randn((*shape[:-2], len(f), shape[-1]), generator=generator, device=device)
+    im = torch.randn((*shape[:-2], len(f), shape[-1]), generator=generator, device=device)
+    im[..., 0, :] = 0  # the DC term and (even H) the Nyquist term of a real signal are real
+    if H % 2 == 0:
+        im[..., -1, :] = 0
+    x = torch.fft.irfft(torch.complex(re, im) * s[:, None], n=H, dim=-2)  # (..., H, A)
+    # per-step variance of the irfft above: (s_0^2 + 4 sum_middle s_k^2 + s_nyq^2) / H^2
+    w = torch.full_like(s, 4.0)
+    w[0] = 1.0
+    if H % 2 == 0:
+        w[-1] = 1.0
+    return x / (torch.sqrt((w * s**2).sum()) / H)
+
+
 def imagine_and_score(world_model, cost, state: WorldState, goal: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """One ``imagine`` call for all candidates (B, N, H, A) -> cost (B, N), shape-checked."""
     imagination = world_model.imagine(state, candidates)

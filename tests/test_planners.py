@@ -24,6 +24,7 @@ from sfplan.planners import (
     RandomShootingPlanner,
     shift_plan,
 )
+from sfplan.planners.common import colored_noise
 from sfplan.world_model.base import Imagination, WorldState
 
 D = 2
@@ -309,6 +310,33 @@ def test_cem_cold_num_samples_widens_only_the_first_plan():
     assert [c.shape[1] for c in wm.calls] == [16, 16] and again.info["num_samples"] == 16
     with pytest.raises(ValueError, match="cold_num_samples"):
         make(CEMPlanner, cold_num_samples=-1)
+
+
+@pytest.mark.parametrize("H", [8, 7])
+def test_colored_noise_has_unit_variance_and_its_colour(H):
+    g = torch.Generator().manual_seed(0)
+    lag1 = {}
+    for beta in (0.0, 2.0):
+        x = colored_noise((20000, H, 2), beta, g, "cpu")  # (N, H, A)
+        assert x.shape == (20000, H, 2)
+        assert torch.allclose(x.var(0), torch.ones(H, 2), atol=0.06)  # every step: std 1
+        lag1[beta] = float((x[:, 1:] * x[:, :-1]).mean())
+    assert abs(lag1[0.0]) < 0.03 and lag1[2.0] > 0.4  # white vs smooth along the horizon
+
+
+def test_cem_noise_beta_draws_smooth_candidates_around_the_mean():
+    def roughness(calls):  # mean squared step-to-step change of the first iteration's deviations
+        d = calls[0][0, 1:] - calls[0][0, 1:].mean(0)  # (N-1, H, A), candidate 0 is the mean
+        return float(((d[:, 1:] - d[:, :-1]) ** 2).mean() / (d**2).mean())
+    state, goal = PointMass().encode(X0), goal_of(GOAL)
+    rough = {}
+    for beta in (0.0, 2.0):
+        planner, wm = make(CEMPlanner, horizon=8, num_samples=256, iterations=1, init_std=0.05, noise_beta=beta)
+        planner.plan(state, goal)
+        rough[beta] = roughness(wm.calls)
+    assert rough[2.0] < 0.6 * rough[0.0]
+    with pytest.raises(ValueError, match="noise_beta"):
+        make(CEMPlanner, noise_beta=-1.0)
 
 
 def test_cem_returns_the_best_candidate_it_imagined_with_its_cost():
