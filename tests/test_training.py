@@ -384,6 +384,23 @@ def test_time_limit_ends_training_as_a_finished_run(data, tmp_path):
 
 
 
+
+def test_a_resumed_run_counts_the_training_time_its_checkpoint_had_reached(data, tmp_path):
+    """A killed run resumed under time_limit_s gets only what is left of the limit: each
+    checkpoint records the seconds of training so far (elapsed_s)."""
+    run = tmp_path / "run"
+    r = run_train(cfg(VAE_TINY, data, run, "steps=8", "checkpoint_every=2", "stop_at_step=3"))
+    assert r["stopped"] == "stop_at_step"
+    (step, ck), = list_checkpoints(run / "checkpoints")
+    state = json.loads((ck / "trainer_state.json").read_text())
+    assert step == 2 and state["elapsed_s"] > 0
+    # as if the run had trained 1000 s before its kill: a 100 s limit is spent, one step finishes it
+    (ck / "trainer_state.json").write_text(json.dumps({**state, "elapsed_s": 1000.0}))
+    resumed = run_train(cfg(VAE_TINY, data, run, "steps=8", "checkpoint_every=2", "time_limit_s=100"))
+    assert resumed["stopped_early"]["step"] == 3 and resumed["step"] == 3
+    last = list_checkpoints(run / "checkpoints")[-1][1]
+    assert json.loads((last / "trainer_state.json").read_text())["elapsed_s"] > 1000.0
+
 @pytest.mark.parametrize("bad", ["0", "-5", "soon"])
 def test_a_bad_time_limit_names_the_fix(data, tmp_path, bad):
     with pytest.raises(UserError, match="time_limit_s=.*a number > 0") as e:

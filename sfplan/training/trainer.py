@@ -18,8 +18,9 @@ Interrupts: SIGINT/SIGTERM finish the current step, write a checkpoint and stop
 (a second Ctrl-C stops at once). ``stop_at_step`` stops like a kill (no checkpoint
 beyond the regular ones), for testing resume.
 
-Time limit: ``time_limit_s`` ends training at the first step past that many seconds of this
-run (every process at the same step) and finishes as at ``steps``: a checkpoint, the final
+Time limit: ``time_limit_s`` ends training at the first step past that many seconds of
+training (every process at the same step; a resumed run counts the seconds its checkpoint
+had reached, so a killed and resumed stage keeps to its time) and finishes as at ``steps``: a checkpoint, the final
 model and its card, which records the step reached (``stopped_early``). ``sfplan fit`` gives
 each stage its share of the budget this way, so a machine slower than at the stage's
 calibration (other jobs on it) shortens the stage instead of the stages after it.
@@ -183,6 +184,8 @@ class _Run:
     last_val: dict[str, float] = field(default_factory=dict)
     last_sample: dict[str, float] = field(default_factory=dict)
     train_time: float = 0.0
+    elapsed_before: float = 0.0  # seconds of training the resumed checkpoint had reached
+    t_loop: float = 0.0  # perf_counter at this process's first step
     steps_done: int = 0  # steps taken in this process's run (not resumed ones)
     t_window: float = 0.0
     n_window: int = 0
@@ -242,7 +245,8 @@ class Trainer:
         run = self._start()
         stop_at = self.cfg.get("stop_at_step")
         limit = self.cfg.get("time_limit_s")
-        deadline = None if limit is None else time.perf_counter() + float(limit)
+        run.t_loop = time.perf_counter()
+        deadline = None if limit is None else run.t_loop + float(limit) - run.elapsed_before
         try:
             with _Signals() as sig:
                 while run.step < int(self.cfg.steps):
@@ -321,6 +325,7 @@ class Trainer:
         set_rng_state(ck.training_state["rng"])
         run.step = run.last_saved = ck.step
         run.nan_total = int(ck.meta.get("nan_skipped_total", 0))
+        run.elapsed_before = float(ck.meta.get("elapsed_s", 0.0))
         history = ck.meta.get("history", {})
         run.last_train = history.get("last_train", {})
         run.last_val = history.get("last_val", {})
@@ -445,6 +450,7 @@ class Trainer:
             meta = {"stage": self.stage.name, "identity": self.stage.identity(),
                     "config": OmegaConf.to_container(cfg, resolve=True), "nan_skipped_total": run.nan_total,
                     "num_processes": self.acc.num_processes,
+                    "elapsed_s": run.elapsed_before + time.perf_counter() - run.t_loop,
                     "history": {"last_train": run.last_train, "last_val": run.last_val,
                                 "last_sample": run.last_sample}}
             path = save_checkpoint(self.ckpt_root, at, run.model, run.ema.model,
