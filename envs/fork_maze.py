@@ -199,6 +199,34 @@ class ForkMazeEnv(MemoryMazeEnv):
                 break
         return best
 
+    def _explore_route(self, rng: np.random.Generator) -> np.ndarray:
+        """Waypoints (K, 2) for ``policy=explore``: onto the axis of the arm the agent is in,
+        to the junction, then down a random arm to a random depth (corridor or room) and, in a
+        room, to a random point across it: the passages from a room to the junction and from
+        the junction into a room that the recall task plans through."""
+        p = self.agent_xy()
+        arm = int(np.argmax(ARMS @ p))
+        along = float(ARMS[arm] @ p)
+        route = [ARMS[arm] * along] if along > _HALF_W else []
+        route.append(np.zeros(2))
+        j = int(rng.integers(len(ARMS)))
+        depth = float(rng.uniform(_ARM - 1.0, _ARM + _ROOM_LEN - 0.5))
+        route.append(ARMS[j] * depth)
+        if depth > _ARM + 0.5:
+            across = np.array([-ARMS[j][1], ARMS[j][0]])
+            route.append(ARMS[j] * depth + across * rng.uniform(-1, 1) * (_ROOM_HALF - 0.5))
+        return np.stack(route)
+
+    def _drive_action(self, target_xy: np.ndarray, speed: float) -> np.ndarray | None:
+        """The velocity command (2,) toward ``target_xy`` at ``speed`` (a fraction of the top
+        speed), slowing inside the last step; None once the agent is within 0.1 m."""
+        d = np.asarray(target_xy, np.float64) - self.agent_xy()
+        dist = float(np.linalg.norm(d))
+        if dist < 0.1:
+            return None
+        top = 2.0 * self.dt  # m per step at |action| = 1 (velocity actuators: 2 m/s)
+        return (d / dist * min(float(speed), dist / top)).astype(np.float32)
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if self.goal_protocol != "recall":
             return GoalImageEnv.reset(self, seed=seed, options=options)

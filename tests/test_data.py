@@ -79,6 +79,49 @@ def test_episode_depends_on_seed_not_worker(dataset, tmp_path):
     assert np.array_equal(again.actions, ds[2].actions)
 
 
+def test_explore_policy_runs_forkmaze_passages_that_random_motion_rarely_does():
+    """policy=explore drives the task's routes (to the junction, into a room) in closed loop:
+    under the action repeat a fit derives, its episodes pass the junction and cross between
+    rooms and corridors far more often than correlated noise from the same starts."""
+    from sfplan.data.policies import has_routes
+    from sfplan.envs.fork_maze import ARMS
+    from sfplan.envs.spec import make_env
+
+    def region(xy):  # 0-3: a room, -1: junction and corridors
+        along = ARMS @ xy
+        return int(np.argmax(along)) if along.max() > 2.0 else -1
+
+    env = make_env("sfplan/ForkMaze-v0", image_size=32, goal="near", action_repeat=2)
+    try:
+        assert has_routes(env.unwrapped)
+        got = {}
+        for name in ("explore", "correlated"):
+            junction = crossings = 0
+            for seed in range(6):
+                ep = rollout(env, make_policy(name), seed=seed, steps=50)
+                xy = []
+                for state in ep.states:  # the agent's position at each step
+                    env.unwrapped.set_state(state)
+                    xy.append(env.unwrapped.agent_xy())
+                xy = np.stack(xy)
+                junction += bool((np.abs(xy).max(1) < 0.5).any())
+                r = [region(q) for q in xy]
+                crossings += sum(a != b for a, b in zip(r, r[1:]))
+                assert np.all(np.abs(ep.actions) <= 1.0)
+            got[name] = junction, crossings
+        assert got["explore"][0] >= 3 and got["explore"][1] >= max(4, 3 * got["correlated"][1])  # measured: (4, 6) vs (0, 0)
+    finally:
+        env.close()
+    reacher = ReacherGoalEnv(image_size=32)
+    try:
+        with pytest.raises(UserError, match="policy=explore needs a task with exploration routes"):
+            rollout(reacher, make_policy("explore"), seed=0, steps=2)
+    finally:
+        reacher.close()
+    with pytest.raises(UserError, match="policies.explore"):
+        make_policy("explore", min_speed=0)
+
+
 def test_goal_and_random_policies_replay(tmp_path):
     env = ReacherGoalEnv(image_size=32)
     try:

@@ -71,6 +71,22 @@ def test_a_bad_env_stops_every_command_before_work_with_its_fix(spec, message, t
     assert not (tmp_path / "d").exists() and not (tmp_path / "f" / "work").exists()
 
 
+def test_the_fit_collects_along_the_envs_routes_where_it_has_them(tmp_path, capsys):
+    """collect.policy=auto: policy=explore on an env with routes (ForkMaze), correlated
+    elsewhere; a policy the env cannot run stops the fit before any work."""
+    from sfplan.training.fit import Fit
+
+    def check(env_id):
+        return Fit(load_config("fit", [f"env.id={env_id}", f"out={tmp_path / 'f'}", *TOY_FIT]))._check()
+    assert check("sfplan/ForkMaze-v0")["routes"] and not check("puck_env:make_puck")["routes"]
+    for bad, message in (("explore", "collect.policy=explore needs an env with exploration routes"),
+                         ("brownian", "unknown policy 'brownian'")):
+        assert main(["fit", "env.id=puck_env:make_puck", f"out={tmp_path / 'f'}", f"collect.policy={bad}",
+                     *TOY_FIT]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "f" / "work").exists()
+
+
 def test_an_env_sfplan_does_not_ship_gets_settings_from_itself_not_reacher():
     cfg = load_config("eval", ["env.id=puck_env:make_puck"])
     assert cfg.env.budget == 60  # its TimeLimit

@@ -25,6 +25,9 @@ Policies (``policy=`` in ``configs/collect.yaml``, parameters under ``policies.<
 - ``goal``: drive toward a freshly sampled goal with the task's own scripted
   goal-reaching actions (``env.unwrapped._goal_actions(rng)``, called from the current
   state), then ``noise_steps`` of correlated noise, then a new goal, and so on.
+- ``explore``: the task's own routes through its layout (``env.unwrapped._explore_route``,
+  e.g. ForkMaze: to the junction and down a random arm into its room), driven in closed
+  loop at a random speed with a little correlated noise, then ``noise_steps`` of noise.
 - ``retrace``: go out for ``out_steps`` steps, then come back along the same path, and
   repeat from there. Outbound: the task's exploratory motion when it has one
   (``env.unwrapped.make_wanderer(rng)``, e.g. ``sfplan/MemoryMaze-v0``), else
@@ -173,6 +176,78 @@ class GoalPolicy(CorrelatedPolicy):
         return {"noise_steps": self.noise_steps, "rho": self.rho, "scale": self.scale}
 
 
+class ExplorePolicy(CorrelatedPolicy):
+    """The task's own exploration routes, then noise: repeat.
+
+    Each segment asks the task for a route through its layout
+    (``env.unwrapped._explore_route(rng)``: waypoints (K, 2); ForkMaze: to the junction,
+    then down a random arm into its room) and drives along it in closed loop
+    (``env.unwrapped._drive_action(target, speed)``: the action toward a waypoint, or None
+    once it is reached), at a speed drawn per route in [``min_speed``, 1] of the task's top
+    speed, each action perturbed by ``correlated`` noise (``rho``, ``scale``); then
+    ``noise_steps`` steps of that noise alone. A route that makes no headway for
+    ``patience`` steps is dropped. Closed loop, so any action repeat drives it alike. It
+    shows what uniform starts and random motion rarely do in a maze: whole passages from one
+    place to another. Needs a task with routes; ``sfplan fit`` uses it where there is one.
+    """
+
+    name = "explore"
+
+    def __init__(self, noise_steps: int = 10, min_speed: float = 0.5, patience: int = 40, rho: float = 0.9,
+                 scale: float = 0.2):
+        super().__init__(rho=rho, scale=scale)
+        if int(noise_steps) < 0 or not 0.0 < float(min_speed) <= 1.0 or int(patience) < 1:
+            raise UserError(f"policies.explore needs noise_steps >= 0, 0 < min_speed <= 1 and patience >= 1; got "
+                            f"{noise_steps}, {min_speed}, {patience}")
+        self.noise_steps, self.min_speed, self.patience = int(noise_steps), float(min_speed), int(patience)
+
+    def reset(self, env, rng):
+        super().reset(env, rng)
+        self._task = env.unwrapped
+        if not has_routes(self._task):
+            raise UserError(f"policy=explore needs a task with exploration routes (_explore_route, _drive_action); "
+                            f"{type(self._task).__name__} has none: use policy=correlated or policy=goal")
+        self._route: list[np.ndarray] = []
+        self._noise_left = 0
+
+    def _new_route(self) -> None:
+        self._route = [np.asarray(w, np.float64) for w in self._task._explore_route(self.rng)]
+        self._speed = float(self.rng.uniform(self.min_speed, 1.0))
+        self._stall, self._best = 0, np.inf
+        self._noise_left = self.noise_steps
+
+    def act(self, obs, info):
+        noise = super().act(obs, info)  # advances the noise every step
+        if not self._route and self._noise_left == 0:
+            self._new_route()
+        while self._route:
+            a = self._task._drive_action(self._route[0], self._speed)
+            if a is None:  # reached: on to the next waypoint
+                self._route.pop(0)
+                self._stall, self._best = 0, np.inf
+                continue
+            gap = float(np.linalg.norm(self._route[0] - self._task.agent_xy()))
+            self._stall = 0 if gap < self._best - 1e-3 else self._stall + 1
+            self._best = min(self._best, gap)
+            if self._stall >= self.patience:  # stuck: give the route up
+                self._route = []
+                break
+            u = (np.asarray(a, np.float64) - self.low) / (self.high - self.low) * 2.0 - 1.0  # -> [-1, 1] units
+            return self.to_action(u + self._u)
+        if self._noise_left > 0:
+            self._noise_left -= 1
+        return noise
+
+    def kwargs(self):
+        return {"noise_steps": self.noise_steps, "min_speed": self.min_speed, "patience": self.patience,
+                "rho": self.rho, "scale": self.scale}
+
+
+def has_routes(task) -> bool:
+    """Whether a task (an env's ``unwrapped``) offers exploration routes (``policy=explore``)."""
+    return all(callable(getattr(task, m, None)) for m in ("_explore_route", "_drive_action", "agent_xy"))
+
+
 class RetracePolicy(CorrelatedPolicy):
     """Out for ``out_steps`` steps, back along the same path for ``out_steps`` steps, repeat.
 
@@ -237,7 +312,8 @@ class RetracePolicy(CorrelatedPolicy):
         return {"out_steps": self.out_steps, "mode": self.mode, "rho": self.rho, "scale": self.scale}
 
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (RandomPolicy, CorrelatedPolicy, GoalPolicy, RetracePolicy)}
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (RandomPolicy, CorrelatedPolicy, GoalPolicy, ExplorePolicy,
+                                                         RetracePolicy)}
 
 
 def make_policy(name: str, **kwargs) -> Policy:

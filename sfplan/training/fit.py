@@ -47,6 +47,9 @@ TOY = {
 CALIBRATION_STEPS = 6
 #: a training stage's time limit, over the seconds it was sized for (its steps take 0.9 of them at the
 #: calibrated rate): a machine slower than at calibration ends the stage early rather than starve the next
+#: how the card names the collection policy
+POLICY_WORDS = {"correlated": "correlated random actions", "explore": "the env's routes (policy=explore) and random actions",
+                "random": "uniform random actions", "goal": "the env's scripted goal reaching and random actions"}
 STAGE_TIME_SLACK = 1.15
 MIN_STAGE_S = 20.0
 TOY_MAX_STEPS = 12
@@ -225,6 +228,7 @@ class Fit:
 
     def _check(self) -> dict:
         """The env, made once and checked before anything slow (exit 2 with the fix)."""
+        from sfplan.data.policies import has_routes, make_policy
         from sfplan.envs.spec import can_label_states, check_goal_image_env, make_env
         from sfplan.world_model.oracle import can_clone
 
@@ -242,6 +246,13 @@ class Fit:
             got = check_goal_image_env(env, self.env_id)
             got["can_label_states"] = can_label_states(env)
             got["cloneable"] = can_clone(env)
+            got["routes"] = has_routes(env.unwrapped)
+            policy = str(self.cfg.collect.policy)
+            if policy != "auto":
+                make_policy(policy)  # an unknown name: exit 2 naming the choices
+                if policy == "explore" and not got["routes"]:
+                    raise UserError(f"collect.policy=explore needs an env with exploration routes; {self.env_id} has "
+                                    f"none: use collect.policy=auto (correlated random actions there)")
         finally:
             env.close()
         return got
@@ -277,7 +288,11 @@ class Fit:
             with EpisodeDataset(data) as ds:
                 return len(ds)
 
-        kw = dict(steps=steps, policy=str(c.policy), seed=int(self.cfg.seed), progress=bool(self.cfg.progress))
+        policy = str(c.policy)
+        if policy == "auto":  # whole passages where the env offers routes (a maze), else random motion
+            policy = "explore" if st.data["env_check"].get("routes") else "correlated"
+        rec["policy"] = policy
+        kw = dict(steps=steps, policy=policy, seed=int(self.cfg.seed), progress=bool(self.cfg.progress))
         t0 = time.perf_counter()
         if "episodes" not in rec:  # the pilot: one process, timed, sizes the rest
             n0 = have()
@@ -562,7 +577,7 @@ def write_fit_card(out: Path, s: dict) -> Path:
              "`sfplan generate model=<this folder>`.", "",
              "## Data", "",
              f"{c.get('dataset_episodes')} episodes x {c.get('steps')} steps ({c.get('dataset_steps')} steps, "
-             f"{c.get('dataset_mb', 0):.1f} MB), policy correlated random actions; "
+             f"{c.get('dataset_mb', 0):.1f} MB), policy {POLICY_WORDS.get(c.get('policy', 'correlated'), c.get('policy'))}; "
              f"{s.get('env_check', {}).get('image_size')}x{s.get('env_check', {}).get('image_size')} frames.", "",
              "## Derived settings", "",
              "| setting | value | from |", "|---|---|---|",
