@@ -206,8 +206,8 @@ def quality(link: str) -> str:
 PEER = [("Reacher", "reacher"), ("PointMaze UMaze", "pointmaze_umaze")]
 PEER_SUFFIX = "__goal-peer__budget-50__success-first"
 
-# Levers on the Reacher decision (`planning_suite.py --suite decision_levers` / `--suite one_step`): (name, cell,
-# sampler steps, candidates). The undistilled 1-step cells ran before the shipped model carried its one_step/ part.
+# Levers on the Reacher decision (`planning_suite.py --suite decision_levers` / `--suite one_step` / `--suite
+# coloured_noise`): (name, cell, sampler steps, candidates; coloured noise costs no FLOPs). The undistilled 1-step cells ran before the shipped model carried its one_step/ part.
 LEVERS = [("2 sampler steps, 64 candidates", "headline/reacher__cem__learned", 2, 64),
           ("2 sampler steps, 32 candidates",
            "decision_levers/reacher__cem__learned__world_model-num_steps-2__env-search-learned-num_samples-32", 2, 32),
@@ -217,7 +217,12 @@ LEVERS = [("2 sampler steps, 64 candidates", "headline/reacher__cem__learned", 2
            "decision_levers/reacher__cem__learned__world_model-num_steps-1__env-search-learned-num_samples-32", 1, 32),
           ("one-step student, 64 candidates", "one_step/reacher__cem__learned__world_model-num_steps-1", 1, 64),
           ("one-step student, 32 candidates",
-           "one_step/reacher__cem__learned__world_model-num_steps-1__env-search-learned-num_samples-32", 1, 32)]
+           "one_step/reacher__cem__learned__world_model-num_steps-1__env-search-learned-num_samples-32", 1, 32),
+          ("2 sampler steps, 64 candidates, coloured noise (beta 2)",
+           "coloured_noise/reacher__cem__learned__planner-noise_beta-2", 2, 64),
+          ("one-step student, 32 candidates, coloured noise (beta 2)",
+           "coloured_noise/reacher__cem__learned__world_model-num_steps-1__env-search-learned-num_samples-32"
+           "__planner-noise_beta-2", 1, 32)]
 
 def peer(link: str) -> str:
     lines = ["| task | learned | oracle | random | steps to success, learned (mean) |", "|---|---|---|---|---|"]
