@@ -87,7 +87,7 @@ def table() -> str:
              "episodes for each world model; success under the env's own protocol (`first`: the first step "
              "within its radius; `hold k`: k steps in a row there); 95% Wilson intervals.", "",
              "| env | protocol | learned | oracle | random | budget / wall min | collect / vae / dynamics / probe / "
-             "idm s | data | model MB | s / decision (learned) | hardware |",
+             "idm s | data, policy | model MB | s / decision (learned) | hardware |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ev, st = r["eval"], r["stages"]
@@ -105,7 +105,7 @@ def table() -> str:
         protocol = next((d.get("protocol", "first") for d in ev.values()), "first")
         lines.append(f"| {r['name']} (`{r['env']['id']}`) | {protocol} | {cell('learned')} | {cell('oracle')} | {cell('random')} "
                      f"| {r['minutes']:g} / {total} | {walls} | {c['dataset_episodes']} ep x {c['steps']} steps "
-                     f"({c['dataset_mb']:.0f} MB) | {r['model_mb']:.1f} | "
+                     f"({c['dataset_mb']:.0f} MB), {c.get('policy', 'correlated')} | {r['model_mb']:.1f} | "
                      f"{f'{learned:.2f}' if learned else 'n/a'} | {hw['cpu']} ({hw['isa']}), {hw['cores']} cores |")
     lines += ["", "Derived recipe and held-out quality (one chunk, model / copy-last; adherence = object PSNR "
               "true minus shuffled actions; state error: the distance between the probe's reading of the frames "
