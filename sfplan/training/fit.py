@@ -45,11 +45,11 @@ TOY = {
             "val_windows=32"],
 }
 CALIBRATION_STEPS = 6
-#: a training stage's time limit, over the seconds it was sized for (its steps take 0.9 of them at the
-#: calibrated rate): a machine slower than at calibration ends the stage early rather than starve the next
 #: how the card names the collection policy
 POLICY_WORDS = {"correlated": "correlated random actions", "explore": "the env's routes (policy=explore) and random actions",
                 "random": "uniform random actions", "goal": "the env's scripted goal reaching and random actions"}
+#: a training stage's time limit, over the seconds it was sized for (its steps take 0.9 of them at the
+#: calibrated rate): a machine slower than at calibration ends the stage early rather than starve the next
 STAGE_TIME_SLACK = 1.15
 MIN_STAGE_S = 20.0
 TOY_MAX_STEPS = 12
@@ -289,7 +289,9 @@ class Fit:
                 return len(ds)
 
         policy = str(c.policy)
-        if policy == "auto":  # whole passages where the env offers routes (a maze), else random motion
+        if "episodes" in rec:  # resumed: the policy the data were started with (fits before the choice: correlated)
+            policy = rec.get("policy", "correlated")
+        elif policy == "auto":  # whole passages where the env offers routes (a maze), else random motion
             policy = "explore" if st.data["env_check"].get("routes") else "correlated"
         rec["policy"] = policy
         kw = dict(steps=steps, policy=policy, seed=int(self.cfg.seed), progress=bool(self.cfg.progress))
