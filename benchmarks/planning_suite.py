@@ -49,9 +49,9 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
     "one_step": [("reacher", "cem", "learned", ["+world_model.num_steps=1", *extra])
                  for extra in ([], ["env.search.learned.num_samples=32"])],
     # coloured sampling noise (iCEM, planner.noise_beta=2: smooth candidates) with the one-step student at 32
-    # candidates and with the default decision
-    "coloured_noise": [("reacher", "cem", "learned", [*extra, "planner.noise_beta=2"])
-                       for extra in (["+world_model.num_steps=1", "env.search.learned.num_samples=32"], [])],
+    # candidates (compare one_step's white-noise cell)
+    "coloured_noise": [("reacher", "cem", "learned", ["+world_model.num_steps=1", "env.search.learned.num_samples=32",
+                                                      "planner.noise_beta=2"])],
     # stable-worldmodel's evaluation: the goal 25 steps of exploratory motion ahead, a 50-step budget,
     # success at the first step within the radius
     "peer": [

@@ -218,8 +218,6 @@ LEVERS = [("2 sampler steps, 64 candidates", "headline/reacher__cem__learned", 2
           ("one-step student, 64 candidates", "one_step/reacher__cem__learned__world_model-num_steps-1", 1, 64),
           ("one-step student, 32 candidates",
            "one_step/reacher__cem__learned__world_model-num_steps-1__env-search-learned-num_samples-32", 1, 32),
-          ("2 sampler steps, 64 candidates, coloured noise (beta 2)",
-           "coloured_noise/reacher__cem__learned__planner-noise_beta-2", 2, 64),
           ("one-step student, 32 candidates, coloured noise (beta 2)",
            "coloured_noise/reacher__cem__learned__world_model-num_steps-1__env-search-learned-num_samples-32"
            "__planner-noise_beta-2", 1, 32)]
