@@ -207,7 +207,8 @@ PEER = [("Reacher", "reacher"), ("PointMaze UMaze", "pointmaze_umaze")]
 PEER_SUFFIX = "__goal-peer__budget-50__success-first"
 
 # Levers on the Reacher decision (`planning_suite.py --suite decision_levers` / `--suite one_step` / `--suite
-# coloured_noise`): (name, cell, sampler steps, candidates; coloured noise costs no FLOPs). The undistilled 1-step cells ran before the shipped model carried its one_step/ part.
+# coloured_noise`): (name, cell, sampler steps, candidates; coloured noise costs no FLOPs). The undistilled
+# 1-step cells ran before the shipped model carried its one_step/ part.
 LEVERS = [("2 sampler steps, 64 candidates", "headline/reacher__cem__learned", 2, 64),
           ("2 sampler steps, 32 candidates",
            "decision_levers/reacher__cem__learned__world_model-num_steps-2__env-search-learned-num_samples-32", 2, 32),
