@@ -55,7 +55,7 @@ def _check(cfg: DictConfig) -> None:
         whole_number(k, cfg.get(k) or 0, 0, "a count (0: off)" if k != "seed" else "the run's seed")
     positive_number("lr", cfg.lr, "the peak learning rate")
     if cfg.get("time_limit_s") is not None:
-        positive_number("time_limit_s", cfg.time_limit_s, "seconds of training in this run (null: no limit)")
+        positive_number("time_limit_s", cfg.time_limit_s, "seconds of training, a resumed run counting its checkpoint's (null: no limit)")
     resolve_device(cfg.device)  # a device that is not there fails before any data is read
     if str(cfg.mixed_precision) not in MIXED_PRECISION:
         raise UserError(f"mixed_precision={cfg.mixed_precision!r}: choose one of {', '.join(MIXED_PRECISION)} "
