@@ -26,6 +26,7 @@ class CEMConfig:
     include_mean: bool = True  # candidate 0 is the current mean (the warm start at iteration 0)
     cold_num_samples: int = 0  # candidates per iteration when there is no warm start (an episode's first plan); 0 = num_samples
     noise_beta: float = 0.0  # colour of the sampling noise along the horizon: power ~ 1/f^beta (0 white, 2 smooth; iCEM)
+    keep_elites: int = 0  # the previous plan's best elites, shifted as its warm start was, join the first iteration (iCEM)
     seed: int = 0
 
 
@@ -34,7 +35,7 @@ class CEMPlanner(SamplingPlanner):
 
     ``CEMPlanner(world_model, cost, action_low, action_high, config=None, *, horizon=10,
     num_samples=64, iterations=4, num_elites=8, alpha=0.1, init_std=0.5, min_std=0.05,
-    include_mean=True, cold_num_samples=0, noise_beta=0.0, seed=0)``.
+    include_mean=True, cold_num_samples=0, noise_beta=0.0, keep_elites=0, seed=0)``.
 
     Each iteration samples N sequences (B, N, H, A), clips them to the bounds, imagines
     them all in one ``world_model.imagine`` call and scores them with ``cost`` (B, N). The
@@ -50,6 +51,10 @@ class CEMPlanner(SamplingPlanner):
     ``noise_beta`` > 0 draws the candidates' deviations from the mean as coloured noise along
     the horizon (``sfplan.planners.common.colored_noise``, iCEM): smooth sequences, each step
     still of std ``std``.
+    ``keep_elites`` > 0 carries the best elites of a decision into the next one (iCEM's elite
+    shift): when the warm start is this planner's previous plan shifted by k executed steps
+    (``shift_plan``: recognised by its first H - k steps), the previous decision's elites get
+    the same shift and padding and replace as many fresh candidates of the first iteration.
     Noise comes from a generator seeded ``seed + call index``: reproducible runs.
     """
 
@@ -66,6 +71,29 @@ class CEMPlanner(SamplingPlanner):
             raise ValueError(f"noise_beta must be >= 0 (0: white noise), got {c.noise_beta}")
         if c.cold_num_samples < 0:
             raise ValueError(f"cold_num_samples must be >= 0 (0: num_samples), got {c.cold_num_samples}")
+        if c.keep_elites < 0:
+            raise ValueError(f"keep_elites must be >= 0 (0: none carried over), got {c.keep_elites}")
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (plan (B, H, A), elites (B, E, H, A))
+
+    def reset(self, seed: int | None = None) -> None:
+        super().reset(seed)
+        self._last = None
+
+    def _carried_elites(self, warm: torch.Tensor | None) -> torch.Tensor | None:
+        """The previous decision's elites (B, E', H, A) shifted as ``warm`` shifts its plan, or
+        None where ``warm`` is not that plan shifted (an episode's first plan, another caller)."""
+        if warm is None or self._last is None or self.config.keep_elites <= 0:
+            return None
+        plan, elites = self._last
+        if plan.shape != warm.shape:
+            return None
+        H = warm.shape[1]
+        for k in range(1, H):  # the executed steps: warm = plan[:, k:] + k padded steps
+            if torch.equal(warm[:, : H - k], plan[:, k:]):
+                kept = elites[:, : int(self.config.keep_elites)]  # (B, E', H, A), best first
+                pad = warm[:, None, H - k :].expand(-1, kept.shape[1], -1, -1)  # (B, E', k, A)
+                return torch.cat([kept[:, :, k:], pad], dim=2)
+        return None
 
     @property
     def iterations(self) -> int:
@@ -87,11 +115,15 @@ class CEMPlanner(SamplingPlanner):
         min_std = c.min_std * rng  # (A,)
         best_actions = best_cost = None
         first_best = None
-        for _ in range(c.iterations):
+        carried = self._carried_elites(warm)  # (B, E', H, A) or None
+        for it in range(c.iterations):
             noise = colored_noise((B, N, H, A), float(c.noise_beta), gen, self.device)
             cand = self.clip(mean[:, None] + std[:, None] * noise)  # (B, N, H, A)
             if c.include_mean:
                 cand[:, 0] = self.clip(mean)
+            if it == 0 and carried is not None:
+                n = min(carried.shape[1], N - int(c.include_mean))
+                cand[:, N - n :] = carried[:, :n]
             costs = imagine_and_score(self.world_model, self.cost, state, goal, cand)  # (B, N)
             best_actions, best_cost = update_best(best_actions, best_cost, cand, costs)
             if first_best is None:
@@ -101,6 +133,7 @@ class CEMPlanner(SamplingPlanner):
             mean = c.alpha * mean + (1 - c.alpha) * elites.mean(1)
             std = c.alpha * std + (1 - c.alpha) * elites.std(1, unbiased=False)
             std = torch.maximum(std, min_std)
+        self._last = (best_actions.clone(), elites.clone())
         return PlanResult(
             actions=best_actions,
             cost=best_cost,
@@ -110,6 +143,7 @@ class CEMPlanner(SamplingPlanner):
                 "first_iteration_cost": float(first_best.mean()),
                 "final_std": float((std / rng).mean()),
                 "num_samples": N,
+                "carried_elites": 0 if carried is None else int(carried.shape[1]),
                 "imagined_frames": B * N * H * c.iterations,
             },
         )

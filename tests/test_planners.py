@@ -312,6 +312,30 @@ def test_cem_cold_num_samples_widens_only_the_first_plan():
         make(CEMPlanner, cold_num_samples=-1)
 
 
+def test_cem_keep_elites_carries_the_previous_elites_shifted_into_the_next_plan():
+    planner, wm = make(CEMPlanner, horizon=6, num_samples=16, iterations=2, num_elites=4, keep_elites=3, seed=0)
+    state, goal = wm.encode(X0), goal_of(GOAL)
+    first = planner.plan(state, goal)
+    elites = planner._last[1]  # (B, E, H, A): the last iteration's, best first
+    assert first.info["carried_elites"] == 0 and elites.shape == (1, 4, 6, 2)
+    wm.calls.clear()
+    warm = shift_plan(first.actions, 2, fill="mid", action_low=LOW, action_high=HIGH)
+    again = planner.plan(state, goal, warm_start=warm)
+    cand = wm.calls[0][0]  # (N, H, A) of the first iteration
+    want = torch.cat([elites[0, :3, 2:], warm[0, None, 4:].expand(3, 2, 2)], dim=1)  # shifted as the plan, same padding
+    assert again.info["carried_elites"] == 3 and torch.equal(cand[-3:], want)
+    assert torch.equal(cand[0], warm[0])  # candidate 0 is still the warm start
+    assert not any(torch.equal(cand[i], want[0]) for i in range(1, 13))  # the rest are fresh draws
+    # a warm start that is not this planner's shifted plan carries nothing, nor does a new episode
+    wm.calls.clear()
+    assert planner.plan(state, goal, warm_start=torch.zeros(1, 6, 2)).info["carried_elites"] == 0
+    last = planner.plan(state, goal)
+    planner.start_episode(1)
+    assert planner.plan(state, goal, warm_start=shift_plan(last.actions, 2)).info["carried_elites"] == 0
+    with pytest.raises(ValueError, match="keep_elites"):
+        make(CEMPlanner, keep_elites=-1)
+
+
 @pytest.mark.parametrize("H", [8, 7])
 def test_colored_noise_has_unit_variance_and_its_colour(H):
     g = torch.Generator().manual_seed(0)
