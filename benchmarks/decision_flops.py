@@ -1,18 +1,23 @@
-"""FLOPs and time of one planning decision, per setting of the learned planner.
+"""FLOPs and time of planning decisions, per setting of the learned planner.
 
     python benchmarks/decision_flops.py --task reacher --out benchmarks/results/one_step/decision_reacher.json
 
-Counts one ``planner.plan`` call (``torch.utils.flop_counter``) from a real first observation
-(evaluation seed 100000) with the shipped model, for each lever of ``planning_suite.py --suite
-decision_levers`` / ``--suite one_step``, and times ``--repeats`` more calls of each, side by
-side in this one process with every CPU thread (run it on an idle machine). Success is measured
-by the suites.
+For each lever of ``planning_suite.py --suite decision_levers`` / ``one_step`` / ``proposals``,
+with the shipped model, from a real first observation (evaluation seed 100000): the episode's
+first plan (no warm start) and a re-plan warm-started from the plan before it shifted by the
+executed steps, as ``sfplan eval`` does. Each is counted once (``torch.utils.flop_counter``, one
+thread) and timed ``--repeats`` times (median, every CPU thread), side by side in this one
+process (run it on an idle machine). The time per decision is the episode's mean, as the eval
+report counts it: (first + (D - 1) re-plans) / D, D = ceil(budget / execute). Success is
+measured by the suites.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import time
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -24,10 +29,15 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from sfplan.config import load_config  # noqa: E402
 from sfplan.eval.main import _build  # noqa: E402
 from sfplan.io import atomic_write_text  # noqa: E402
+from sfplan.planners import shift_plan  # noqa: E402
 
+STUDENT_32 = ["+world_model.num_steps=1", "env.search.learned.num_samples=32"]
 # every lever names its sampler steps and candidates, so the rows do not depend on the shipped defaults;
 # num_steps=1 is the model's distilled one-step student (its one_step/ part)
 LEVERS = [[f"+world_model.num_steps={k}", f"env.search.learned.num_samples={n}"] for k, n in ((2, 64), (2, 32), (1, 64), (1, 32))]
+# the student at 32 candidates with the previous decision's elites, also with a wider first plan, and at horizon 6
+LEVERS += [[*STUDENT_32, *x] for x in (["planner.keep_elites=4"], ["+env.search.learned.cold_num_samples=128",
+                                        "planner.keep_elites=4"], ["env.search.learned.horizon=6"])]
 
 
 def count_flops(fn, modules) -> tuple[int, dict]:
@@ -46,31 +56,52 @@ def count_flops(fn, modules) -> tuple[int, dict]:
     return counter.get_total_flops(), {str(k): v for k, v in counter.get_flop_counts().items()}
 
 
-def decision_cost(task: str, extra: list[str], repeats: int) -> dict:
-    """GFLOP of one decision (counted on one thread) and its wall time (median of ``repeats``,
-    all threads) for the eval config ``env=task`` + ``extra``."""
-    import time
-
-    cfg = load_config("eval", [f"env={task}", "record=false", "device=cpu", *extra])
-    env, planner, wm = _build(cfg)
-    obs, info = env.reset(seed=100000)
-    state = wm.encode(np.stack([obs["pixels"]] * wm.context_frames)[None], sim_state=info["state"][None])
-    goal = wm.encode(obs["desired_goal"][None, None]).features
-    planner.plan(state, goal)  # loads the probe
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    total, by_module = count_flops(lambda: planner.plan(state, goal), (wm.vae, wm.diffusion))
-    torch.set_num_threads(threads)
+def _timed(fn, repeats: int) -> float | None:
+    """Median wall time of ``repeats`` calls of ``fn`` (None when ``repeats`` is 0)."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        planner.plan(state, goal)
+        fn()
         times.append(time.perf_counter() - t0)
+    return float(np.median(times)) if times else None
+
+
+def decision_cost(task: str, extra: list[str], repeats: int) -> dict:
+    """GFLOP (one thread) and median wall time (all threads) of the first plan and of a
+    warm-started re-plan for the eval config ``env=task`` + ``extra``, and the episode's mean
+    time per decision."""
+    cfg = load_config("eval", [f"env={task}", "record=false", "device=cpu", *extra])
+    env, planner, wm = _build(cfg)
+    execute, budget, fill = int(cfg.env.execute), int(cfg.env.budget), str(cfg.env.get("warm_fill", "last"))
+    obs, info = env.reset(seed=100000)
+    state = wm.encode(np.stack([obs["pixels"]] * wm.context_frames)[None], sim_state=info["state"][None])
+    goal = wm.encode(obs["desired_goal"][None, None]).features
+    low, high = env.action_space.low, env.action_space.high
+    last = {"plan": planner.plan(state, goal)}  # loads the probe
+
+    def first():
+        planner.start_episode(100000)
+        last["plan"] = planner.plan(state, goal)
+
+    def replan():  # the runner's re-plan: the previous plan less its executed steps
+        warm = shift_plan(last["plan"].actions, execute, fill=fill, action_low=low, action_high=high)
+        last["plan"] = planner.plan(state, goal, warm_start=warm)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    first_flops, by_module = count_flops(first, (wm.vae, wm.diffusion))
+    replan_flops, _ = count_flops(replan, (wm.vae, wm.diffusion))
+    torch.set_num_threads(threads)
+    first_s = _timed(first, repeats)
+    replan_s = _timed(replan, repeats)  # a chain of re-plans, each warm-started from the one before
     env.close()
+    d = math.ceil(budget / execute)
     denoiser = sum(by_module.get("ActionVideoDiffusion", {}).values())
-    return {"overrides": extra, "gflop": total / 1e9, "denoiser_gflop": denoiser / 1e9,
-            "seconds_median": float(np.median(times)) if times else None, "threads": threads,
-            "one_step_student": wm.one_step is not None}
+    return {"overrides": extra, "gflop": replan_flops / 1e9, "first_plan_gflop": first_flops / 1e9,
+            "denoiser_gflop_first_plan": denoiser / 1e9, "first_plan_s": first_s, "replan_s": replan_s,
+            "decisions_per_episode": d,
+            "seconds_per_decision": None if first_s is None else (first_s + (d - 1) * replan_s) / d,
+            "threads": threads, "one_step_student": wm.one_step is not None}
 
 
 def main() -> None:
@@ -83,9 +114,10 @@ def main() -> None:
 
     rows = [decision_cost(args.task, extra, args.repeats) for extra in LEVERS]
     for r in rows:
-        t = f", {r['seconds_median']:.2f} s" if r["seconds_median"] is not None else ""
-        print(f"{' '.join(r['overrides'])}: {r['gflop']:.1f} GFLOP per decision ({r['denoiser_gflop']:.1f} in the "
-              f"denoiser){t}")
+        t = (f"; first plan {r['first_plan_s']:.2f} s, re-plan {r['replan_s']:.2f} s, {r['seconds_per_decision']:.2f} s "
+             f"per decision" if r["first_plan_s"] is not None else "")
+        print(f"{' '.join(r['overrides'])}: {r['gflop']:.1f} GFLOP per re-plan, {r['first_plan_gflop']:.1f} the "
+              f"first{t}")
     cpu, isa = cpu_info()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps({"task": args.task, "cpu": cpu, "isa": isa, "cores": os.cpu_count(),

@@ -52,6 +52,19 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
     # candidates (compare one_step's white-noise cell)
     "coloured_noise": [("reacher", "cem", "learned", ["+world_model.num_steps=1", "env.search.learned.num_samples=32",
                                                       "planner.noise_beta=2"])],
+    # the one-step student at 32 candidates with better proposals or fewer FLOPs: the previous decision's 4 best
+    # elites carried into the next (iCEM's elite shift), with 128 candidates in the first plan (the episode's one
+    # plan without a warm start), and a horizon of 6 instead of 8 (8 latent frames instead of 10: 0.8x the FLOPs);
+    # the first cell is the student at 32 candidates again, on the machine that runs the others
+    "proposals": [("reacher", "cem", "learned", ["+world_model.num_steps=1", "env.search.learned.num_samples=32", *x])
+                  for x in ([], ["planner.keep_elites=4"],
+                            ["+env.search.learned.cold_num_samples=128", "planner.keep_elites=4"],
+                            ["env.search.learned.horizon=6"])],
+    # PointMaze UMaze's one-step student (the shipped model's one_step/) at 64 and 32 candidates, and the
+    # 2-step default beside them on the same machine
+    "one_step_umaze": [("pointmaze_umaze", "cem", "learned", x) for x in (
+        ["+world_model.num_steps=2"], ["+world_model.num_steps=1"],
+        ["+world_model.num_steps=1", "env.search.learned.num_samples=32"])],
     # stable-worldmodel's evaluation: the goal 25 steps of exploratory motion ahead, a 50-step budget,
     # success at the first step within the radius
     "peer": [

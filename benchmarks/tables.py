@@ -206,22 +206,35 @@ def quality(link: str) -> str:
 PEER = [("Reacher", "reacher"), ("PointMaze UMaze", "pointmaze_umaze")]
 PEER_SUFFIX = "__goal-peer__budget-50__success-first"
 
-# Levers on the Reacher decision (`planning_suite.py --suite decision_levers` / `--suite one_step` / `--suite
-# coloured_noise`): (name, cell, sampler steps, candidates; coloured noise costs no FLOPs). The undistilled
-# 1-step cells ran before the shipped model carried its one_step/ part.
-LEVERS = [("2 sampler steps, 64 candidates", "headline/reacher__cem__learned", 2, 64),
+# Levers on the Reacher decision (`planning_suite.py --suite decision_levers` / `one_step` / `coloured_noise` /
+# `proposals`): (name, cell, the overrides that name its row in decision_flops.py's JSON; coloured noise costs no
+# FLOPs, so it is timed as the student at 32). The undistilled 1-step cells ran before the shipped model carried its
+# one_step/ part.
+_S32 = ("+world_model.num_steps=1", "env.search.learned.num_samples=32")
+_S32_CELL = "reacher__cem__learned__world_model-num_steps-1__env-search-learned-num_samples-32"
+LEVERS = [("2 sampler steps, 64 candidates", "headline/reacher__cem__learned",
+           ("+world_model.num_steps=2", "env.search.learned.num_samples=64")),
           ("2 sampler steps, 32 candidates",
-           "decision_levers/reacher__cem__learned__world_model-num_steps-2__env-search-learned-num_samples-32", 2, 32),
+           "decision_levers/reacher__cem__learned__world_model-num_steps-2__env-search-learned-num_samples-32",
+           ("+world_model.num_steps=2", "env.search.learned.num_samples=32")),
           ("1 call of the undistilled model, 64 candidates", "decision_levers/reacher__cem__learned__world_model-num_steps-1",
-           1, 64),
-          ("1 call of the undistilled model, 32 candidates",
-           "decision_levers/reacher__cem__learned__world_model-num_steps-1__env-search-learned-num_samples-32", 1, 32),
-          ("one-step student, 64 candidates", "one_step/reacher__cem__learned__world_model-num_steps-1", 1, 64),
-          ("one-step student, 32 candidates",
-           "one_step/reacher__cem__learned__world_model-num_steps-1__env-search-learned-num_samples-32", 1, 32),
-          ("one-step student, 32 candidates, coloured noise (beta 2)",
-           "coloured_noise/reacher__cem__learned__world_model-num_steps-1__env-search-learned-num_samples-32"
-           "__planner-noise_beta-2", 1, 32)]
+           ("+world_model.num_steps=1", "env.search.learned.num_samples=64")),
+          ("1 call of the undistilled model, 32 candidates", f"decision_levers/{_S32_CELL}", _S32),
+          ("one-step student, 64 candidates", "one_step/reacher__cem__learned__world_model-num_steps-1",
+           ("+world_model.num_steps=1", "env.search.learned.num_samples=64")),
+          ("one-step student, 32 candidates", f"one_step/{_S32_CELL}", _S32),
+          ("one-step student, 32 candidates, coloured noise (beta 2)", f"coloured_noise/{_S32_CELL}__planner-noise_beta-2",
+           _S32),
+          ("one-step student, 32 candidates (again, on the AVX512-BF16 CPU)", f"proposals/{_S32_CELL}", _S32),
+          ("one-step student, 32 candidates, previous 4 elites kept", f"proposals/{_S32_CELL}__planner-keep_elites-4",
+           (*_S32, "planner.keep_elites=4")),
+          ("one-step student, 32 candidates, previous 4 elites kept, 128 in the first plan",
+           f"proposals/{_S32_CELL}__env-search-learned-cold_num_samples-128__planner-keep_elites-4",
+           (*_S32, "+env.search.learned.cold_num_samples=128", "planner.keep_elites=4")),
+          ("one-step student, 32 candidates, horizon 6", f"proposals/{_S32_CELL}__env-search-learned-horizon-6",
+           (*_S32, "env.search.learned.horizon=6"))]
+# decision_flops.py's timings, one JSON per CPU
+LEVER_TIMINGS = ("one_step/decision_reacher.json", "one_step/decision_reacher_avx512bf16.json")
 
 def peer(link: str) -> str:
     lines = ["| task | learned | oracle | random | steps to success, learned (mean) |", "|---|---|---|---|---|"]
@@ -234,21 +247,36 @@ def peer(link: str) -> str:
     return "\n".join(lines)
 
 
+def _mean_gflop(t: dict) -> float:
+    """GFLOP per decision over an episode: the first plan and the re-plans (``decision_flops.py``);
+    a row timed before re-plans were counted apart has one figure for both."""
+    d = t.get("decisions_per_episode", 1)
+    return (t.get("first_plan_gflop", t["gflop"]) + (d - 1) * t["gflop"]) / d
+
+
 def levers(link: str) -> str:
-    """The lever table: FLOPs and idle time per decision from ``decision_flops.py`` (one process,
-    all threads, side by side), success from the suites' reports."""
-    timing = json.loads((RESULTS / "one_step" / "decision_reacher.json").read_text())
-    cost = {tuple(d["overrides"]): d for d in timing["decisions"]}
-    lines = [f"| decision | GFLOP / decision | plan time / decision, idle ({timing['cpu']}, {timing['isa']}, "
-             f"{timing['decisions'][0]['threads']} threads) | success, hold 10 | success, first |", "|---|---|---|---|---|"]
-    for name, folder, k, n in LEVERS:
+    """The lever table: FLOPs per decision and idle time per decision on each CPU from
+    ``decision_flops.py`` (one process per CPU, all threads, side by side), success from the
+    suites' reports."""
+    timings = [json.loads((RESULTS / f).read_text()) for f in LEVER_TIMINGS if (RESULTS / f).exists()]
+    rows = [{tuple(d["overrides"]): d for d in t["decisions"]} for t in timings]
+    cols = " | ".join(f"s / decision, idle ({t['cpu']}, {t['isa']}, {t['decisions'][0]['threads']} threads)"
+                      for t in timings)
+    lines = [f"| decision | GFLOP / decision | {cols} | success, hold 10 | success, first |",
+             "|---|---|" + "---|" * len(timings) + "---|---|"]
+    for name, folder, overrides in LEVERS:
         if not (RESULTS / folder / "report.json").exists():
             continue
-        c = cost[(f"+world_model.num_steps={k}", f"env.search.learned.num_samples={n}")]
+        timed = [r.get(overrides) for r in rows]
+        gflop = max(_mean_gflop(t) for t in timed if t)
+        times = []
+        for t in timed:
+            # seconds_per_decision: the episode's mean (first plan and re-plans); seconds_median: one plan
+            sec = None if t is None else t.get("seconds_per_decision", t.get("seconds_median"))
+            times.append("as the student's" if name.startswith("1 call") else "-" if sec is None else f"{sec:.2f}")
         s = report(folder)["summary"]
         first = s["protocols"]["first"]
-        idle = f"{c['seconds_median']:.2f} s" if not name.startswith("1 call") else "as the student's"
-        lines.append(f"| {name} | {c['gflop']:.0f} | {idle} | {success([folder], link, True)} | "
+        lines.append(f"| {name} | {gflop:.0f} | {' | '.join(times)} | {success([folder], link, True)} | "
                      f"{first['successes']}/{s['episodes']} ({first['success_rate']:.0%}) |")
     return "\n".join(lines)
 
