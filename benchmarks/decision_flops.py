@@ -72,7 +72,7 @@ def decision_cost(task: str, extra: list[str], repeats: int) -> dict:
     time per decision."""
     cfg = load_config("eval", [f"env={task}", "record=false", "device=cpu", *extra])
     env, planner, wm = _build(cfg)
-    execute, budget, fill = int(cfg.env.execute), int(cfg.env.budget), str(cfg.env.get("warm_fill", "last"))
+    execute, budget, fill = int(cfg.env.execute), int(cfg.env.budget), str(cfg.warm_fill)
     obs, info = env.reset(seed=100000)
     state = wm.encode(np.stack([obs["pixels"]] * wm.context_frames)[None], sim_state=info["state"][None])
     goal = wm.encode(obs["desired_goal"][None, None]).features

@@ -44,8 +44,8 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
     # cell): 32 CEM candidates with the 2-step sampler. The undistilled 1-step cells in
     # results/decision_levers/ were measured before the shipped model carried its one-step student.
     "decision_levers": [("reacher", "cem", "learned", ["+world_model.num_steps=2", "env.search.learned.num_samples=32"])],
-    # the distilled one-step student (sfplan train stage=distill; the shipped Reacher model's one_step/: the
-    # other shipped models have none, and num_steps=1 there is one call of the undistilled model), 64 and 32 candidates
+    # the distilled one-step student (sfplan train stage=distill; the shipped Reacher model's one_step/; on a model
+    # dir without one, num_steps=1 is one call of the undistilled model), 64 and 32 candidates
     "one_step": [("reacher", "cem", "learned", ["+world_model.num_steps=1", *extra])
                  for extra in ([], ["env.search.learned.num_samples=32"])],
     # coloured sampling noise (iCEM, planner.noise_beta=2: smooth candidates) with the one-step student at 32

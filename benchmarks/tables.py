@@ -235,6 +235,14 @@ LEVERS = [("2 sampler steps, 64 candidates", "headline/reacher__cem__learned",
            (*_S32, "env.search.learned.horizon=6"))]
 # decision_flops.py's timings, one JSON per CPU
 LEVER_TIMINGS = ("one_step/decision_reacher.json", "one_step/decision_reacher_avx512bf16.json")
+# PointMaze UMaze's one-step student (`planning_suite.py --suite one_step_umaze`, all cells on one machine)
+_U = "one_step_umaze/pointmaze_umaze__cem__learned__world_model-num_steps-"
+LEVERS_UMAZE = [("2 sampler steps, 64 candidates (the default)", f"{_U}2",
+                 ("+world_model.num_steps=2", "env.search.learned.num_samples=64")),
+                ("one-step student, 64 candidates", f"{_U}1", ("+world_model.num_steps=1", "env.search.learned.num_samples=64")),
+                ("one-step student, 32 candidates", f"{_U}1__env-search-learned-num_samples-32",
+                 ("+world_model.num_steps=1", "env.search.learned.num_samples=32"))]
+LEVER_TIMINGS_UMAZE = ("one_step/decision_pointmaze_umaze_avx512bf16.json",)
 
 def peer(link: str) -> str:
     lines = ["| task | learned | oracle | random | steps to success, learned (mean) |", "|---|---|---|---|---|"]
@@ -254,17 +262,17 @@ def _mean_gflop(t: dict) -> float:
     return (t.get("first_plan_gflop", t["gflop"]) + (d - 1) * t["gflop"]) / d
 
 
-def levers(link: str) -> str:
-    """The lever table: FLOPs per decision and idle time per decision on each CPU from
+def levers(link: str, cells=LEVERS, timing_files=LEVER_TIMINGS) -> str:
+    """A lever table: FLOPs per decision and idle time per decision on each CPU from
     ``decision_flops.py`` (one process per CPU, all threads, side by side), success from the
     suites' reports."""
-    timings = [json.loads((RESULTS / f).read_text()) for f in LEVER_TIMINGS if (RESULTS / f).exists()]
+    timings = [json.loads((RESULTS / f).read_text()) for f in timing_files if (RESULTS / f).exists()]
     rows = [{tuple(d["overrides"]): d for d in t["decisions"]} for t in timings]
     cols = " | ".join(f"s / decision, idle ({t['cpu']}, {t['isa']}, {t['decisions'][0]['threads']} threads)"
                       for t in timings)
     lines = [f"| decision | GFLOP / decision | {cols} | success, hold 10 | success, first |",
              "|---|---|" + "---|" * len(timings) + "---|---|"]
-    for name, folder, overrides in LEVERS:
+    for name, folder, overrides in cells:
         if not (RESULTS / folder / "report.json").exists():
             continue
         timed = [r.get(overrides) for r in rows]
@@ -287,7 +295,8 @@ def tables() -> dict[Path, dict[str, str]]:
             results: {"headline": headline("results/", ci=True), "planners": planners("results/"),
                       "far_umaze": far("far_umaze", "results/"), "far_medium": far("far_medium", "results/"),
                       "speed": speed("results/"), "quality": quality("results/"), "peer": peer("results/"),
-                      "levers": levers("results/")}}
+                      "levers": levers("results/"),
+                      "levers_umaze": levers("results/", LEVERS_UMAZE, LEVER_TIMINGS_UMAZE)}}
 
 
 def render(text: str, blocks: dict[str, str]) -> str:

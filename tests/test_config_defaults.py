@@ -76,3 +76,18 @@ def test_every_dataclass_setting_composes_with_its_default_and_overrides_by_name
         key = next((k for k in numeric if mine is None or k not in mine), numeric[0])
         cfg = load_config(command[0], [*command[1:], f"{where}.{key}=7"])
         assert OmegaConf.select(cfg, f"{where}.{key}") == 7
+
+
+@pytest.mark.parametrize("task", sorted(p.stem for p in (ROOT / "configs" / "env").glob("*.yaml")))
+def test_every_search_row_setting_reaches_the_planner_cost_and_runner(task):
+    # the per-world-model search row is the one place these live: a row's value must reach the
+    # component that reads it on every task, not only on the tasks that spell it out
+    from sfplan.config import load_config
+
+    row = "env.search.learned"
+    base = [f"env={task}", "world_model=learned", "cost=probe"] + (["env.id=sfplan/Reacher-v0"] if task == "custom" else [])
+    cfg = load_config("eval", [*base, f"++{row}.cold_num_samples=7", f"++{row}.warm_fill=mid",
+                               f"++{row}.terminal_weight=0.25"])
+    assert cfg.planner.cold_num_samples == 7 and cfg.warm_fill == "mid" and cfg.cost.terminal_weight == 0.25
+    plain = load_config("eval", base)
+    assert plain.planner.cold_num_samples >= 0 and plain.warm_fill in ("last", "mid")
