@@ -1,15 +1,15 @@
 """FLOPs and time of planning decisions, per setting of the learned planner.
 
-    python benchmarks/decision_flops.py --task reacher --out benchmarks/results/one_step/decision_reacher.json
+    python benchmarks/decision_flops.py --task reacher --out benchmarks/results/one_step/decision_reacher_<cpu>.json
 
 For each lever of ``planning_suite.py --suite decision_levers`` / ``one_step`` / ``proposals``,
 with the shipped model, from a real first observation (evaluation seed 100000): the episode's
 first plan (no warm start) and a re-plan warm-started from the plan before it shifted by the
 executed steps, as ``sfplan eval`` does. Each is counted once (``torch.utils.flop_counter``, one
 thread) and timed ``--repeats`` times (median, every CPU thread), side by side in this one
-process (run it on an idle machine). The time per decision is the episode's mean, as the eval
-report counts it: (first + (D - 1) re-plans) / D, D = ceil(budget / execute). Success is
-measured by the suites.
+process (run it on an idle machine). The time per decision is the mean over a full-length
+episode: (first + (D - 1) re-plans) / D, D = ceil(budget / execute) (an episode that ends at its
+goal has fewer re-plans). Success is measured by the suites.
 """
 from __future__ import annotations
 
@@ -84,6 +84,7 @@ def decision_cost(task: str, extra: list[str], repeats: int) -> dict:
         last["plan"] = planner.plan(state, goal)
 
     def replan():  # the runner's re-plan: the previous plan less its executed steps
+        planner.advance(execute)
         warm = shift_plan(last["plan"].actions, execute, fill=fill, action_low=low, action_high=high)
         last["plan"] = planner.plan(state, goal, warm_start=warm)
 
@@ -107,8 +108,10 @@ def decision_cost(task: str, extra: list[str], repeats: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="reacher")
-    p.add_argument("--repeats", type=int, default=5, help="timed decisions per lever (0: FLOPs only)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/one_step/decision_reacher.json"))
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed first plans and as many timed re-plans per lever (0: FLOPs only)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="JSON to write; one per task and CPU (the tables read benchmarks/results/one_step/decision_*.json)")
     args = p.parse_args()
     from sfplan.training.trainer import cpu_info
 

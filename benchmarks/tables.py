@@ -268,15 +268,15 @@ def levers(link: str, cells=LEVERS, timing_files=LEVER_TIMINGS) -> str:
     suites' reports."""
     timings = [json.loads((RESULTS / f).read_text()) for f in timing_files if (RESULTS / f).exists()]
     rows = [{tuple(d["overrides"]): d for d in t["decisions"]} for t in timings]
-    cols = " | ".join(f"s / decision, idle ({t['cpu']}, {t['isa']}, {t['decisions'][0]['threads']} threads)"
-                      for t in timings)
-    lines = [f"| decision | GFLOP / decision | {cols} | success, hold 10 | success, first |",
+    cols = "".join(f"s / decision, idle ({t['cpu']}, {t['isa']}, {t['decisions'][0]['threads']} threads) | "
+                   for t in timings)
+    lines = [f"| decision | GFLOP / decision | {cols}success, hold 10 | success, first |",
              "|---|---|" + "---|" * len(timings) + "---|---|"]
     for name, folder, overrides in cells:
         if not (RESULTS / folder / "report.json").exists():
             continue
         timed = [r.get(overrides) for r in rows]
-        gflop = max(_mean_gflop(t) for t in timed if t)
+        gflop = max((_mean_gflop(t) for t in timed if t), default=None)
         times = []
         for t in timed:
             # seconds_per_decision: the episode's mean (first plan and re-plans); seconds_median: one plan
@@ -284,7 +284,8 @@ def levers(link: str, cells=LEVERS, timing_files=LEVER_TIMINGS) -> str:
             times.append("as the student's" if name.startswith("1 call") else "-" if sec is None else f"{sec:.2f}")
         s = report(folder)["summary"]
         first = s["protocols"]["first"]
-        lines.append(f"| {name} | {gflop:.0f} | {' | '.join(times)} | {success([folder], link, True)} | "
+        lines.append(f"| {name} | {'-' if gflop is None else f'{gflop:.0f}'} | {''.join(t + ' | ' for t in times)}"
+                     f"{success([folder], link, True)} | "
                      f"{first['successes']}/{s['episodes']} ({first['success_rate']:.0%}) |")
     return "\n".join(lines)
 

@@ -4,7 +4,8 @@ A planner is pure search: it gets a world model and a cost injected at construct
 (Hydra ``_partial_``), and ``plan`` touches no env, logger or file. Candidates are batched
 as (B, N, H, A) and each iteration makes one ``world_model.imagine`` call. A planner may
 also define ``start_episode(seed)``; the runner calls it before each episode (per-episode
-noise, fresh waypoint progress).
+noise, fresh waypoint progress), and ``advance(executed)``, called after the first ``executed``
+steps of its last plan ran (CEM's ``keep_elites`` shifts its elites by them).
 """
 from __future__ import annotations
 

@@ -51,10 +51,11 @@ class CEMPlanner(SamplingPlanner):
     ``noise_beta`` > 0 draws the candidates' deviations from the mean as coloured noise along
     the horizon (``sfplan.planners.common.colored_noise``, iCEM): smooth sequences, each step
     still of std ``std``.
-    ``keep_elites`` > 0 carries the best elites of a decision into the next one (iCEM's elite
-    shift): when the warm start is this planner's previous plan shifted by k executed steps
-    (``shift_plan``: recognised by its first H - k steps), the previous decision's elites get
-    the same shift and padding and replace as many fresh candidates of the first iteration.
+    ``keep_elites`` > 0 carries the best elites of a decision (at most ``num_elites``) into the
+    next one (iCEM's elite shift): after the runner reports the executed steps k (``advance``),
+    a warm start that is this planner's previous plan less its first k steps gets the previous
+    decision's elites with the same shift and padding, in place of as many fresh candidates of
+    its first iteration; any other warm start carries nothing.
     Noise comes from a generator seeded ``seed + call index``: reproducible runs.
     """
 
@@ -74,26 +75,29 @@ class CEMPlanner(SamplingPlanner):
         if c.keep_elites < 0:
             raise ValueError(f"keep_elites must be >= 0 (0: none carried over), got {c.keep_elites}")
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (plan (B, H, A), elites (B, E, H, A))
+        self._executed = 0  # steps of the last plan run since (``advance``)
 
     def reset(self, seed: int | None = None) -> None:
         super().reset(seed)
-        self._last = None
+        self._last, self._executed = None, 0
+
+    def advance(self, executed: int) -> None:
+        """Called by the runner after it ran the first ``executed`` steps of the last plan."""
+        self._executed = int(executed)
 
     def _carried_elites(self, warm: torch.Tensor | None) -> torch.Tensor | None:
         """The previous decision's elites (B, E', H, A) shifted as ``warm`` shifts its plan, or
-        None where ``warm`` is not that plan shifted (an episode's first plan, another caller)."""
+        None where ``warm`` is not that plan less its executed steps (an episode's first plan,
+        another caller's warm start)."""
         if warm is None or self._last is None or self.config.keep_elites <= 0:
             return None
         plan, elites = self._last
-        if plan.shape != warm.shape:
+        H, k = warm.shape[1], self._executed
+        if plan.shape != warm.shape or not 0 < k < H or not torch.equal(warm[:, : H - k], plan[:, k:]):
             return None
-        H = warm.shape[1]
-        for k in range(1, H):  # the executed steps: warm = plan[:, k:] + k padded steps
-            if torch.equal(warm[:, : H - k], plan[:, k:]):
-                kept = elites[:, : int(self.config.keep_elites)]  # (B, E', H, A), best first
-                pad = warm[:, None, H - k :].expand(-1, kept.shape[1], -1, -1)  # (B, E', k, A)
-                return torch.cat([kept[:, :, k:], pad], dim=2)
-        return None
+        kept = elites[:, : int(self.config.keep_elites)]  # (B, E', H, A), best first
+        pad = warm[:, None, H - k :].expand(-1, kept.shape[1], -1, -1)  # (B, E', k, A): the warm start's padding
+        return torch.cat([kept[:, :, k:], pad], dim=2)
 
     @property
     def iterations(self) -> int:
@@ -122,8 +126,8 @@ class CEMPlanner(SamplingPlanner):
             if c.include_mean:
                 cand[:, 0] = self.clip(mean)
             if it == 0 and carried is not None:
-                n = min(carried.shape[1], N - int(c.include_mean))
-                cand[:, N - n :] = carried[:, :n]
+                carried = carried[:, : N - int(c.include_mean)]
+                cand[:, N - carried.shape[1] :] = carried
             costs = imagine_and_score(self.world_model, self.cost, state, goal, cand)  # (B, N)
             best_actions, best_cost = update_best(best_actions, best_cost, cand, costs)
             if first_best is None:
@@ -133,7 +137,7 @@ class CEMPlanner(SamplingPlanner):
             mean = c.alpha * mean + (1 - c.alpha) * elites.mean(1)
             std = c.alpha * std + (1 - c.alpha) * elites.std(1, unbiased=False)
             std = torch.maximum(std, min_std)
-        self._last = (best_actions.clone(), elites.clone())
+        self._last, self._executed = (best_actions.clone(), elites.clone()), 0
         return PlanResult(
             actions=best_actions,
             cost=best_cost,

@@ -220,11 +220,15 @@ def test_runner_pads_the_warm_start_as_configured(fill):
         horizon = 4
 
         def __init__(self):
-            self.warm = []
+            self.warm, self.calls = [], []
 
         def plan(self, state, goal, warm_start=None):
             self.warm.append(None if warm_start is None else warm_start.clone())
+            self.calls.append("plan")
             return PlanResult(actions=torch.linspace(-0.9, 0.6, 8).reshape(1, 4, 2), cost=torch.zeros(1))
+
+        def advance(self, executed):  # the runner reports the steps it ran of the last plan
+            self.calls.append(executed)
 
     env = gym.make("sfplan/Reacher-v0", image_size=32)
     planner = Recorder()
@@ -232,6 +236,7 @@ def test_runner_pads_the_warm_start_as_configured(fill):
     env.close()
     plan = torch.linspace(-0.9, 0.6, 8).reshape(1, 4, 2)
     assert planner.warm[0] is None and len(planner.warm) == 2
+    assert planner.calls[:2] == ["plan", 3] and planner.calls[2] == "plan"
     pad = plan[:, -1:] if fill == "last" else torch.zeros(1, 1, 2)  # Reacher's action range is [-1, 1]
     torch.testing.assert_close(planner.warm[1], torch.cat([plan[:, 3:], pad.expand(1, 3, 2)], 1))
 

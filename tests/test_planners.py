@@ -320,6 +320,10 @@ def test_cem_keep_elites_carries_the_previous_elites_shifted_into_the_next_plan(
     assert first.info["carried_elites"] == 0 and elites.shape == (1, 4, 6, 2)
     wm.calls.clear()
     warm = shift_plan(first.actions, 2, fill="mid", action_low=LOW, action_high=HIGH)
+    assert planner.plan(state, goal, warm_start=warm).info["carried_elites"] == 0  # executed steps not reported
+    wm.calls.clear()
+    planner._last = (first.actions, elites)  # as after the first plan
+    planner.advance(2)  # the runner ran 2 steps of it
     again = planner.plan(state, goal, warm_start=warm)
     cand = wm.calls[0][0]  # (N, H, A) of the first iteration
     want = torch.cat([elites[0, :3, 2:], warm[0, None, 4:].expand(3, 2, 2)], dim=1)  # shifted as the plan, same padding
@@ -330,8 +334,14 @@ def test_cem_keep_elites_carries_the_previous_elites_shifted_into_the_next_plan(
     wm.calls.clear()
     assert planner.plan(state, goal, warm_start=torch.zeros(1, 6, 2)).info["carried_elites"] == 0
     last = planner.plan(state, goal)
+    planner.advance(2)
     planner.start_episode(1)
     assert planner.plan(state, goal, warm_start=shift_plan(last.actions, 2)).info["carried_elites"] == 0
+    # more kept than candidates: as many as fit beside the mean, and the count says so
+    few, wm2 = make(CEMPlanner, horizon=6, num_samples=3, iterations=1, num_elites=3, keep_elites=3, seed=0)
+    prev = few.plan(state, goal)
+    few.advance(1)
+    assert few.plan(state, goal, warm_start=shift_plan(prev.actions, 1)).info["carried_elites"] == 2
     with pytest.raises(ValueError, match="keep_elites"):
         make(CEMPlanner, keep_elites=-1)
 

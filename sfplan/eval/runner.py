@@ -197,6 +197,8 @@ def run_episode(
             _remember_chunk(memory, before, chunk_frames, chunk, log.write_times)
         if log.ended:
             break
+        if callable(getattr(planner, "advance", None)):
+            planner.advance(len(chunk_frames))  # CEM's keep_elites shifts its elites by these steps
         warm = _warm_start(result.actions, len(chunk_frames), warm_fill, env)
     log.ended = log.ended or log.steps >= budget
     return log.result(seed, success, goal)
