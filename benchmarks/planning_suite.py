@@ -61,10 +61,12 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
                             ["+env.search.learned.cold_num_samples=128", "planner.keep_elites=4"],
                             ["env.search.learned.horizon=6"])],
     # PointMaze UMaze's one-step student (the shipped model's one_step/) at 64 and 32 candidates, and the
-    # 2-step default beside them on the same machine
+    # 2-step default beside them on the same machine; then the student on far goals with 4 waypoint images
+    # (compare far_umaze's learned cell)
     "one_step_umaze": [("pointmaze_umaze", "cem", "learned", x) for x in (
         ["+world_model.num_steps=2"], ["+world_model.num_steps=1"],
-        ["+world_model.num_steps=1", "env.search.learned.num_samples=32"])],
+        ["+world_model.num_steps=1", "env.search.learned.num_samples=32"],
+        ["+world_model.num_steps=1", "goal=far", "waypoints=4"])],
     # stable-worldmodel's evaluation: the goal 25 steps of exploratory motion ahead, a 50-step budget,
     # success at the first step within the radius
     "peer": [

@@ -28,18 +28,20 @@ SHARED = "2-core x86-64, shared"
 # Headline: per task, the default planner (CEM) with the learned world model, the simulator as
 # world model (oracle) and random actions, on the evaluation seeds (100000 + i). Plan times come
 # from runs on an otherwise idle machine (the same planner settings as the success runs).
+# the shipped UMaze model plans with its one-step student (num_steps: 1 in its world_model.json)
+_U1 = "one_step_umaze/pointmaze_umaze__cem__learned__world_model-num_steps-1"
 HEADLINE = [
     dict(task="Reacher", goal="near", learned=["headline/reacher__cem__learned"],
          oracle=["headline/reacher__cem__oracle"], random=["headline/reacher__random__oracle"],
          time="speed_avx2/shipped_default", hw=AVX2),
-    dict(task="PointMaze UMaze", goal="near", learned=["headline/pointmaze_umaze__cem__learned"],
+    dict(task="PointMaze UMaze", goal="near", learned=[_U1],
          oracle=["headline/pointmaze_umaze__cem__oracle"], random=["headline/pointmaze_umaze__random__oracle"],
-         time="probe_cost/pointmaze_learned_probe_it2_eval", hw=SHARED, oracle_note="image cost"),
+         time=_U1, hw=AVX512, oracle_note="image cost"),
     dict(task="PointMaze UMaze", goal="far, 4 waypoint images",
-         learned=["far_umaze/pointmaze_umaze__cem__learned__goal-far__waypoints-4"],
+         learned=[f"{_U1}__goal-far__waypoints-4"],
          oracle=["far_umaze/pointmaze_umaze__cem__oracle__goal-far__cost-probe__waypoints-4"],
          random=["far_umaze/pointmaze_umaze__random__oracle__goal-far"],
-         time="far_umaze/pointmaze_umaze__cem__learned__goal-far__waypoints-4", hw=SHARED, oracle_note="probe cost"),
+         time=f"{_U1}__goal-far__waypoints-4", hw=AVX512, oracle_note="probe cost"),
     dict(task="PointMaze Medium", goal="far, 10 waypoint images",
          learned=["far_medium/pointmaze_medium__cem__learned__goal-far__waypoints-10",
                   "far_medium/pmm_learned_far_w10_eval_100020"],
