@@ -275,6 +275,10 @@ def _compose(name: str, overrides: list[str]) -> DictConfig:
         msg = str(e.__cause__ or e)
         if "not in struct" in msg or "Could not override" in str(e) or "Key '" in msg:
             key = _key_of(str(e))
+            if key in _top_keys(name):  # a section given a value (env=reacher where env is a section)
+                example = " (e.g. env.id=sfplan/Reacher-v0)" if key == "env" else ""
+                raise ConfigError(f"{key} is a section of `sfplan {name}`, not a value: set its fields{example}; "
+                                  f"see them with `sfplan {name} --cfg`") from None
             raise ConfigError(
                 f"unknown config key {key!r} for `sfplan {name}`. Valid top-level keys: "
                 f"{', '.join(_top_keys(name))}. See every key with `sfplan {name} --cfg`; to add a new key "

@@ -257,3 +257,12 @@ def test_append_as_the_repair_hint_prints_it_recollects_the_lost_shard(tmp_path,
         assert {ds.policy_of(i) for i in range(4)} == {"random"} and ds.image_size == 32
     assert main(["collect", "append=true", "steps=50", "episodes=1", f"out={out}", "progress=false"]) == 2
     assert "4-step episodes" in capsys.readouterr().err
+
+
+def test_a_section_given_a_value_names_its_fields(capsys):
+    # `sfplan generate env=reacher`: env is a section there (env.id=...), not a task choice as in eval
+    assert main(["generate", "env=pointmaze_umaze"]) == 2
+    err = capsys.readouterr().err
+    assert "env is a section of `sfplan generate`" in err and "env.id=" in err and "Traceback" not in err
+    assert main(["eval", "episodez=3"]) == 2
+    assert "unknown config key 'episodez'" in capsys.readouterr().err
