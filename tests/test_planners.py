@@ -320,9 +320,6 @@ def test_cem_keep_elites_carries_the_previous_elites_shifted_into_the_next_plan(
     assert first.info["carried_elites"] == 0 and elites.shape == (1, 4, 6, 2)
     wm.calls.clear()
     warm = shift_plan(first.actions, 2, fill="mid", action_low=LOW, action_high=HIGH)
-    assert planner.plan(state, goal, warm_start=warm).info["carried_elites"] == 0  # executed steps not reported
-    wm.calls.clear()
-    planner._last = (first.actions, elites)  # as after the first plan
     planner.advance(2)  # the runner ran 2 steps of it
     again = planner.plan(state, goal, warm_start=warm)
     cand = wm.calls[0][0]  # (N, H, A) of the first iteration
@@ -330,6 +327,8 @@ def test_cem_keep_elites_carries_the_previous_elites_shifted_into_the_next_plan(
     assert again.info["carried_elites"] == 3 and torch.equal(cand[-3:], want)
     assert torch.equal(cand[0], warm[0])  # candidate 0 is still the warm start
     assert not any(torch.equal(cand[i], want[0]) for i in range(1, 13))  # the rest are fresh draws
+    # executed steps not reported: nothing carried
+    assert planner.plan(state, goal, warm_start=shift_plan(again.actions, 2)).info["carried_elites"] == 0
     # a warm start that is not this planner's shifted plan carries nothing, nor does a new episode
     wm.calls.clear()
     assert planner.plan(state, goal, warm_start=torch.zeros(1, 6, 2)).info["carried_elites"] == 0
