@@ -159,8 +159,11 @@ def _steps_under_action_repeat(cfg: DictConfig, overrides: list[str]) -> None:
     records) one step of the wrapped env is k of them, so the episode gets budget / k steps and
     success is held hold_steps / k (rounded up): the same time in the task as without the
     repeat, so a learned model that plans at k and a baseline that does not are compared on
-    equal terms. Values given on the command line, and a budget derived from the wrapped env's
-    own limit (``auto``), are steps of the wrapped env and kept."""
+    equal terms. The search rows of the world models that step the task itself (every row but
+    ``learned``, whose horizon is the model's chunk in its own steps) plan ``horizon`` and
+    ``execute`` task steps likewise: a Pusher oracle row of 16 / 4 becomes 4 / 1 at k = 4, not
+    64 / 16 task steps. Values given on the command line, and a budget derived from the wrapped
+    env's own limit (``auto``), are steps of the wrapped env and kept."""
     k = int(cfg.env.kwargs.get("action_repeat", 1) or 1) if "env" in cfg else 1
     if k <= 1:
         return
@@ -170,6 +173,10 @@ def _steps_under_action_repeat(cfg: DictConfig, overrides: list[str]) -> None:
             cfg.budget = -(-int(cfg.budget) // k)
         if "hold_steps" not in given:
             cfg.hold_steps = -(-int(cfg.hold_steps) // k)
+        for kind, row in (cfg.env.get("search") or {}).items():
+            for key in ("horizon", "execute"):
+                if kind != "learned" and isinstance(row.get(key), int) and f"env.search.{kind}.{key}" not in given:
+                    row[key] = -(-row[key] // k)
 
 
 def model_env_kwargs(name: str, overrides: list[str]) -> dict:
@@ -224,7 +231,8 @@ def derive_env_settings(cfg: DictConfig) -> None:
     """Fill the ``auto`` settings of ``env=custom`` from the env itself (made once here, so a
     bad env fails with its fix before anything slow) and from the world model dir:
     ``budget`` (the env's TimeLimit, ``sfplan.envs.spec.derived_budget``), the learned row's
-    ``horizon`` (the model's chunk) and ``cost`` (``probe`` where the model dir has one)."""
+    ``horizon`` (the model's chunk) and ``cost`` (the one a fit chose, recorded in the model dir's
+    ``world_model.json`` under ``planning``; else ``probe`` where the model dir has one)."""
     import json
     from pathlib import Path
 
@@ -247,16 +255,17 @@ def derive_env_settings(cfg: DictConfig) -> None:
         if cfg.env.get("budget") == "auto":
             cfg.env.budget = derived_budget(got["max_episode_steps"])
         row = cfg.env.search.learned
-        chunk = 8
+        chunk, meta = 8, {}
         if model_dir is not None and (model_dir / "world_model.json").is_file():
-            chunk = int(json.loads((model_dir / "world_model.json").read_text()).get("chunk_size", 8))
+            meta = json.loads((model_dir / "world_model.json").read_text())
+            chunk = int(meta.get("chunk_size", 8))
         if row.get("horizon") == "auto":
             row.horizon = chunk
         if row.get("execute") == "auto":
             row.execute = max(1, chunk // 2)
-        if row.get("cost") == "auto":
-            row.cost = "probe" if model_dir is not None and (model_dir / "probe" / "config.json").is_file() \
-                else "multiscale"
+        if row.get("cost") == "auto":  # the cost a fit chose by its held-out check, else probe where there is one
+            has_probe = model_dir is not None and (model_dir / "probe" / "config.json").is_file()
+            row.cost = (meta.get("planning") or {}).get("cost") or ("probe" if has_probe else "multiscale")
 
 
 def _compose(name: str, overrides: list[str]) -> DictConfig:

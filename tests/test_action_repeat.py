@@ -97,3 +97,20 @@ def test_a_tasks_budget_and_hold_count_its_own_steps_under_a_repeat():
     given = load_config("eval", ["env=fork_maze", "goal=recall", "env.kwargs.action_repeat=3", "budget=7",
                                  "hold_steps=2"])
     assert (given.budget, given.hold_steps) == (7, 2)
+
+
+def test_the_oracle_row_plans_as_far_ahead_in_task_steps_under_a_repeat():
+    """The oracle row's horizon and execute count the task's steps (Pusher's 16 / 4 is 4 / 1 at
+    k = 4, not 64 / 16 task steps); the learned row's horizon is the model's chunk, kept; a row
+    value given on the command line is kept."""
+    from sfplan.config import load_config
+
+    base = load_config("eval", ["env=pusher", "world_model=oracle"])
+    rep = load_config("eval", ["env=pusher", "world_model=oracle", "env.kwargs.action_repeat=4"])
+    assert (base.planner.horizon, base.execute) == (16, 4)
+    assert (rep.planner.horizon, rep.execute) == (4, 1)
+    learned = load_config("eval", ["env=reacher", "world_model=learned", "env.kwargs.action_repeat=4"])
+    assert (learned.planner.horizon, learned.execute) == (8, 4)
+    given = load_config("eval", ["env=pusher", "world_model=oracle", "env.kwargs.action_repeat=4",
+                                 "env.search.oracle.horizon=10"])
+    assert (given.planner.horizon, given.execute) == (10, 1)

@@ -165,7 +165,10 @@ def test_eval_and_generate_find_the_env_in_the_model_dir(puck_fit, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["meta"]["task"] == "puck_env:make_puck" and rep["meta"]["world_model"] == "SlowFastWorldModel"
     assert rep["config"]["env"]["kwargs"]["action_repeat"] > 1  # the repeat the model was fitted with
-    assert rep["config"]["cost"]["name"] == "probe"  # the fit's model dir has a probe
+    chosen = json.loads((puck_fit / "model" / "world_model.json").read_text())["planning"]["cost"]
+    assert rep["config"]["cost"]["name"] == chosen  # the cost the fit chose by its held-out check
+    card = (puck_fit / "model" / "README.md").read_text()
+    assert f"| planning cost | {chosen} |" in card
     gen = tmp_path / "gen"
     assert main(["generate", f"model={puck_fit}", "horizon=4", f"out_dir={gen}", "device=cpu"]) == 0
     m = json.loads((gen / "metrics.json").read_text())
@@ -225,6 +228,35 @@ def test_the_fit_says_when_its_model_cannot_plan(quality, ready):
     if not ready:
         assert "minutes=" in verdict and "init_from" in verdict
     assert quality_verdict({}) is None  # not measured: nothing to say
+
+
+@pytest.mark.parametrize("state_error, radius, cost", [
+    # held-out figures of real fits (benchmarks/results/fit)
+    ({"model": 0.031, "copy_last": 0.141, "shuffled_actions": 0.180, "truth": 0.005}, 0.05, "probe"),  # the puck
+    ({"model": 0.130, "copy_last": 0.100, "shuffled_actions": 0.13, "truth": 0.099}, 0.05, "multiscale"),  # Pusher
+    ({"model": 1.297, "copy_last": 0.381, "shuffled_actions": 1.3, "truth": 0.155}, 0.45, "probe"),  # UMaze
+    ({"model": 2.38, "copy_last": 2.26, "shuffled_actions": 2.38, "truth": 2.2}, None, "multiscale"),  # MemoryMaze
+    ({"model": 0.1, "copy_last": 0.5, "shuffled_actions": 0.4, "truth": 0.1}, None, "probe"),  # no radius
+    (None, 0.05, "multiscale"),  # no probe
+])
+def test_the_fit_plans_with_its_probe_only_where_the_probe_reads_the_goal(state_error, radius, cost):
+    from sfplan.training.fit import planning_cost
+
+    got, why = planning_cost({"state_error": state_error} if state_error else {}, radius)
+    assert got == cost and why
+
+
+def test_a_model_dirs_planning_cost_decides_cost_auto(tmp_path):
+    """`cost: auto` takes the cost the fit recorded in world_model.json over the probe it ships."""
+    for part in ("probe",):
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "config.json").write_text("{}")
+    meta = {"chunk_size": 6, "env": {"id": "puck_env:make_puck", "kwargs": {}}}
+    (tmp_path / "world_model.json").write_text(json.dumps(meta))
+    assert load_config("eval", [f"world_model.path={tmp_path}"]).env.search.learned.cost == "probe"
+    (tmp_path / "world_model.json").write_text(json.dumps({**meta, "planning": {"cost": "multiscale"}}))
+    cfg = load_config("eval", [f"world_model.path={tmp_path}"])
+    assert cfg.env.search.learned.cost == "multiscale" and cfg.planner.horizon == 6
 
 
 def test_derived_weights_follow_the_size_of_what_moves():
