@@ -65,6 +65,39 @@ def test_vae_shapes_loss_and_scale_roundtrip(tmp_path):
     assert torch.equal(vae2.encode(frames), zs)
 
 
+def test_object_balance_gives_each_region_of_a_frame_the_same_weight():
+    from sfplan.world_model.vae import object_balance
+
+    m = torch.zeros(3, 1, 16, 16)
+    m[0, 0, 1:3, 1:3] = 1  # a 4-pixel object ...
+    m[0, 0, 5:15, 5:15] = 1  # ... beside a 100-pixel one
+    m[1, 0, 2:12, 3] = 1  # one thin region (a snake across rows needs several pooling rounds)
+    m[1, 0, 11, 3:14] = 1
+    w = object_balance(m)
+    assert w[0, 0, 1:3, 1:3].sum() == pytest.approx(float(w[0, 0, 5:15, 5:15].sum()))  # equal shares
+    assert float(w[0, 0, 1, 1]) == pytest.approx(25 * float(w[0, 0, 6, 6]))
+    for b in range(2):  # mean 1 over each frame's masked pixels; 0 off the mask
+        assert float(w[b][m[b] > 0].mean()) == pytest.approx(1.0)
+        assert float(w[b][m[b] == 0].abs().max()) == 0.0
+    assert torch.allclose(w[1][m[1] > 0], torch.ones(1))  # one region: the pixel weighting
+    assert float(w[2].abs().max()) == 0.0  # an empty mask
+    # in the VAE loss: a lost small object costs more under "object" than under "pixel"
+    torch.manual_seed(0)
+    x = torch.full((4, 16, 16, 3), 100, dtype=torch.uint8)
+    for i in range(4):
+        x[i, 9:15, 2 + 3 * i: 5 + 3 * i] = 250  # a large object that moves ...
+        x[i, 1, 1 + 2 * i] = 250  # ... and a 1-pixel one
+    losses = {}
+    for bal in ("pixel", "object"):
+        torch.manual_seed(0)
+        vae = FrameAutoencoder(VAEConfig(**{**TINY_VAE, "fg_weight": 10.0, "fg_balance": bal}))
+        torch.manual_seed(1)
+        losses[bal] = float(vae.loss(x)[1]["recon"])
+    assert losses["object"] != pytest.approx(losses["pixel"])
+    with pytest.raises(UserError, match="fg_balance"):
+        VAEConfig(fg_balance="area")
+
+
 # ----------------------------------------------------------------------------- diffusion
 def test_masked_loss_takes_no_term_from_context():
     torch.manual_seed(0)

@@ -125,6 +125,7 @@ def derive_recipe(ds, recipe: DictConfig, latent_factor: int = 4, max_episodes: 
                   "moving_pixels_per_step": float(np.mean(step_px))},
         "fg_weight": float(np.clip(fg, 0.0, 500.0)) if recipe.fg_weight == "auto" else float(recipe.fg_weight),
         "motion_weight": float(np.clip(mw, 0.0, 50.0)) if recipe.motion_weight == "auto" else float(recipe.motion_weight),
+        "fg_balance": str(recipe.fg_balance),
         "num_context": int(recipe.num_context),
         "sampler_timesteps": float(recipe.sampler_timesteps),
         "probe_imagined": bool(recipe.probe_imagined),
@@ -331,7 +332,7 @@ class Fit:
     def _stage_overrides(self, stage: str, st: FitState) -> list[str]:
         r = st.data["recipe"]
         if stage == "vae":
-            return [f"model.fg_weight={r['fg_weight']:.4g}"]
+            return [f"model.fg_weight={r['fg_weight']:.4g}", f"model.fg_balance={r.get('fg_balance', 'pixel')}"]
         if stage == "dynamics":
             return [f"vae={self.work / 'runs' / 'vae' / 'model'}", f"motion_weight={r['motion_weight']:.4g}",
                     f"num_context={r['num_context']}", f"sampler_timesteps={r['sampler_timesteps']}"]
@@ -612,6 +613,7 @@ def write_fit_card(out: Path, s: dict) -> Path:
              "| setting | value | from |", "|---|---|---|",
              f"| VAE fg_weight | {r.get('fg_weight', 0):.1f} | foreground pixels "
              f"{r.get('stats', {}).get('foreground_pixel_fraction', 0):.4f} of a frame batch |",
+             f"| VAE fg_balance | {r.get('fg_balance', 'pixel')} | recipe |",
              f"| dynamics motion_weight | {r.get('motion_weight', 0):.1f} | moving latent positions "
              f"{r.get('stats', {}).get('moving_latent_fraction', 0):.4f} |",
              f"| action repeat | {mo.get('action_repeat', 1)} | {_repeat_source(mo)} |",
