@@ -111,13 +111,13 @@ def table() -> str:
               "true minus shuffled actions; state error: the distance between the probe's reading of the frames "
               "and the true state, in the task's units, where the env reports one; in brackets the probe's own "
               "error on the true frames; ready: the fit's verdict, `sfplan.training.fit.quality_verdict`):", "",
-              "| env | action repeat | fg_weight | motion_weight | PSNR dB | object PSNR dB | adherence dB "
+              "| env | action repeat | fg_weight (balance) | motion_weight | PSNR dB | object PSNR dB | adherence dB "
               "| state error | ready |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         q, rc = r.get("quality") or {}, r["recipe"]
         if "psnr" in q:
-            lines.append(f"| {r['name']} | {r.get('action_repeat', 1)} | {rc['fg_weight']:.1f} | {rc['motion_weight']:.1f} | "
+            lines.append(f"| {r['name']} | {r.get('action_repeat', 1)} | {rc['fg_weight']:.1f} ({rc.get('fg_balance', 'pixel')}) | {rc['motion_weight']:.1f} | "
                          f"{q['psnr']['model']:.2f} / {q['psnr']['copy_last']:.2f} | {q['object_psnr']['model']:.2f} / "
                          f"{q['object_psnr']['copy_last']:.2f} | {q['adherence_margin_db']:+.2f} | {_state_error(q)} | "
                          f"{'no' if quality_verdict(q) else 'yes'} |")
