@@ -234,8 +234,9 @@ class FrameAutoencoder(nn.Module):
         z = posterior.sample(generator=generator)
         recon = self.vae.decode(z).sample  # (B, 3, H, W)
         err = (recon - x).abs() if c.recon == "l1" else (recon - x).pow(2)  # (B, 3, H, W)
+        # the moving pixels (B, 1, H, W): weighted in the loss, scored apart in the logs
+        fg = foreground_mask(x, c.fg_threshold) if x.shape[0] > 2 else torch.ones_like(x[:, :1])
         if c.fg_weight > 0 and x.shape[0] > 2:
-            fg = foreground_mask(x, c.fg_threshold)  # (B, 1, H, W)
             w = 1.0 + c.fg_weight * (object_balance(fg) if c.fg_balance == "object" else fg)
             rec = (err * w).sum() / (w.sum() * err.shape[1])
         else:
@@ -248,7 +249,6 @@ class FrameAutoencoder(nn.Module):
         with torch.no_grad():
             mse = F.mse_loss(recon, x)
             psnr = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))  # range [-1, 1] -> peak^2 = 4
-            fg = foreground_mask(x, c.fg_threshold) if x.shape[0] > 2 else torch.ones_like(x[:, :1])
             fg_mse = ((recon - x).pow(2) * fg).sum() / (fg.sum() * 3).clamp_min(1.0)
             fg_psnr = 10 * torch.log10(4.0 / fg_mse.clamp_min(1e-10))  # on the moving object only
         logs = {"loss": loss.item(), "recon": rec.item(), "kl": kl.item(), "grad": grad.item(), "psnr": psnr.item(),
