@@ -72,13 +72,20 @@ def test_a_bad_env_stops_every_command_before_work_with_its_fix(spec, message, t
 
 
 def test_the_fit_collects_along_the_envs_routes_where_it_has_them(tmp_path, capsys):
-    """collect.policy=auto: policy=explore on an env with routes (ForkMaze), correlated
-    elsewhere; a policy the env cannot run stops the fit before any work."""
-    from sfplan.training.fit import Fit
+    """collect.policy=auto: policy=explore on an env with routes (ForkMaze), the env's collection
+    script with half the episodes random where it has one (Pusher), correlated elsewhere; a
+    policy the env cannot run stops the fit before any work."""
+    from sfplan.training.fit import Fit, auto_policy
 
     def check(env_id):
         return Fit(load_config("fit", [f"env.id={env_id}", f"out={tmp_path / 'f'}", *TOY_FIT]))._check()
-    assert check("sfplan/ForkMaze-v0")["routes"] and not check("puck_env:make_puck")["routes"]
+    fork, pusher, puck = (check(e) for e in ("sfplan/ForkMaze-v0", "sfplan/Pusher-v0", "puck_env:make_puck"))
+    assert fork["routes"] and not puck["routes"] and not pusher["routes"]
+    assert pusher["collect_script"] and not puck["collect_script"]
+    assert auto_policy(fork, 0.5) == ("explore", {})
+    assert auto_policy(pusher, 0.5) == ("goal", {"noise_episodes": 0.5})
+    assert auto_policy(puck, 0.5) == ("correlated", {})
+    assert load_config("fit", [f"out={tmp_path / 'f'}"]).collect.noise_episodes == 0.5
     for bad, message in (("explore", "collect.policy=explore needs an env with exploration routes"),
                          ("brownian", "unknown policy 'brownian'")):
         assert main(["fit", "env.id=puck_env:make_puck", f"out={tmp_path / 'f'}", f"collect.policy={bad}",

@@ -23,8 +23,9 @@ Policies (``policy=`` in ``configs/collect.yaml``, parameters under ``policies.<
   across the workspace instead of jittering in place (see the coverage figures in
   ``sfplan.data.collect``).
 - ``goal``: drive toward a freshly sampled goal with the task's own scripted
-  goal-reaching actions (``env.unwrapped._goal_actions(rng)``, called from the current
-  state), then ``noise_steps`` of correlated noise, then a new goal, and so on.
+  goal-reaching actions (``env.unwrapped._goal_actions(rng)``, or its collection script
+  ``_collect_actions(rng, hold)`` where it has one, called from the current state), then
+  ``noise_steps`` of correlated noise, then a new goal, and so on.
 - ``explore``: the task's own routes through its layout (``env.unwrapped._explore_route``,
   e.g. ForkMaze: to the junction and down a random arm into its room), driven in closed
   loop at a random speed with a little correlated noise, then ``noise_steps`` of noise.
@@ -40,6 +41,7 @@ Policies (``policy=`` in ``configs/collect.yaml``, parameters under ``policies.<
 """
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 
 from sfplan.errors import UserError
@@ -134,6 +136,17 @@ class CorrelatedPolicy(Policy):
         return {"rho": self.rho, "scale": self.scale}
 
 
+def env_repeat(env) -> int:
+    """The env steps one step of ``env`` takes: the product of its ``ActionRepeat`` wrappers'."""
+    from sfplan.envs.wrappers import ActionRepeat
+
+    k = 1
+    while isinstance(env, gym.Wrapper):
+        k *= env.repeat if isinstance(env, ActionRepeat) else 1
+        env = env.env
+    return k
+
+
 class GoalPolicy(CorrelatedPolicy):
     """Scripted goal reaching, then noise: repeat.
 
@@ -141,28 +154,49 @@ class GoalPolicy(CorrelatedPolicy):
     the current state (``env.unwrapped._goal_actions(rng)``, the same script the task
     uses to make its goal images), plays them, then plays ``noise_steps`` steps of
     ``correlated`` noise (``rho``, ``scale``). Needs an sfplan task (a ``GoalImageEnv``).
+    A task may offer a script for collection instead, ``_collect_actions(rng, hold)``,
+    whose actions are each held ``hold`` env steps (Pusher: one push of the cylinder); it
+    is used under an action repeat (``hold`` = the repeat), where one-step scripts are refused.
+    ``noise_episodes``: the share of episodes played as ``correlated`` noise throughout (drawn
+    per episode from its rng), so the data also hold the untargeted motion a planner's
+    candidates make.
     """
 
     name = "goal"
 
-    def __init__(self, noise_steps: int = 10, rho: float = 0.9, scale: float = 0.5):
+    def __init__(self, noise_steps: int = 10, rho: float = 0.9, scale: float = 0.5, noise_episodes: float = 0.0):
         super().__init__(rho=rho, scale=scale)
         if int(noise_steps) < 0:
             raise UserError(f"policies.goal.noise_steps must be >= 0, got {noise_steps}")
+        if not 0.0 <= float(noise_episodes) <= 1.0:
+            raise UserError(f"policies.goal.noise_episodes must be in [0, 1], got {noise_episodes}")
         self.noise_steps = int(noise_steps)
+        self.noise_episodes = float(noise_episodes)
 
     def reset(self, env, rng):
         super().reset(env, rng)
+        self._noise_only = self.noise_episodes > 0 and bool(rng.random() < self.noise_episodes)
         self._task = env.unwrapped
-        if not callable(getattr(self._task, "_goal_actions", None)):
+        self._hold = env_repeat(env)
+        if callable(getattr(self._task, "_collect_actions", None)):
+            self._script = lambda r: self._task._collect_actions(r, hold=self._hold)
+        elif not callable(getattr(self._task, "_goal_actions", None)):
             raise UserError(f"policy=goal needs an sfplan task with scripted goal reaching (_goal_actions); "
                             f"{type(self._task).__name__} has none: use policy=correlated or policy=random")
+        elif self._hold > 1:
+            raise UserError(f"policy=goal under env.kwargs.action_repeat={self._hold}: "
+                            f"{type(self._task).__name__}'s scripted actions are one per env step (it has no "
+                            f"_collect_actions(rng, hold)); use policy=correlated, or collect without the repeat")
+        else:
+            self._script = self._task._goal_actions
         self._plan: list[np.ndarray] = []
         self._noise_left = 0
 
     def act(self, obs, info):
+        if self._noise_only:
+            return super().act(obs, info)
         if not self._plan and self._noise_left == 0:
-            plan = np.asarray(self._task._goal_actions(self.rng), dtype=np.float64).reshape(-1, self.low.size)
+            plan = np.asarray(self._script(self.rng), dtype=np.float64).reshape(-1, self.low.size)
             self._plan = [np.clip(a, self.low, self.high).astype(np.float32) for a in plan]
             self._noise_left = self.noise_steps
             if not self._plan and self._noise_left == 0:  # a task with nothing to do: noise
@@ -173,7 +207,8 @@ class GoalPolicy(CorrelatedPolicy):
         return super().act(obs, info)
 
     def kwargs(self):
-        return {"noise_steps": self.noise_steps, "rho": self.rho, "scale": self.scale}
+        return {"noise_steps": self.noise_steps, "rho": self.rho, "scale": self.scale,
+                "noise_episodes": self.noise_episodes}
 
 
 class ExplorePolicy(CorrelatedPolicy):

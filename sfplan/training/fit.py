@@ -192,6 +192,18 @@ def measure_action_repeat(env_id: str, env_kwargs: dict, seed: int, episodes: in
     return derive_action_repeat(frames)
 
 
+def auto_policy(check: dict, noise_episodes: float) -> tuple[str, dict]:
+    """``collect.policy=auto`` from the env check: whole passages where the env offers routes
+    through its layout (a maze: ``explore``); its own collection script where it offers one
+    (``_collect_actions``, Pusher's pushes: ``goal``, with ``noise_episodes`` of the episodes
+    random motion); else correlated random actions. -> (policy, policy kwargs)."""
+    if check.get("routes"):
+        return "explore", {}
+    if check.get("collect_script"):
+        return "goal", {"noise_episodes": float(noise_episodes)}
+    return "correlated", {}
+
+
 # ----------------------------------------------------------------------------- the fit
 class Fit:
     """One ``sfplan fit`` run (see the module docstring); ``run()`` -> the fit summary."""
@@ -249,6 +261,7 @@ class Fit:
             got["can_label_states"] = can_label_states(env)
             got["cloneable"] = can_clone(env)
             got["routes"] = has_routes(env.unwrapped)
+            got["collect_script"] = callable(getattr(env.unwrapped, "_collect_actions", None))
             got["success_radius"] = float(getattr(env.unwrapped, "success_threshold", 0.0) or 0.0) or None
             policy = str(self.cfg.collect.policy)
             if policy != "auto":
@@ -291,13 +304,14 @@ class Fit:
             with EpisodeDataset(data) as ds:
                 return len(ds)
 
-        policy = str(c.policy)
+        policy, policy_kwargs = str(c.policy), {}
         if "episodes" in rec:  # resumed: the policy the data were started with (fits before the choice: correlated)
-            policy = rec.get("policy", "correlated")
-        elif policy == "auto":  # whole passages where the env offers routes (a maze), else random motion
-            policy = "explore" if st.data["env_check"].get("routes") else "correlated"
-        rec["policy"] = policy
-        kw = dict(steps=steps, policy=policy, seed=int(self.cfg.seed), progress=bool(self.cfg.progress))
+            policy, policy_kwargs = rec.get("policy", "correlated"), rec.get("policy_kwargs", {})
+        elif policy == "auto":
+            policy, policy_kwargs = auto_policy(st.data["env_check"], float(c.noise_episodes))
+        rec.update(policy=policy, policy_kwargs=policy_kwargs)
+        kw = dict(steps=steps, policy=policy, policy_kwargs=policy_kwargs, seed=int(self.cfg.seed),
+                  progress=bool(self.cfg.progress))
         t0 = time.perf_counter()
         if "episodes" not in rec:  # the pilot: one process, timed, sizes the rest
             n0 = have()
@@ -422,20 +436,7 @@ class Fit:
         os.replace(tmp, self.model_dir)
 
     def quality(self, st: FitState) -> None:
-        from sfplan.data import EpisodeDataset
-        from sfplan.eval.quality import held_out_quality
-        from sfplan.world_model.learned import load_world_model
-        from sfplan.world_model.probe import label_descriptors
-
-        wm = load_world_model(str(self.model_dir), device=str(self.cfg.device), return_frames="all")
-        with EpisodeDataset(self.work / "data") as ds:
-            _, val = ds.split(0.1)
-            eps = [val[i] for i in range(min(32, len(val)))]
-            labelled = wm.probe is not None and all(e.states is not None for e in eps)
-            desc = label_descriptors(ds.meta, (e.states for e in eps)) if labelled else None
-            st.data["quality"] = held_out_quality(wm, eps, descriptors=desc)
-        q = st.data["quality"]
-        q["verdict"] = quality_verdict(q)
+        st.data["quality"] = q = model_quality(self.model_dir, self.work / "data", device=str(self.cfg.device))
         cost, why = planning_cost(q, st.data["env_check"].get("success_radius"))
         q["planning_cost"] = {"cost": cost, "why": why}
         meta_path = self.model_dir / "world_model.json"
@@ -546,6 +547,28 @@ def planning_cost(q: dict, radius: float | None) -> tuple[str, str]:
             f"{PROBE_READS_STATE} x the last context frame's {se['copy_last']:.3g}"
     return ("probe" if ok else "multiscale"), (f"the probe reads the true frames within {se['truth']:.3g}, "
                                                f"{'under' if ok else 'not under'} {bound}")
+
+
+def model_quality(model_dir, data_dir, device: str = "auto", episodes: int = 32, min_seed: int = 0) -> dict:
+    """A model dir's held-out check on a dataset (``sfplan.eval.quality.held_out_quality``, plus
+    ``verdict``): the first ``episodes`` held-out episodes of ``data_dir`` (its 10% split by seed,
+    the split every training stage keeps out) whose seed is at least ``min_seed``."""
+    from sfplan.data import EpisodeDataset
+    from sfplan.eval.quality import held_out_quality
+    from sfplan.world_model.learned import load_world_model
+    from sfplan.world_model.probe import label_descriptors
+
+    wm = load_world_model(str(model_dir), device=device, return_frames="all")
+    with EpisodeDataset(data_dir) as ds:
+        _, val = ds.split(0.1)
+        seeds = val.seeds
+        picked = [i for i in range(len(val)) if int(seeds[i]) >= min_seed][:episodes]
+        eps = [val[i] for i in picked]
+        labelled = wm.probe is not None and all(e.states is not None for e in eps)
+        desc = label_descriptors(ds.meta, (e.states for e in eps)) if labelled else None
+        q = held_out_quality(wm, eps, descriptors=desc)
+    q["verdict"] = quality_verdict(q)
+    return q
 
 
 def quality_verdict(q: dict) -> str | None:
