@@ -94,7 +94,7 @@ def load_config(name: str, overrides: list[str] | None = None) -> DictConfig:
     # env.kwargs are the env's own constructor arguments (and action_repeat): any key may be set
     overrides = [f"++{o}" if o.startswith("env.kwargs.") and "=" in o else o for o in overrides]
     cfg = _compose(name, overrides)
-    model_kwargs = model_env_kwargs(name, overrides)
+    model_kwargs = model_env_kwargs(name, overrides, cfg)
     if user_env is not None or model_kwargs:
         with open_dict(cfg):
             if user_env is not None:
@@ -179,14 +179,26 @@ def _steps_under_action_repeat(cfg: DictConfig, overrides: list[str]) -> None:
                     row[key] = -(-row[key] // k)
 
 
-def model_env_kwargs(name: str, overrides: list[str]) -> dict:
-    """``eval``: the env kwargs recorded in ``world_model.path``'s model dir when the env is
-    the one it was trained on (applied under the command line's own ``env.kwargs.*``)."""
+def model_env_kwargs(name: str, overrides: list[str], cfg: DictConfig | None = None) -> dict:
+    """``eval``: the env kwargs recorded in the learned model's dir (``world_model.path``, or with
+    ``path: null`` the model shipped for the env) when the env is the one it was trained on
+    (applied under the command line's own ``env.kwargs.*``): a model made at an action repeat
+    plans at it."""
     keys = dict(_split(o) for o in overrides if "=" in o)
-    if name != "eval" or not keys.get("world_model.path"):
+    if name != "eval":
         return {}
-    rec = _model_dir_env(keys["world_model.path"]) or {}
-    if not rec.get("id") or ("env.id" in keys and keys["env.id"] != rec["id"]):
+    path = keys.get("world_model.path")
+    if not path and cfg is not None and cfg.get("world_model", {}).get("kind") == "learned" \
+            and cfg.world_model.get("path") is None:
+        from sfplan.models import shipped_models
+
+        shipped = shipped_models().get(str(OmegaConf.select(cfg, "env.id")))
+        path = str(shipped) if shipped is not None else None
+    if not path:
+        return {}
+    rec = _model_dir_env(path) or {}
+    if not rec.get("id") or ("env.id" in keys and keys["env.id"] != rec["id"]) or \
+            (cfg is not None and OmegaConf.select(cfg, "env.id") not in (None, rec["id"])):
         return {}
     return dict(rec.get("kwargs") or {})
 

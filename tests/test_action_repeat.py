@@ -114,3 +114,27 @@ def test_the_oracle_row_plans_as_far_ahead_in_task_steps_under_a_repeat():
     given = load_config("eval", ["env=pusher", "world_model=oracle", "env.kwargs.action_repeat=4",
                                  "env.search.oracle.horizon=10"])
     assert (given.planner.horizon, given.execute) == (10, 1)
+
+
+def test_a_model_dirs_recorded_repeat_applies_to_its_own_env_whether_given_or_shipped(tmp_path, monkeypatch):
+    """``sfplan eval`` plans at the action repeat a model dir records: given as
+    ``world_model.path``, or shipped for the env (``path: null``); not on another env, and not
+    over the command line's own ``env.kwargs.action_repeat``."""
+    import json
+
+    import sfplan.models
+    from sfplan.config import load_config
+
+    model = tmp_path / "Pusher-v0"
+    model.mkdir()
+    (model / "world_model.json").write_text(json.dumps({"env": {"id": "sfplan/Pusher-v0",
+                                                                "kwargs": {"action_repeat": 4, "image_size": 64}}}))
+    assert load_config("eval", [f"world_model.path={model}"]).env.kwargs.action_repeat == 4
+    assert "action_repeat" not in load_config("eval", ["env=reacher", f"world_model.path={model}"]).env.kwargs
+    assert "action_repeat" not in load_config("eval", ["env=pusher"]).env.kwargs  # nothing shipped for Pusher
+    monkeypatch.setattr(sfplan.models, "ROOT", tmp_path)
+    shipped = load_config("eval", ["env=pusher"])
+    assert shipped.env.kwargs.action_repeat == 4 and shipped.budget == -(-load_config(
+        "eval", ["env=pusher", "world_model=oracle"]).budget // 4)
+    assert "action_repeat" not in load_config("eval", ["env=pusher", "world_model=oracle"]).env.kwargs
+    assert load_config("eval", ["env=pusher", "env.kwargs.action_repeat=2"]).env.kwargs.action_repeat == 2
