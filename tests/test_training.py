@@ -96,6 +96,16 @@ def test_collect_train_vae_dynamics_generate(data, tmp_path):
     with pytest.raises(UserError, match="trained on sfplan/Reacher-v0, not sfplan/PointMazeUMaze-v0"):
         check_env_matches(wm, "sfplan/PointMazeUMaze-v0", {"image_size": 32})
 
+    # trained on from a model dir whose VAE it keeps, a dynamics run keeps the dir's planning record (a fit's
+    # choice of cost); with another VAE the record does not follow
+    meta = json.loads((dyn_out / "model" / "world_model.json").read_text())
+    (dyn_out / "model" / "world_model.json").write_text(json.dumps({**meta, "planning": {"cost": "probe"}}))
+    for vae, planning in ((dyn_out / "model", {"cost": "probe"}), (vae_out / "model", None)):
+        on = tmp_path / f"on-{vae.parent.name}"
+        assert main(["train", *DYN_TINY, *COMMON, f"data.path={data}", f"vae={vae}", f"init_from={dyn_out}/model",
+                     f"out_dir={on}", "steps=1", "sample_every=0"]) == 0
+        assert json.loads((on / "model" / "world_model.json").read_text()).get("planning") == planning
+
     assert main(["generate", f"model={dyn_out}/model", f"data={data}", "episode=1", "horizon=5", "num_threads=1",
                  f"out_dir={gen_out}", "scale=1"]) == 0
     m = json.loads((gen_out / "metrics.json").read_text())

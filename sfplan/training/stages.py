@@ -27,6 +27,7 @@ step, out_dir) -> (logs, images, videos)``, ``save_final(ema_model, directory) -
 """
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -36,6 +37,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sfplan.errors import UserError
+from sfplan.io import atomic_write_text
 
 VAE_HINT = "train one with `sfplan train stage=vae data.path=<dataset>` and pass vae=<its out_dir>/model"
 
@@ -398,7 +400,25 @@ class DynamicsStage(_Stage):
         wm = self.world_model(ema_model)
         wm.trained_env = trained_env_of(self.ds.meta["env_id"], self.ds.meta.get("env_kwargs") or {})
         sha = wm.save_pretrained(directory)
+        planning = self._planning_of_init()
+        if planning is not None:
+            meta_path = Path(directory) / "world_model.json"
+            atomic_write_text(meta_path, json.dumps({**json.loads(meta_path.read_text()), "planning": planning},
+                                                    indent=2) + "\n")
         return {"checkpoint_sha256": sha}
+
+    def _planning_of_init(self) -> dict | None:
+        """The planning record (the cost a fit chose from how well its probe reads the true frames)
+        of ``init_from``'s model dir, when this run keeps that dir's VAE: training the dynamics on
+        from a fit's model (what its verdict advises) plans as the fit chose."""
+        init = self.cfg.get("init_from")
+        if not init or Path(str(self.cfg.vae)).expanduser().resolve() != Path(str(init)).expanduser().resolve():
+            return None
+        f = Path(str(init)).expanduser() / "world_model.json"
+        try:
+            return json.loads(f.read_text()).get("planning") if f.is_file() else None
+        except (OSError, ValueError):
+            return None
 
     def identity(self) -> dict:
         return {"stage": self.name, "model": _container(self.cfg.model),
