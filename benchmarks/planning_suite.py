@@ -68,8 +68,8 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
         ["+world_model.num_steps=1", "env.search.learned.num_samples=32"],
         ["+world_model.num_steps=1", "goal=far", "waypoints=4"])],
     # Temp-LoRA memory on (the memory config's own defaults) where the task needs none, beside no memory: near goals
-    "memory_not_needed": [(task, "cem", "learned", x) for task in ("reacher", "pointmaze_umaze")
-                          for x in ([], ["memory=temp_lora"])],
+    "memory_not_needed": [(task, "cem", wm, []) for task in ("reacher", "pointmaze_umaze")
+                          for wm in ("learned", "learned+temp_lora")],
     # stable-worldmodel's evaluation: the goal 25 steps of exploratory motion ahead, a 50-step budget,
     # success at the first step within the radius
     "peer": [
