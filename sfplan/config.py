@@ -140,17 +140,9 @@ def _split(o: str) -> tuple[str, str]:
 
 def _model_dir_env(path: str) -> dict | None:
     """The ``env`` a world model dir (or training run dir) records, if any."""
-    import json
-    from pathlib import Path
+    from sfplan.io import read_model_meta
 
-    p = Path(path).expanduser()
-    for f in (p / "world_model.json", p / "model" / "world_model.json"):
-        if f.is_file():
-            try:
-                return json.loads(f.read_text()).get("env")
-            except (OSError, ValueError):
-                return None
-    return None
+    return read_model_meta(path).get("env")
 
 
 def _steps_under_action_repeat(cfg: DictConfig, overrides: list[str]) -> None:
@@ -179,17 +171,15 @@ def _steps_under_action_repeat(cfg: DictConfig, overrides: list[str]) -> None:
                     row[key] = -(-row[key] // k)
 
 
-def model_env_kwargs(name: str, overrides: list[str], cfg: DictConfig | None = None) -> dict:
+def model_env_kwargs(name: str, overrides: list[str], cfg: DictConfig) -> dict:
     """``eval``: the env kwargs recorded in the learned model's dir (``world_model.path``, or with
     ``path: null`` the model shipped for the env) when the env is the one it was trained on
     (applied under the command line's own ``env.kwargs.*``): a model made at an action repeat
     plans at it."""
-    keys = dict(_split(o) for o in overrides if "=" in o)
     if name != "eval":
         return {}
-    path = keys.get("world_model.path")
-    if not path and cfg is not None and cfg.get("world_model", {}).get("kind") == "learned" \
-            and cfg.world_model.get("path") is None:
+    path = dict(_split(o) for o in overrides if "=" in o).get("world_model.path")
+    if not path and cfg.get("world_model", {}).get("kind") == "learned" and cfg.world_model.get("path") is None:
         from sfplan.models import shipped_models
 
         shipped = shipped_models().get(str(OmegaConf.select(cfg, "env.id")))
@@ -197,8 +187,7 @@ def model_env_kwargs(name: str, overrides: list[str], cfg: DictConfig | None = N
     if not path:
         return {}
     rec = _model_dir_env(path) or {}
-    if not rec.get("id") or ("env.id" in keys and keys["env.id"] != rec["id"]) or \
-            (cfg is not None and OmegaConf.select(cfg, "env.id") not in (None, rec["id"])):
+    if not rec.get("id") or OmegaConf.select(cfg, "env.id") not in (None, rec["id"]):  # another env: not its kwargs
         return {}
     return dict(rec.get("kwargs") or {})
 

@@ -67,3 +67,26 @@ def save_pretrained_into(model, world_model_dir: str | os.PathLike, subdir: str)
                         f"folder of a `sfplan train stage=dynamics` run")
     atomic_dir(wm / subdir, lambda d: model.save_pretrained(str(d), safe_serialization=True))
     return wm / subdir
+
+
+def read_model_meta(path: str | os.PathLike) -> dict:
+    """A world model dir's ``world_model.json`` (``path`` the dir or the training run holding it
+    as ``model/``); {} where there is none or it does not parse."""
+    import json
+
+    p = Path(path).expanduser()
+    for f in (p / "world_model.json", p / "model" / "world_model.json"):
+        if f.is_file():
+            try:
+                return json.loads(f.read_text())
+            except (OSError, ValueError):
+                return {}
+    return {}
+
+
+def update_model_meta(model_dir: str | os.PathLike, **fields) -> None:
+    """Set top-level fields of a world model dir's ``world_model.json`` (atomically)."""
+    import json
+
+    f = Path(model_dir) / "world_model.json"
+    atomic_write_text(f, json.dumps({**json.loads(f.read_text()), **fields}, indent=2) + "\n")

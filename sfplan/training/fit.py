@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sfplan.errors import UserError
-from sfplan.io import atomic_write_text
+from sfplan.io import update_model_meta
 
 STAGES = ("collect", "vae", "dynamics", "probe", "idm", "eval")
 #: tiny models for smoke tests (``size=toy``); a toy model does not plan
@@ -439,10 +439,7 @@ class Fit:
         st.data["quality"] = q = model_quality(self.model_dir, self.work / "data", device=str(self.cfg.device))
         cost, why = planning_cost(q, st.data["env_check"].get("success_radius"))
         q["planning_cost"] = {"cost": cost, "why": why}
-        meta_path = self.model_dir / "world_model.json"
-        meta = json.loads(meta_path.read_text())
-        meta["planning"] = {"cost": cost}  # what `cost: auto` resolves to (sfplan.config.derive_env_settings)
-        atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+        update_model_meta(self.model_dir, planning={"cost": cost})  # what `cost: auto` resolves to (derive_env_settings)
         st.save()
 
     def evaluate(self, st: FitState) -> None:

@@ -27,7 +27,6 @@ step, out_dir) -> (logs, images, videos)``, ``save_final(ema_model, directory) -
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sfplan.errors import UserError
-from sfplan.io import atomic_write_text
+from sfplan.io import read_model_meta, update_model_meta
 
 VAE_HINT = "train one with `sfplan train stage=vae data.path=<dataset>` and pass vae=<its out_dir>/model"
 
@@ -402,9 +401,7 @@ class DynamicsStage(_Stage):
         sha = wm.save_pretrained(directory)
         planning = self._planning_of_init()
         if planning is not None:
-            meta_path = Path(directory) / "world_model.json"
-            atomic_write_text(meta_path, json.dumps({**json.loads(meta_path.read_text()), "planning": planning},
-                                                    indent=2) + "\n")
+            update_model_meta(directory, planning=planning)
         return {"checkpoint_sha256": sha}
 
     def _planning_of_init(self) -> dict | None:
@@ -414,11 +411,7 @@ class DynamicsStage(_Stage):
         init = self.cfg.get("init_from")
         if not init or Path(str(self.cfg.vae)).expanduser().resolve() != Path(str(init)).expanduser().resolve():
             return None
-        f = Path(str(init)).expanduser() / "world_model.json"
-        try:
-            return json.loads(f.read_text()).get("planning") if f.is_file() else None
-        except (OSError, ValueError):
-            return None
+        return read_model_meta(init).get("planning")
 
     def identity(self) -> dict:
         return {"stage": self.name, "model": _container(self.cfg.model),
