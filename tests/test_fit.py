@@ -86,10 +86,10 @@ def test_the_fit_collects_along_the_envs_routes_where_it_has_them(tmp_path, caps
     assert auto_policy(pusher, 0.5) == ("goal", {"noise_episodes": 0.5})
     assert auto_policy(puck, 0.5) == ("correlated", {})
     assert load_config("fit", [f"out={tmp_path / 'f'}"]).collect.noise_episodes == 0.5
-    for bad, message in (("explore", "collect.policy=explore needs an env with exploration routes"),
-                         ("brownian", "unknown policy 'brownian'")):
-        assert main(["fit", "env.id=puck_env:make_puck", f"out={tmp_path / 'f'}", f"collect.policy={bad}",
-                     *TOY_FIT]) == 2
+    for bad, message in (("collect.policy=explore", "collect.policy=explore needs an env with exploration routes"),
+                         ("collect.policy=brownian", "unknown policy 'brownian'"),
+                         ("collect.noise_episodes=1.5", "collect.noise_episodes=1.5: the share of episodes")):
+        assert main(["fit", "env.id=puck_env:make_puck", f"out={tmp_path / 'f'}", bad, *TOY_FIT]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "f" / "work").exists()
 

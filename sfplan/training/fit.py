@@ -263,6 +263,9 @@ class Fit:
             got["routes"] = has_routes(env.unwrapped)
             got["collect_script"] = callable(getattr(env.unwrapped, "_collect_actions", None))
             got["success_radius"] = float(getattr(env.unwrapped, "success_threshold", 0.0) or 0.0) or None
+            if not 0.0 <= float(self.cfg.collect.noise_episodes) <= 1.0:
+                raise UserError(f"collect.noise_episodes={self.cfg.collect.noise_episodes}: the share of episodes of "
+                                f"random motion beside the env's collection script, in [0, 1]")
             policy = str(self.cfg.collect.policy)
             if policy != "auto":
                 make_policy(policy)  # an unknown name: exit 2 naming the choices
