@@ -190,6 +190,36 @@ def test_dynamics_sampler_timesteps_trains_at_the_samplers_noise_levels(data, va
         stage("sampler_timesteps=1.5")
 
 
+def test_dynamics_weighs_motion_where_the_pixels_move(data, vae_model, tmp_path):
+    """motion_mask=pixel gives each clip the cached pixel motion of its own frames (what the
+    fit's motion share counts); latent (the default) leaves the loss to read motion off the
+    latents; any other value names the choices."""
+    from sfplan.data import EpisodeDataset
+    from sfplan.training.stages import DynamicsStage
+    from sfplan.world_model.video_diffusion import pixel_motion_mask
+
+    def stage(*extra):
+        st = DynamicsStage(cfg(DYN_TINY, data, tmp_path / "d", f"vae={vae_model}", "motion_weight=5", *extra),
+                           tmp_path / "d")
+        st.setup(torch.device("cpu"))
+        return st
+
+    st = stage("motion_mask=pixel")
+    with EpisodeDataset(data) as ds:
+        row = st.cache.rows_of([ds.seeds[0]])[0]
+        f0, f1 = int(st.cache.frame_offsets[row]), int(st.cache.frame_offsets[row + 1])
+        px = ds[0].pixels
+    want = pixel_motion_mask(torch.from_numpy(px), px.shape[1] // st.lat_all.shape[-1])
+    assert torch.equal(st.mov_all[f0:f1].bool(), want) and want.any() and not want.all()
+    g = torch.Generator().manual_seed(0)
+    b = st.batch(g)
+    assert b["moving"].shape == (*b["latents"].shape[:2], 1, *b["latents"].shape[-2:])
+    assert torch.isfinite(st.loss(st.model, b, g)[0])
+    assert "moving" not in stage().batch(g)  # latent: how the shipped models were trained
+    with pytest.raises(UserError, match="motion_mask='area': pixel .* or latent"):
+        stage("motion_mask=area")
+
+
 # ----------------------------------------------------------------------------- resume
 @pytest.mark.parametrize("stage", ["vae", "dynamics"])
 def test_resume_after_kill_is_bit_exact(stage, data, vae_model, tmp_path, monkeypatch):

@@ -188,6 +188,82 @@ def test_motion_weighted_loss_weighs_only_moving_positions():
     assert not torch.allclose(loss(moving, 10.0), loss(moving, 0.0))
 
 
+def test_pixel_motion_mask_marks_the_object_not_the_background():
+    from sfplan.world_model.video_diffusion import pixel_motion_mask
+
+    # a 4x4 white square moving 4 px a frame across a grey 32x32 frame
+    frames = np.full((4, 32, 32, 3), 100, np.uint8)
+    for t in range(4):
+        frames[t, 8:12, 4 + 4 * t: 8 + 4 * t] = 255
+    m = pixel_motion_mask(torch.from_numpy(frames), 4)  # latent positions of 4x4 pixels
+    assert m.shape == (4, 1, 8, 8) and m.dtype == torch.bool
+    assert m[1, 0, 2, 2] and m[0, 0, 2, 1]  # where it is at t = 1; where it leaves from at t = 0
+    assert not m[1, 0, 7, 7]  # a far corner never moves
+    assert 0.1 < m.float().mean() < 0.4  # the square and one position around it, not the frame
+    assert not pixel_motion_mask(torch.from_numpy(np.repeat(frames[:1], 4, 0)), 4).any()  # still frames
+
+
+def test_a_given_motion_mask_replaces_the_latents_own():
+    torch.manual_seed(0)
+    model = VideoDiffusionConfig(**TINY_DIFF).build()
+    _randomize(model)
+    sched = make_train_scheduler(model.config.prediction_type)
+    lat, acts = torch.randn(1, 4, 4, 8, 8), torch.randn(1, 4, 2)
+
+    def loss(moving):
+        return model.masked_loss(lat, acts, sched, num_context=1, generator=torch.Generator().manual_seed(3),
+                                 motion_weight=10.0, moving=moving)
+
+    corner = torch.zeros(1, 4, 1, 8, 8, dtype=torch.bool)
+    corner[..., :2, :2] = True
+    l_corner, logs = loss(corner)
+    assert logs["motion_fraction"] == pytest.approx(4 / 64)
+    assert not torch.allclose(l_corner, loss(None)[0])  # random latents "move" everywhere on their own
+    assert torch.allclose(loss(torch.zeros_like(corner))[0], model.masked_loss(
+        lat, acts, sched, num_context=1, generator=torch.Generator().manual_seed(3))[0])  # no motion: plain MSE
+
+
+def test_context_skip_starts_from_the_last_context_frame_held_still(tmp_path):
+    """A fresh context_skip model (zero-init output) imagines, in one call from pure noise,
+    every target frame as the clip's last context frame; without the skip, a blank (0). The
+    schedule survives save / load; clips without context are left alone."""
+    from sfplan.world_model.one_step import one_step_x0
+
+    sched = make_train_scheduler("v_prediction")
+    ctx, acts, noise = torch.randn(2, 2, 4, 8, 8), torch.randn(2, 3, 2), torch.randn(2, 3, 4, 8, 8)
+
+    def fresh(skip):
+        m = VideoDiffusionConfig(**TINY_DIFF, context_skip=skip).build()
+        m.set_noise_schedule(sched.alphas_cumprod)
+        return m
+
+    with torch.no_grad():
+        x0 = one_step_x0(fresh(True), ctx, acts, noise, sched)
+        torch.testing.assert_close(x0, ctx[:, -1:].expand_as(x0), atol=2e-3, rtol=0)
+        assert one_step_x0(fresh(False), ctx, acts, noise, sched).abs().max() < 2e-3
+        m = fresh(True)
+        _randomize(m)
+        m.save_pretrained(tmp_path / "m")
+        back = type(m).from_pretrained(tmp_path / "m")
+        torch.testing.assert_close(back.skip_sigmas, m.skip_sigmas)
+        assert back.skip_sigmas[0] < 0.1 and back.skip_sigmas[-1] > 0.99
+        x = torch.randn(2, 4, 4, 8, 8)
+        none = torch.zeros(2, 4, dtype=torch.bool)  # no context: the skip has no frame to hold
+        tok = m.null_condition(2, 4)
+        plain = VideoDiffusionConfig(**TINY_DIFF).build()
+        plain.load_state_dict({k: v for k, v in m.state_dict().items() if k != "skip_sigmas"})
+        torch.testing.assert_close(m(x, torch.full((2,), 500), none, tok), plain(x, torch.full((2,), 500), none, tok))
+        # Temp-LoRA's action-free loss keeps a skip model's first frame clean, to predict the rest from
+        lat, n1 = torch.randn(2, 4, 4, 8, 8), torch.randn(2, 4, 4, 8, 8)
+        n2 = n1.clone()
+        n2[:, 0] += 1.0
+        for model, first_frame_matters in ((m, False), (plain, True)):
+            la, lb = (model.action_free_loss(lat, sched, torch.full((2,), 700), n)[0] for n in (n1, n2))
+            assert (not torch.allclose(la, lb)) == first_frame_matters
+    with pytest.raises(ValueError, match="context_skip works with prediction_type='v_prediction'"):
+        VideoDiffusionConfig(**TINY_DIFF, context_skip=True, prediction_type="epsilon").build()
+
+
 def test_tiny_overfit_lowers_masked_loss():
     torch.manual_seed(0)
     model = VideoDiffusionConfig(**{**TINY_DIFF, "p_uncond": 0.0}).build()

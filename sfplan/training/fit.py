@@ -91,14 +91,13 @@ def derive_recipe(ds, recipe: DictConfig, latent_factor: int = 4, max_episodes: 
     - ``fg_weight`` (VAE): with p the fraction of pixels the VAE's own ``foreground_mask``
       marks in a batch of frames (the moving object), the weight that gives those pixels a
       ``fg_share`` of the reconstruction loss: w = s/(1-s) * (1-p)/p.
-    - ``motion_weight`` (dynamics): with q the fraction of latent positions (``latent_factor``
-      x ``latent_factor`` pixel blocks, dilated as ``motion_mask`` does) that change between
-      consecutive frames, 1 + w = s/(1-s) * (1-q)/q gives them a ``motion_share`` of the loss.
+    - ``motion_weight`` (dynamics): with q the fraction of latent positions whose pixels move
+      (``pixel_motion_mask``, the mask the dynamics stage weighs), 1 + w = s/(1-s) * (1-q)/q
+      gives them a ``motion_share`` of the loss.
     Also measured: moving pixels per step, the per-step motion a chunk is made of.
     Returns the derived values and the statistics they come from."""
-    import torch.nn.functional as F
-
     from sfplan.world_model.vae import foreground_mask
+    from sfplan.world_model.video_diffusion import PIXEL_MOTION_THRESHOLD, pixel_motion_mask
 
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(ds))[:max_episodes]
@@ -112,10 +111,9 @@ def derive_recipe(ds, recipe: DictConfig, latent_factor: int = 4, max_episodes: 
     q_list, step_px = [], []
     for e in eps:
         x = torch.as_tensor(e.pixels).permute(0, 3, 1, 2).float() / 127.5 - 1  # (T, 3, H, W)
-        moved = ((x[1:] - x[:-1]).abs().amax(1, keepdim=True) > 0.05).float()  # (T-1, 1, H, W)
-        step_px.append(float(moved.mean()))
-        blocks = F.max_pool2d(moved, latent_factor)  # (T-1, 1, h, w)
-        q_list.append(float(F.max_pool2d(blocks, 3, stride=1, padding=1).mean()))
+        moved = (x[1:] - x[:-1]).abs().amax(1) > PIXEL_MOTION_THRESHOLD  # (T-1, H, W)
+        step_px.append(float(moved.float().mean()))
+        q_list.append(float(pixel_motion_mask(torch.as_tensor(e.pixels), latent_factor).float().mean()))
     q = max(float(np.mean(q_list)), 1e-4)
     s, sm = float(recipe.fg_share), float(recipe.motion_share)
     fg = s / (1 - s) * (1 - p) / p
@@ -126,6 +124,7 @@ def derive_recipe(ds, recipe: DictConfig, latent_factor: int = 4, max_episodes: 
         "fg_weight": float(np.clip(fg, 0.0, 500.0)) if recipe.fg_weight == "auto" else float(recipe.fg_weight),
         "motion_weight": float(np.clip(mw, 0.0, 50.0)) if recipe.motion_weight == "auto" else float(recipe.motion_weight),
         "fg_balance": str(recipe.fg_balance),
+        "motion_mask": str(recipe.motion_mask),
         "num_context": int(recipe.num_context),
         "sampler_timesteps": float(recipe.sampler_timesteps),
         "probe_imagined": bool(recipe.probe_imagined),
@@ -352,7 +351,8 @@ class Fit:
             return [f"model.fg_weight={r['fg_weight']:.4g}", f"model.fg_balance={r.get('fg_balance', 'pixel')}"]
         if stage == "dynamics":
             return [f"vae={self.work / 'runs' / 'vae' / 'model'}", f"motion_weight={r['motion_weight']:.4g}",
-                    f"num_context={r['num_context']}", f"sampler_timesteps={r['sampler_timesteps']}"]
+                    f"motion_mask={r.get('motion_mask', 'latent')}", f"num_context={r['num_context']}",
+                    f"sampler_timesteps={r['sampler_timesteps']}"]
         extra = [f"vae={self.model_dir}", f"attach_to={self.model_dir}"]
         if stage == "probe":
             extra += [f"imagined={str(r['probe_imagined']).lower()}",
@@ -639,6 +639,7 @@ def write_fit_card(out: Path, s: dict) -> Path:
              f"| VAE fg_balance | {r.get('fg_balance', 'pixel')} | recipe |",
              f"| dynamics motion_weight | {r.get('motion_weight', 0):.1f} | moving latent positions "
              f"{r.get('stats', {}).get('moving_latent_fraction', 0):.4f} |",
+             f"| dynamics motion_mask | {r.get('motion_mask', 'latent')} | recipe |",
              f"| action repeat | {mo.get('action_repeat', 1)} | {_repeat_source(mo)} |",
              f"| num_context | {r.get('num_context')} | recipe |",
              f"| sampler_timesteps | {r.get('sampler_timesteps')} | recipe |",

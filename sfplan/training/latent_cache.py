@@ -10,6 +10,7 @@ gives another file. Tensors::
     actions        float32 (N_steps, A)          episode e has actions [aoff[e], aoff[e+1])
     action_offsets int64   (E+1,)
     seeds          int64   (E,)
+    motion         uint8   (N_frames, 1, h, w)  where the frame's pixels move (``pixel_motion_mask``)
 
 Written to a temp file, fsync'ed and renamed into place: a cache file is complete or
 absent. A cache that fails to load is rebuilt (it is derived data).
@@ -36,6 +37,7 @@ class LatentCache:
     actions: torch.Tensor  # (N_steps, A)
     action_offsets: torch.Tensor  # (E+1,)
     seeds: torch.Tensor  # (E,)
+    motion: torch.Tensor  # (N_frames, 1, h, w) uint8
 
     def rows_of(self, seeds) -> list[int]:
         pos = {int(s): i for i, s in enumerate(self.seeds.tolist())}
@@ -81,8 +83,12 @@ def _file_sha256(path: Path) -> str:
     return _FILE_SHA[key]
 
 
+#: bumped when the file's tensors change: an older cache is never read as a complete one
+CACHE_FORMAT = 2
+
+
 def cache_path(out_dir: Path, ds, vae: FrameAutoencoder) -> Path:
-    key = hashlib.sha256(f"{vae_fingerprint(vae)}:{dataset_fingerprint(ds)}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{CACHE_FORMAT}:{vae_fingerprint(vae)}:{dataset_fingerprint(ds)}".encode()).hexdigest()[:16]
     return Path(out_dir) / f"latents-{key}.safetensors"
 
 
@@ -90,7 +96,8 @@ def load_cache(path: Path) -> LatentCache:
     from safetensors.torch import load_file
 
     t = load_file(str(path))
-    return LatentCache(path, t["latents"], t["frame_offsets"], t["actions"], t["action_offsets"], t["seeds"])
+    return LatentCache(path, t["latents"], t["frame_offsets"], t["actions"], t["action_offsets"], t["seeds"],
+                       t["motion"])
 
 
 @torch.no_grad()
@@ -99,11 +106,14 @@ def build_cache(path: Path, ds, vae: FrameAutoencoder, batch_size: int = 256, pr
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    lat, acts, foff, aoff = [], [], [0], [0]
+    from sfplan.world_model.video_diffusion import pixel_motion_mask
+
+    lat, mov, acts, foff, aoff = [], [], [], [0], [0]
     for i in tqdm(range(len(ds)), desc="caching latents", unit="episode", disable=not progress, leave=False):
         ep = ds[i]
         z = vae.encode(ep.pixels, batch_size=batch_size).float().cpu()  # (L+1, C, h, w)
         lat.append(z)
+        mov.append(pixel_motion_mask(torch.from_numpy(np.asarray(ep.pixels)), ep.pixels.shape[1] // z.shape[-1]))
         acts.append(torch.from_numpy(np.asarray(ep.actions, np.float32)))
         foff.append(foff[-1] + z.shape[0])
         aoff.append(aoff[-1] + ep.length)
@@ -113,6 +123,7 @@ def build_cache(path: Path, ds, vae: FrameAutoencoder, batch_size: int = 256, pr
         "actions": torch.cat(acts).contiguous(),
         "action_offsets": torch.tensor(aoff, dtype=torch.int64),
         "seeds": torch.as_tensor(ds.seeds, dtype=torch.int64),
+        "motion": torch.cat(mov).to(torch.uint8).contiguous(),
     }
     meta = {"dataset": str(ds.path), "episodes": str(len(ds)), "latent_shape": json.dumps(list(vae.latent_shape)),
             "scaling_factor": repr(vae.scaling_factor), "shift_factor": repr(vae.shift_factor)}

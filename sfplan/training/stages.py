@@ -294,11 +294,16 @@ class DynamicsStage(_Stage):
         if not 0.0 <= self.sampler_fraction <= 1.0:
             raise UserError(f"sampler_timesteps={self.sampler_fraction} is the fraction of each batch noised at the "
                             "sampler's timesteps: give a number in [0, 1] (0: uniform draws, the paper's training)")
+        self.motion_mask = str(cfg.get("motion_mask", "latent"))
+        if self.motion_mask not in ("pixel", "latent"):
+            raise UserError(f"motion_mask={self.motion_mask!r}: pixel (where the frames' pixels move) or latent "
+                            "(where the latents change)")
         self._sampler_t = (sampler_timesteps(make_sampler(self.wm_config.sampler, self.train_scheduler),
                                              self.wm_config.num_steps) if self.sampler_fraction > 0 else None)
         self.model = dcfg.build().to(device)
         lo, hi = self.ds.meta["action_low"], self.ds.meta["action_high"]
         self.model.set_action_normalizer(lo, hi)
+        self.model.set_noise_schedule(self.train_scheduler.alphas_cumprod)
         if cfg.get("init_from"):
             self.init_report = warm_start(self.model, cfg.init_from, is_main)
         self._load_latents(is_main, wait)
@@ -317,6 +322,7 @@ class DynamicsStage(_Stage):
             self._index["val"] = self._index["train"]
         self.lat_all = self.cache.latents  # (N_frames, C, h, w) on the CPU
         self.act_all = self.cache.actions  # (N_steps, A)
+        self.mov_all = self.cache.motion  # (N_frames, 1, h, w) uint8
 
     def _clip_index(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         fo, ao = self.cache.frame_offsets, self.cache.action_offsets
@@ -335,8 +341,11 @@ class DynamicsStage(_Stage):
         T = self.clip_frames
         fi = fs[k][:, None] + torch.arange(T)  # (B, T)
         ai = as_[k][:, None] + torch.arange(T - 1)  # (B, T-1)
-        return {"latents": self.lat_all[fi].to(self.device, non_blocking=True),  # (B, T, C, h, w)
-                "actions": self.act_all[ai].to(self.device, non_blocking=True)}  # (B, T-1, A)
+        b = {"latents": self.lat_all[fi].to(self.device, non_blocking=True),  # (B, T, C, h, w)
+             "actions": self.act_all[ai].to(self.device, non_blocking=True)}  # (B, T-1, A)
+        if self.motion_mask == "pixel":
+            b["moving"] = self.mov_all[fi].to(self.device, non_blocking=True)  # (B, T, 1, h, w)
+        return b
 
     def train_timesteps(self, batch_size: int, g: torch.Generator) -> torch.Tensor | None:
         """(B,) noise levels: a ``sampler_timesteps`` fraction of the rows at the few-step
@@ -356,7 +365,8 @@ class DynamicsStage(_Stage):
         return model.masked_loss(batch["latents"], batch["actions"], self.train_scheduler, generator=g,
                                  num_context=self.num_context, motion_weight=float(self.cfg.get("motion_weight") or 0.0),
                                  motion_threshold=float(self.cfg.get("motion_threshold", 0.01)),
-                                 timesteps=self.train_timesteps(batch["latents"].shape[0], g))
+                                 timesteps=self.train_timesteps(batch["latents"].shape[0], g),
+                                 moving=batch.get("moving"))
 
     def world_model(self, diffusion, **overrides):
         from dataclasses import replace
@@ -729,6 +739,7 @@ class DistillStage(DynamicsStage):
     batch: {"latents": (B, T, C, h, w), "actions": (B, T-1, A)} with T = context + chunk."""
 
     name = "distill"
+    motion_mask = "latent"  # motion read off the teacher's own chunk, which the data's frames do not show
 
     def setup(self, device: torch.device, is_main: bool = True, wait=None) -> None:
         import copy

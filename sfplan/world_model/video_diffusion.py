@@ -86,9 +86,14 @@ class VideoDiffusionConfig:
     prediction_type: str = "v_prediction"  # epsilon | v_prediction
     p_uncond: float = 0.1  # condition dropout to the null tokens
     backbone: str = "factorized"  # factorized | unet3d
+    context_skip: bool = False  # denoise target frames as the change from the last context frame (see _skip_offset)
 
     def build(self) -> "ActionVideoDiffusion":
         return ActionVideoDiffusion(**asdict(self))
+
+
+#: training timesteps of the noise schedule (``NoiseScheduleConfig.num_train_timesteps``)
+NUM_TRAIN_TIMESTEPS = 1000
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -321,10 +326,16 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         prediction_type: str = "v_prediction",
         p_uncond: float = 0.1,
         backbone: str = "factorized",
+        context_skip: bool = False,
     ):
         super().__init__()
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+        if context_skip and prediction_type != "v_prediction":
+            raise ValueError("context_skip works with prediction_type='v_prediction'")
+        if context_skip:
+            # sigma_t = sqrt(1 - alphas_cumprod[t]) of the training schedule (set_noise_schedule)
+            self.register_buffer("skip_sigmas", torch.ones(NUM_TRAIN_TIMESTEPS))
         if len(attention_levels) != len(block_out_channels):
             raise ValueError("attention_levels needs one flag per entry of block_out_channels")
         chans, D, C = tuple(block_out_channels), cross_attention_dim, latent_channels
@@ -377,6 +388,17 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if self.config.backbone == "unet3d":
             return ["to_q", "to_k", "to_v", "to_out.0"]
         return ["to_q", "to_k", "to_v", "to_out"]
+
+    @torch.no_grad()
+    def set_noise_schedule(self, alphas_cumprod: torch.Tensor) -> None:
+        """The training schedule's cumulative alphas (num_train_timesteps,), which
+        ``context_skip`` needs to turn the last context frame into a v-prediction offset."""
+        if not self.config.context_skip:
+            return
+        if len(alphas_cumprod) != len(self.skip_sigmas):
+            raise ValueError(f"context_skip needs a schedule of {len(self.skip_sigmas)} training timesteps, "
+                             f"got {len(alphas_cumprod)}")
+        self.skip_sigmas.copy_((1 - alphas_cumprod.to(self.skip_sigmas)).clamp_min(0).sqrt())
 
     @torch.no_grad()
     def set_action_normalizer(self, low, high) -> None:
@@ -442,20 +464,46 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if t.ndim == 0:
             t = t.expand(B)
         mask = context_mask.to(sample.device, torch.bool)
+        t_f = t[:, None].expand(B, T) if t.ndim == 1 else t
+        if t.ndim == 1:
+            t_f = torch.where(mask, torch.zeros_like(t_f), t_f)  # context frames are clean
+        skip = self._skip_offset(sample, mask, t_f if self.config.backbone == "factorized" else t_f.max(1, True).values)
+        if skip is not None:  # the net sees x_t - alpha_t ref: the change from ref, diffused
+            sample = sample - skip[0][:, :, None, None, None] * skip[2][:, None]
         x = torch.cat([sample, mask[:, :, None, None, None].to(sample.dtype).expand(B, T, 1, h, w)], dim=2)
         if self.config.backbone == "unet3d":
             t_b = t if t.ndim == 1 else t.max(dim=1).values  # UNet3D takes one timestep per clip
             out = self.net(x.transpose(1, 2), t_b, encoder_hidden_states=action_tokens).sample  # (B, C, T, h, w)
-            return out.transpose(1, 2)
-        t_f = t[:, None].expand(B, T) if t.ndim == 1 else t
-        if t.ndim == 1:
-            t_f = torch.where(mask, torch.zeros_like(t_f), t_f)  # context frames are clean
+            return self._unskip(out.transpose(1, 2), skip)
         temb = timestep_embedding(t_f.reshape(-1), self.config.block_out_channels[0]).to(sample.dtype)
         emb = self.time_mlp(temb)  # (B*T, E)
         if self.action_to_emb is not None and action_tokens.shape[1] == T:
             emb = emb + self.action_to_emb(action_tokens).reshape(B * T, -1)
-        out = self.net(x.reshape(B * T, C + 1, h, w), emb, T, action_tokens)  # (B*T, C, h, w)
-        return out.reshape(B, T, C, h, w)
+        out = self.net(x.reshape(B * T, C + 1, h, w), emb, T, action_tokens).reshape(B, T, C, h, w)
+        return self._unskip(out, skip)
+
+    def _skip_offset(self, sample, mask, t_f):
+        """With ``context_skip``, the target frames are diffused and predicted as the change
+        from ref, the clip's last context frame: x0 - ref is diffused as x_t - alpha_t ref is,
+        the net sees that and predicts its v, and ``_unskip`` adds -sigma_t ref back to give
+        x_t's v. A static background is then pure noise to the net at every level, and a fresh
+        net (zero-init output) imagines ref held still from pure noise: copy-last from the
+        first step. -> (alpha (B, T), sigma (B, T), ref (B, C, h, w)), zero on context frames
+        and on clips without context; None without the skip."""
+        if not self.config.context_skip:
+            return None
+        B, T = mask.shape
+        n_ctx = mask.sum(1)  # (B,)
+        ref = sample[torch.arange(B, device=sample.device), (n_ctx - 1).clamp_min(0)]  # (B, C, h, w)
+        on = (~mask & (n_ctx > 0)[:, None]).to(sample.dtype)  # (B, T) target frames of clips with context
+        sig = self.skip_sigmas[t_f.long()].to(sample.dtype).expand(B, T)
+        return on * (1 - sig ** 2).clamp_min(0).sqrt(), on * sig, ref
+
+    @staticmethod
+    def _unskip(out, skip):
+        if skip is None:
+            return out
+        return out - skip[1][:, :, None, None, None].to(out.dtype) * skip[2][:, None].to(out.dtype)
 
     # ------------------------------------------------------------------ losses
     def _target(self, scheduler, latents, noise, t):
@@ -474,6 +522,7 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         motion_weight: float = 0.0,
         motion_threshold: float = 0.01,
         timesteps: torch.Tensor | None = None,
+        moving: torch.Tensor | None = None,
     ):
         """Slow learning: masked conditional diffusion loss -> (loss, logs).
 
@@ -488,6 +537,8 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         consecutive clean frames (see ``motion_mask``) by 1 + motion_weight (a weighted mean):
         where the moving object is small (a ball in a whole-maze view) the plain MSE is
         almost all static background, and a model that ignores the actions loses little.
+        ``moving`` (B, T, 1, h, w): that mask given (e.g. ``pixel_motion_mask`` of the clip's
+        frames, cached with the latents); default ``motion_mask`` of the latents.
         ``timesteps`` (B,): the noise level of each row; default uniform random draws."""
         B, T = latents.shape[:2]
         dev = latents.device
@@ -517,7 +568,7 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         logs = {"num_context": f_p.float().mean().item(), "p_uncond_hit": drop.float().mean().item()}
         if motion_weight > 0:
             err = (pred[tgt].float() - target[tgt].float()).pow(2)  # (N, C, h, w)
-            moving = motion_mask(latents, motion_threshold)[tgt]  # (N, 1, h, w)
+            moving = (motion_mask(latents, motion_threshold) if moving is None else moving.to(dev).float())[tgt]
             w = 1.0 + motion_weight * moving
             loss = (err * w).sum() / (w.sum() * err.shape[1])
             logs["motion_fraction"] = moving.mean().item()
@@ -536,7 +587,9 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
     ):
         """Fast learning (Temp-LoRA): the whole clip (B, T, C, h, w) noised, null condition,
         loss over all frames -> (loss, logs). ``timesteps`` (B,) and ``noise`` default to
-        random draws (from ``generator``)."""
+        random draws (from ``generator``). With ``context_skip`` the first frame stays clean
+        (the frame the others are predicted from; the loss is over the rest): such a model
+        never learned to denoise a clip without one."""
         B, T = latents.shape[:2]
         dev = latents.device
         if timesteps is None:
@@ -546,8 +599,12 @@ class ActionVideoDiffusion(ModelMixin, ConfigMixin, PeftAdapterMixin):
         noise = _randn(latents.shape, generator, dev) if noise is None else noise.to(dev)
         noisy = scheduler.add_noise(latents, noise, t)
         ctx = torch.zeros(B, T, dtype=torch.bool, device=dev)
+        if self.config.context_skip:
+            ctx[:, 0] = True
+            noisy = torch.where(ctx[:, :, None, None, None], latents, noisy)
         pred = self(noisy, t, ctx, self.null_condition(B, T))
-        loss = F.mse_loss(pred.float(), self._target(scheduler, latents, noise, t).float())
+        tgt = ~ctx
+        loss = F.mse_loss(pred[tgt].float(), self._target(scheduler, latents, noise, t)[tgt].float())
         return loss, {"loss": loss.item()}
 
 
@@ -561,6 +618,27 @@ def motion_mask(latents: torch.Tensor, threshold: float) -> torch.Tensor:
     B, T = m.shape[:2]
     m = F.max_pool2d(m.flatten(0, 1), 3, stride=1, padding=1)
     return m.reshape(B, T, *m.shape[1:])
+
+
+#: pixel change (|dx| on [-1, 1], max over RGB) that counts as motion in ``pixel_motion_mask``
+PIXEL_MOTION_THRESHOLD = 0.05
+
+
+def pixel_motion_mask(frames: torch.Tensor, factor: int) -> torch.Tensor:
+    """frames (T, H, W, 3) uint8 of one episode -> (T, 1, H/factor, W/factor) bool: latent
+    positions (``factor`` x ``factor`` pixel blocks) where frame t's pixels differ from frame
+    t-1's or t+1's by more than ``PIXEL_MOTION_THRESHOLD``, dilated by one position.
+
+    What moves in the picture, at the latents' resolution. ``motion_mask`` reads the same off
+    the latents, where a small object's motion also ripples through the VAE's neighbouring
+    positions (on PointMaze UMaze it marks 26% of the positions where the ball covers 6%), so
+    a motion weight spent there mostly weighs background."""
+    x = frames.permute(0, 3, 1, 2).float() / 127.5 - 1  # (T, 3, H, W)
+    d = ((x[1:] - x[:-1]).abs().amax(1, keepdim=True) > PIXEL_MOTION_THRESHOLD).float()  # (T-1, 1, H, W)
+    z = torch.zeros_like(d[:1])
+    m = torch.maximum(torch.cat([z, d]), torch.cat([d, z]))  # (T, 1, H, W): moved into or out of frame t
+    m = F.max_pool2d(m, factor)
+    return F.max_pool2d(m, 3, stride=1, padding=1) > 0
 
 
 # ----------------------------------------------------------------------------- rng helpers
