@@ -23,6 +23,14 @@ TINY_DIFF = dict(action_dim=2, max_frames=8, block_out_channels=(16, 32), head_d
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
+def _random_tiny_model():
+    """A toy-size denoiser off its zero init (seed 0) and its training schedule."""
+    torch.manual_seed(0)
+    model = VideoDiffusionConfig(**TINY_DIFF).build()
+    _randomize(model)
+    return model, make_train_scheduler(model.config.prediction_type)
+
+
 def _randomize(module: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> None:
     """Move zero-initialised output layers off zero, so actions and inputs matter."""
     g = torch.Generator().manual_seed(seed)
@@ -100,10 +108,7 @@ def test_object_balance_gives_each_region_of_a_frame_the_same_weight():
 
 # ----------------------------------------------------------------------------- diffusion
 def test_masked_loss_takes_no_term_from_context():
-    torch.manual_seed(0)
-    model = VideoDiffusionConfig(**TINY_DIFF).build()
-    _randomize(model)
-    sched = make_train_scheduler(model.config.prediction_type)
+    model, sched = _random_tiny_model()
     latents, actions = torch.randn(4, 5, 4, 8, 8), torch.randn(4, 5, 2)
     num_context = torch.tensor([1, 2, 1, 2])  # f_p per element, incl. f_p = 1
 
@@ -172,10 +177,7 @@ def test_motion_weighted_loss_weighs_only_moving_positions():
     assert m[0, 2, 0, 2, 3] == 1 and m[0, 2, 0, 7, 7] == 0  # the blob moves; the far corner does not
     assert torch.equal(motion_mask(torch.zeros(1, 4, 4, 8, 8), 0.01), torch.zeros(1, 4, 1, 8, 8))
 
-    torch.manual_seed(0)
-    model = VideoDiffusionConfig(**TINY_DIFF).build()
-    _randomize(model)
-    sched = make_train_scheduler(model.config.prediction_type)
+    model, sched = _random_tiny_model()
     acts = torch.randn(1, 4, 2)
 
     def loss(lat, w):
@@ -204,10 +206,7 @@ def test_pixel_motion_mask_marks_the_object_not_the_background():
 
 
 def test_a_given_motion_mask_replaces_the_latents_own():
-    torch.manual_seed(0)
-    model = VideoDiffusionConfig(**TINY_DIFF).build()
-    _randomize(model)
-    sched = make_train_scheduler(model.config.prediction_type)
+    model, sched = _random_tiny_model()
     lat, acts = torch.randn(1, 4, 4, 8, 8), torch.randn(1, 4, 2)
 
     def loss(moving):
