@@ -631,7 +631,7 @@ def pixel_motion_mask(frames: torch.Tensor, factor: int) -> torch.Tensor:
 
     What moves in the picture, at the latents' resolution. ``motion_mask`` reads the same off
     the latents, where a small object's motion also ripples through the VAE's neighbouring
-    positions (on PointMaze UMaze it marks 26% of the positions where the ball covers 6%), so
+    positions (on PointMaze UMaze it marks 26% of the positions where the ball covers 6.5%), so
     a motion weight spent there mostly weighs background."""
     x = frames.permute(0, 3, 1, 2).float() / 127.5 - 1  # (T, 3, H, W)
     d = ((x[1:] - x[:-1]).abs().amax(1, keepdim=True) > PIXEL_MOTION_THRESHOLD).float()  # (T-1, 1, H, W)
