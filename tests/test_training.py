@@ -56,7 +56,7 @@ def _same(a: dict, b: dict) -> bool:
 
 
 # ----------------------------------------------------------------------------- end to end
-def test_collect_train_vae_dynamics_generate(data, tmp_path):
+def test_collect_train_vae_dynamics_generate(data, tmp_path, capsys):
     vae_out, dyn_out, gen_out = tmp_path / "vae", tmp_path / "dyn", tmp_path / "gen"
     assert main(["train", *VAE_TINY, *COMMON, f"data.path={data}", f"out_dir={vae_out}", "steps=3",
                  "checkpoint_every=2", "val_every=3", "sample_every=3", "tensorboard=true"]) == 0
@@ -105,6 +105,10 @@ def test_collect_train_vae_dynamics_generate(data, tmp_path):
         assert main(["train", *DYN_TINY, *COMMON, f"data.path={data}", f"vae={vae}", f"init_from={dyn_out}/model",
                      f"out_dir={on}", "steps=1", "sample_every=0"]) == 0
         assert json.loads((on / "model" / "world_model.json").read_text()).get("planning") == planning
+    # weights of a model without the context skip are not warm-started into one with it (nor back)
+    assert main(["train", *DYN_TINY, *COMMON, f"data.path={data}", f"vae={vae_out}/model", f"init_from={dyn_out}/model",
+                 f"out_dir={tmp_path / 'skip'}", "steps=1", "model.diffusion.context_skip=true"]) == 2
+    assert "set model.diffusion.context_skip=false" in capsys.readouterr().err
 
     assert main(["generate", f"model={dyn_out}/model", f"data={data}", "episode=1", "horizon=5", "num_threads=1",
                  f"out_dir={gen_out}", "scale=1"]) == 0

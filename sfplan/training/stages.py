@@ -27,6 +27,7 @@ step, out_dir) -> (logs, images, videos)``, ``save_final(ema_model, directory) -
 """
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -229,6 +230,12 @@ def warm_start(model: torch.nn.Module, path, verbose: bool = True, part: str = "
         stage = "dynamics" if part == "diffusion" else part
         raise UserError(f"init_from={path}: no {part}/diffusion_pytorch_model.safetensors there; pass the model/ "
                         f"folder of a stage={stage} run (or a shipped model dir)")
+    if part == "diffusion" and (f.parent / "config.json").is_file():
+        theirs = bool(json.loads((f.parent / "config.json").read_text()).get("context_skip", False))
+        if theirs != bool(model.config.context_skip):
+            raise UserError(f"init_from={path}: that model was trained with model.diffusion.context_skip="
+                            f"{str(theirs).lower()} (its weights predict {'the change from' if theirs else 'not the change from'}"
+                            f" the last context frame): set model.diffusion.context_skip={str(theirs).lower()}")
     src, own = load_file(str(f)), model.state_dict()
     copied = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
     for k, v in src.items():  # an input layer that grew (e.g. action_history): old columns, zeros for the new
