@@ -97,7 +97,7 @@ def derive_recipe(ds, recipe: DictConfig, latent_factor: int = 4, max_episodes: 
     Also measured: moving pixels per step, the per-step motion a chunk is made of.
     Returns the derived values and the statistics they come from."""
     from sfplan.world_model.vae import foreground_mask
-    from sfplan.world_model.video_diffusion import PIXEL_MOTION_THRESHOLD, pixel_motion_mask
+    from sfplan.world_model.video_diffusion import pixel_changes, pixel_motion_mask
 
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(ds))[:max_episodes]
@@ -110,10 +110,9 @@ def derive_recipe(ds, recipe: DictConfig, latent_factor: int = 4, max_episodes: 
     p = max(float(np.mean(p_list)), 1e-4)
     q_list, step_px = [], []
     for e in eps:
-        x = torch.as_tensor(e.pixels).permute(0, 3, 1, 2).float() / 127.5 - 1  # (T, 3, H, W)
-        moved = (x[1:] - x[:-1]).abs().amax(1) > PIXEL_MOTION_THRESHOLD  # (T-1, H, W)
-        step_px.append(float(moved.float().mean()))
-        q_list.append(float(pixel_motion_mask(torch.as_tensor(e.pixels), latent_factor).float().mean()))
+        px = torch.as_tensor(e.pixels)  # (T, H, W, 3) uint8
+        step_px.append(float(pixel_changes(px).float().mean()))
+        q_list.append(float(pixel_motion_mask(px, latent_factor).float().mean()))
     q = max(float(np.mean(q_list)), 1e-4)
     s, sm = float(recipe.fg_share), float(recipe.motion_share)
     fg = s / (1 - s) * (1 - p) / p

@@ -624,6 +624,13 @@ def motion_mask(latents: torch.Tensor, threshold: float) -> torch.Tensor:
 PIXEL_MOTION_THRESHOLD = 0.05
 
 
+def pixel_changes(frames: torch.Tensor) -> torch.Tensor:
+    """frames (T, H, W, 3) uint8 -> (T-1, 1, H, W) bool: pixels that change between frames t
+    and t+1 by more than ``PIXEL_MOTION_THRESHOLD``."""
+    x = frames.permute(0, 3, 1, 2).float() / 127.5 - 1  # (T, 3, H, W)
+    return (x[1:] - x[:-1]).abs().amax(1, keepdim=True) > PIXEL_MOTION_THRESHOLD
+
+
 def pixel_motion_mask(frames: torch.Tensor, factor: int) -> torch.Tensor:
     """frames (T, H, W, 3) uint8 of one episode -> (T, 1, H/factor, W/factor) bool: latent
     positions (``factor`` x ``factor`` pixel blocks) where frame t's pixels differ from frame
@@ -633,8 +640,7 @@ def pixel_motion_mask(frames: torch.Tensor, factor: int) -> torch.Tensor:
     the latents, where a small object's motion also ripples through the VAE's neighbouring
     positions (on PointMaze UMaze it marks 26% of the positions where the ball covers 6.5%), so
     a motion weight spent there mostly weighs background."""
-    x = frames.permute(0, 3, 1, 2).float() / 127.5 - 1  # (T, 3, H, W)
-    d = ((x[1:] - x[:-1]).abs().amax(1, keepdim=True) > PIXEL_MOTION_THRESHOLD).float()  # (T-1, 1, H, W)
+    d = pixel_changes(frames).float()  # (T-1, 1, H, W)
     z = torch.zeros_like(d[:1])
     m = torch.maximum(torch.cat([z, d]), torch.cat([d, z]))  # (T, 1, H, W): moved into or out of frame t
     m = F.max_pool2d(m, factor)
