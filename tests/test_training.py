@@ -109,6 +109,10 @@ def test_collect_train_vae_dynamics_generate(data, tmp_path, capsys):
     assert main(["train", *DYN_TINY, *COMMON, f"data.path={data}", f"vae={vae_out}/model", f"init_from={dyn_out}/model",
                  f"out_dir={tmp_path / 'skip'}", "steps=1", "model.diffusion.context_skip=true"]) == 2
     assert "set model.diffusion.context_skip=false" in capsys.readouterr().err
+    assert main(["train", *DYN_TINY, *COMMON, f"data.path={data}", f"vae={vae_out}/model", f"out_dir={tmp_path / 'eps'}",
+                 "steps=1", "model.diffusion.context_skip=true", "model.diffusion.prediction_type=epsilon"]) == 2
+    err = capsys.readouterr().err
+    assert "model.diffusion: context_skip works with prediction_type='v_prediction'" in err and "Traceback" not in err
 
     assert main(["generate", f"model={dyn_out}/model", f"data={data}", "episode=1", "horizon=5", "num_threads=1",
                  f"out_dir={gen_out}", "scale=1"]) == 0

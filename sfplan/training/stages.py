@@ -307,10 +307,13 @@ class DynamicsStage(_Stage):
                             "(where the latents change)")
         self._sampler_t = (sampler_timesteps(make_sampler(self.wm_config.sampler, self.train_scheduler),
                                              self.wm_config.num_steps) if self.sampler_fraction > 0 else None)
-        self.model = dcfg.build().to(device)
+        try:
+            self.model = dcfg.build().to(device)
+            self.model.set_noise_schedule(self.train_scheduler.alphas_cumprod)
+        except ValueError as e:  # the denoiser's own check of its settings (widths, heads, context_skip ...)
+            raise UserError(f"model.diffusion: {e}") from None
         lo, hi = self.ds.meta["action_low"], self.ds.meta["action_high"]
         self.model.set_action_normalizer(lo, hi)
-        self.model.set_noise_schedule(self.train_scheduler.alphas_cumprod)
         if cfg.get("init_from"):
             self.init_report = warm_start(self.model, cfg.init_from, is_main)
         self._load_latents(is_main, wait)
