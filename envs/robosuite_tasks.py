@@ -81,6 +81,16 @@ SPEED = 0.5  # the script moves at most 2.5 cm per step per axis (half the actio
 
 
 def _import_robosuite():
+    import logging
+
+    # robosuite logs its optional extras at import and each env's controller set-up (INFO, and a
+    # WARNING per arm-less part of its composite config): ~10 lines an env, ~900 in one
+    # `sfplan fit`. A filter (robosuite resets its logger's level on import) keeps its errors.
+    log = logging.getLogger("robosuite_logs")
+    if not any(getattr(f, "sfplan", False) for f in log.filters):
+        keep_errors = lambda record: record.levelno >= logging.ERROR  # noqa: E731
+        keep_errors.sfplan = True
+        log.addFilter(keep_errors)
     try:
         import robosuite  # noqa: F401  (heavy: numba, robot models)
     except ImportError as e:  # pragma: no cover - exercised only without robosuite
