@@ -35,6 +35,7 @@ import numpy as np
 from gymnasium import spaces
 
 from sfplan.envs.rendering import Camera, FastRenderer
+from sfplan.envs.wrappers import flat_descriptor
 from sfplan.errors import UserError
 
 GOAL_PROTOCOLS = ("near", "far")
@@ -214,11 +215,11 @@ class GoalImageEnv(gym.Env):
 
     def goal_descriptor_of(self, state: np.ndarray) -> np.ndarray:
         """The goal descriptor (what success is measured on, e.g. Reacher's fingertip (x, y))
-        at a recorded simulator state, as a flat float64 vector: the label a state probe
-        (``sfplan train stage=probe``) learns to read off the frame. Moves the simulator
-        to ``state``."""
+        at a recorded simulator state, as a flat float64 vector (``flat_descriptor``): the label
+        a state probe (``sfplan train stage=probe``) learns to read off the frame. Moves the
+        simulator to ``state``."""
         self.set_state(state)
-        return np.asarray(self._goal_descriptor(), dtype=np.float64).ravel()
+        return flat_descriptor(self._goal_descriptor())
 
     @property
     def goal_state(self) -> np.ndarray:

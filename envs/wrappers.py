@@ -1,6 +1,7 @@
 """``GoalImageWrapper``: any Gymnasium env that renders ``rgb_array`` as an sfplan task."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -27,6 +28,15 @@ def resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
 
     return np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BOX))
 
+
+def flat_descriptor(descriptor: Any) -> np.ndarray:
+    """A goal descriptor as the flat float64 vector (D,) a state probe reads: an array-like
+    raveled, a mapping's values raveled and joined in its order (the robosuite tasks'
+    ``{"eef": (3,), "cube": (3,)}`` -> (6,))."""
+    if isinstance(descriptor, Mapping):
+        parts = [np.asarray(v, dtype=np.float64).ravel() for v in descriptor.values()]
+        return np.concatenate(parts) if parts else np.zeros(0)
+    return np.asarray(descriptor, dtype=np.float64).ravel()
 
 class _SyncedMujoco(gym.Wrapper):
     """What ``goal_fn``/``success_fn`` receive for a MuJoCo env: after each ``step`` the
@@ -72,9 +82,9 @@ class GoalImageWrapper(gym.Env):
             success is ``distance < success_threshold``.
         image_size: side of the square observation frames.
         success_threshold: needed when ``success_fn`` returns a float.
-        descriptor_fn: optional ``descriptor_fn(env) -> array``: the goal descriptor of the
-            env's current state (the same quantity ``goal_fn`` returns for the goal, e.g. a
-            position). With it (and a MuJoCo env) the wrapper labels recorded states
+        descriptor_fn: optional ``descriptor_fn(env) -> array or {name: array}``: the goal
+            descriptor of the env's current state (the same quantity ``goal_fn`` returns for
+            the goal, e.g. a position; a mapping's values are joined in order). With it (and a MuJoCo env) the wrapper labels recorded states
             (``goal_descriptor_of``), so ``sfplan fit`` trains a state probe for
             ``cost=probe``; without it that stage is skipped.
 
@@ -224,7 +234,7 @@ class GoalImageWrapper(gym.Env):
         try:
             self.set_state(state)
             self._sync()
-            return np.asarray(self.descriptor_fn(self._callback_env), dtype=np.float64).ravel()
+            return flat_descriptor(self.descriptor_fn(self._callback_env))
         finally:
             self.set_state(here)
 

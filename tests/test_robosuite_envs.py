@@ -85,6 +85,20 @@ def test_seeded_and_transferable_between_instances():
         other.close()
 
 
+def test_goal_descriptor_of_labels_hand_and_cube():
+    """The state probe's label of a recorded state is the hand and the cube, joined in a flat
+    float64 vector (the task's descriptor is a mapping); at the goal state it is the goal's."""
+    env = get_env("sfplan/Lift-v0", "near")
+    sim = env.unwrapped
+    _, info = env.reset(seed=2)
+    d = sim.goal_descriptor_of(sim.goal_state)
+    assert d.shape == (6,) and d.dtype == np.float64
+    np.testing.assert_allclose(d, np.concatenate([sim._goal["eef"], sim._goal["cube_body_id"]]))
+    d0 = sim.goal_descriptor_of(info["state"])
+    np.testing.assert_allclose(d0, np.concatenate([sim.eef_pos(), sim.object_pos("cube_body_id")]))
+    assert np.isclose(max(np.linalg.norm(d0[:3] - d[:3]), np.linalg.norm(d0[3:] - d[3:])), info["distance"])
+
+
 @pytest.mark.parametrize("tid", ROBOSUITE_TASKS)
 @pytest.mark.parametrize("goal", ["near", "far"])
 def test_goal_state_is_success_and_start_is_not(tid, goal):
