@@ -506,16 +506,18 @@ class RobosuiteGoalEnv(GoalImageEnv):
     def _script(self, rng: np.random.Generator) -> List[Phase]:
         raise NotImplementedError
 
-    def _run_script(self, rng: np.random.Generator, max_total: int | None = None) -> np.ndarray:
-        """Run the scripted controller from the current state (stops after
-        ``max_total`` steps if given); returns the actions taken (T, 4)."""
-        actions = []
+    def _run_script(self, rng: np.random.Generator, max_total: int | None = None, hold: int = 1) -> np.ndarray:
+        """Run the scripted controller from the current state (stops after ``max_total`` env
+        steps if given); returns the actions taken (T, 4), each held ``hold`` env steps (the
+        closed loop runs at that rate, its position command divided by ``hold`` so a held
+        action moves the hand as far as ``hold`` script steps would)."""
+        actions, steps = [], 0
         self.goal_phases_ = {}
         for phase in self._script(rng):
             self.goal_phases_[phase.name] = len(actions)
             frozen = None
-            for k in range(phase.max_steps):
-                if max_total is not None and len(actions) >= max_total:
+            for k in range(-(-phase.max_steps // hold)):
+                if max_total is not None and steps >= max_total:
                     return np.asarray(actions)
                 if phase.freeze:
                     frozen = phase.target(self) if frozen is None else frozen
@@ -523,14 +525,16 @@ class RobosuiteGoalEnv(GoalImageEnv):
                 else:
                     xyz, grip = phase.target(self)
                 err = xyz - self.eef_pos()
-                if k >= phase.min_steps:
+                if k * hold >= phase.min_steps:
                     reached = phase.tol is None or np.linalg.norm(err) < phase.tol
                     extra = phase.done is None or phase.done(self)
                     if reached and extra:
                         break
-                a = np.concatenate([np.clip(GAIN * err / 0.05, -SPEED, SPEED), [grip]])
-                self.sim_step(a)
+                a = np.concatenate([np.clip(GAIN * err / (0.05 * hold), -SPEED, SPEED), [grip]])
+                for _ in range(hold):
+                    self.sim_step(a)
                 actions.append(a)
+                steps += hold
         return np.asarray(actions)
 
     def _goal_actions(self, rng: np.random.Generator) -> np.ndarray:
@@ -539,6 +543,19 @@ class RobosuiteGoalEnv(GoalImageEnv):
         actions = self._run_script(rng, self._goal_length(rng))
         self.set_state(start)
         return actions
+
+    def _collect_actions(self, rng: np.random.Generator, hold: int = 1) -> np.ndarray:
+        """The goal script from the current state for data collection (``policy=goal``, what
+        ``sfplan fit`` collects with): actions (T, 4), each to be held ``hold`` env steps, so
+        it also works under an action repeat; the simulator is restored after. Random motion
+        from the rest pose rarely brings the hand to the cube: in a Lift fit's 186 episodes of
+        correlated noise, 0.2% of frames had the hand within 3 cm (horizontally) of the cube
+        and less than 10 cm above the table, where every near goal has it."""
+        start = self.get_state()
+        try:
+            return self._run_script(rng, self._goal_length(rng), hold=max(1, int(hold)))
+        finally:
+            self.set_state(start)
 
     def _goal_length(self, rng: np.random.Generator) -> int | None:
         if self.goal_protocol == "near":

@@ -99,6 +99,25 @@ def test_goal_descriptor_of_labels_hand_and_cube():
     assert np.isclose(max(np.linalg.norm(d0[:3] - d[:3]), np.linalg.norm(d0[3:] - d[3:])), info["distance"])
 
 
+def test_collection_script_reaches_the_cube_under_an_action_repeat():
+    """``_collect_actions(rng, hold)`` (what ``policy=goal`` and so ``sfplan fit`` collect with) is
+    the goal script: at hold 1 the goal's own actions; at hold 2, each action held two steps
+    brings the hand over the cube and down as the goal does; the simulator is restored."""
+    env = get_env("sfplan/Lift-v0", "near")
+    sim = env.unwrapped
+    _, info = env.reset(seed=3)
+    rng = lambda: np.random.default_rng(7)  # noqa: E731
+    np.testing.assert_array_equal(sim._collect_actions(rng(), hold=1), sim._goal_actions(rng()))
+    acts = sim._collect_actions(rng(), hold=2)
+    np.testing.assert_array_equal(sim.get_state(), info["state"])
+    assert 10 <= len(acts) <= 26  # the near script's 25-50 steps, two per action
+    for a in acts:
+        sim.sim_step(a)
+        sim.sim_step(a)
+    hand, cube = sim.eef_pos(), sim.object_pos("cube_body_id")
+    assert np.linalg.norm(hand[:2] - cube[:2]) < 0.01 and hand[2] - sim.table_height < 0.08
+
+
 @pytest.mark.parametrize("tid", ROBOSUITE_TASKS)
 @pytest.mark.parametrize("goal", ["near", "far"])
 def test_goal_state_is_success_and_start_is_not(tid, goal):

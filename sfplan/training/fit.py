@@ -193,8 +193,9 @@ def measure_action_repeat(env_id: str, env_kwargs: dict, seed: int, episodes: in
 def auto_policy(check: dict, noise_episodes: float) -> tuple[str, dict]:
     """``collect.policy=auto`` from the env check: whole passages where the env offers routes
     through its layout (a maze: ``explore``); its own collection script where it offers one
-    (``_collect_actions``, Pusher's pushes: ``goal``, with ``noise_episodes`` of the episodes
-    random motion); else correlated random actions. -> (policy, policy kwargs)."""
+    (``_collect_actions``, Pusher's pushes, the robosuite tasks' reach to the cube: ``goal``,
+    with ``noise_episodes`` of the episodes random motion); else correlated random actions.
+    -> (policy, policy kwargs)."""
     if check.get("routes"):
         return "explore", {}
     if check.get("collect_script"):
