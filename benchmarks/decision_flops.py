@@ -2,7 +2,7 @@
 
     python benchmarks/decision_flops.py --task reacher --out benchmarks/results/one_step/decision_reacher_<cpu>.json
 
-For each lever of ``planning_suite.py --suite decision_levers`` / ``one_step`` / ``proposals``,
+For each lever of ``planning_suite.py --suite decision_levers`` / ``one_step`` / ``proposals`` / ``replan``,
 with the shipped model, from a real first observation (evaluation seed 100000): the episode's
 first plan (no warm start) and a re-plan warm-started from the plan before it shifted by the
 executed steps, as ``sfplan eval`` does. Each is counted once (``torch.utils.flop_counter``, one
@@ -32,12 +32,18 @@ from sfplan.io import atomic_write_text  # noqa: E402
 from sfplan.planners import shift_plan  # noqa: E402
 
 STUDENT_32 = ["+world_model.num_steps=1", "env.search.learned.num_samples=32"]
+# the search the levers are measured against: horizon 8 (one imagined chunk) re-planned every `execute` steps,
+# the tasks' default rows when the lever suites ran; a lever that names horizon or execute overrides it
+BASE_SEARCH = {"reacher": {"horizon": 8, "execute": 4}, "pointmaze_umaze": {"horizon": 8, "execute": 5}}
 # every lever names its sampler steps and candidates, so the rows do not depend on the shipped defaults;
 # num_steps=1 is the model's distilled one-step student (its one_step/ part)
 LEVERS = [[f"+world_model.num_steps={k}", f"env.search.learned.num_samples={n}"] for k, n in ((2, 64), (2, 32), (1, 64), (1, 32))]
 # the student at 32 candidates with the previous decision's elites, also with a wider first plan, and at horizon 6
 LEVERS += [[*STUDENT_32, *x] for x in (["planner.keep_elites=4"], ["+env.search.learned.cold_num_samples=128",
                                         "planner.keep_elites=4"], ["env.search.learned.horizon=6"])]
+# re-planning every 2 steps with a small search (planning_suite.py --suite replan)
+LEVERS += [[f"+world_model.num_steps={k}", f"env.search.learned.num_samples={n}", "env.search.learned.horizon=6",
+            "env.search.learned.execute=2"] for k, n in ((2, 16), (1, 32))]
 
 
 def count_flops(fn, modules) -> tuple[int, dict]:
@@ -70,7 +76,9 @@ def decision_cost(task: str, extra: list[str], repeats: int) -> dict:
     """GFLOP (one thread) and median wall time (all threads) of the first plan and of a
     warm-started re-plan for the eval config ``env=task`` + ``extra``, and the episode's mean
     time per decision."""
-    cfg = load_config("eval", [f"env={task}", "record=false", "device=cpu", *extra])
+    base = [f"env.search.learned.{k}={v}" for k, v in BASE_SEARCH.get(task, {}).items()
+            if not any(o.startswith(f"env.search.learned.{k}=") for o in extra)]
+    cfg = load_config("eval", [f"env={task}", "record=false", "device=cpu", *base, *extra])
     env, planner, wm = _build(cfg)
     execute, budget, fill = int(cfg.env.execute), int(cfg.env.budget), str(cfg.warm_fill)
     obs, info = env.reset(seed=100000)
@@ -100,7 +108,7 @@ def decision_cost(task: str, extra: list[str], repeats: int) -> dict:
     denoiser = sum(by_module.get("ActionVideoDiffusion", {}).values())
     return {"overrides": extra, "gflop": replan_flops / 1e9, "first_plan_gflop": first_flops / 1e9,
             "denoiser_gflop_first_plan": denoiser / 1e9, "first_plan_s": first_s, "replan_s": replan_s,
-            "decisions_per_episode": d,
+            "decisions_per_episode": d, "execute": execute,
             "seconds_per_decision": None if first_s is None else (first_s + (d - 1) * replan_s) / d,
             "threads": threads, "one_step_student": wm.one_step is not None}
 

@@ -9,7 +9,7 @@ It runs the CUDA-marked tests (`pytest -m cuda`), then with the shipped Reacher 
 - imagination throughput: imagined frames/s at batch 64 and 256 (horizon 8, the model's
   sampler steps), fp32 and under bf16 autocast, and the achieved denoiser TFLOP/s as a
   fraction of the measured bf16 matmul rate (FLOPs from ``torch.utils.flop_counter``);
-- the default planning decision (CEM 64 x 2 iterations, horizon 8, probe cost) in ms,
+- the default planning decision (the task's learned search row, probe cost) in ms,
   from a real Reacher observation;
 - training: a few hundred slow-learning steps (batch 64 clips, Adam) in steps/s.
 On a machine without CUDA it says so and exits 2; `--device cpu --quick` runs every step at

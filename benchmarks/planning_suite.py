@@ -33,6 +33,7 @@ def _far_grid(task: str, waypoints: int) -> list[tuple[str, str, str, list[str]]
 
 
 # (task config, planner config, world model config, extra overrides)
+REPLAN = ["env.search.learned.horizon=6", "env.search.learned.execute=2"]  # the replan suite's horizon and re-planning
 SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
     # the headline table: random / oracle / learned under each task's default success protocol
     "headline": [
@@ -40,8 +41,9 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
         for task in ("pointmaze_umaze", "reacher")
         for planner, wm in (("random", "oracle"), ("cem", "learned"), ("cem", "oracle"))
     ],
-    # fewer FLOPs per decision on the Reacher planner (2 sampler steps, 64 candidates is the headline
-    # cell): 32 CEM candidates with the 2-step sampler. The undistilled 1-step cells in
+    # fewer FLOPs per decision on the Reacher planner (2 sampler steps, 64 candidates is the base cell): 32 CEM
+    # candidates with the 2-step sampler. This suite and one_step, coloured_noise and proposals ran with Reacher's
+    # search row of the time (horizon 8, executing 4); run now, they take the current row's. The undistilled 1-step cells in
     # results/decision_levers/ were measured before the shipped model carried its one-step student.
     "decision_levers": [("reacher", "cem", "learned", ["+world_model.num_steps=2", "env.search.learned.num_samples=32"])],
     # the distilled one-step student (sfplan train stage=distill; the shipped Reacher model's one_step/; on a model
@@ -60,6 +62,13 @@ SUITES: dict[str, list[tuple[str, str, str, list[str]]]] = {
                   for x in ([], ["planner.keep_elites=4"],
                             ["+env.search.learned.cold_num_samples=128", "planner.keep_elites=4"],
                             ["env.search.learned.horizon=6"])],
+    # re-planning every 2 steps with a small search: 16 candidates x 2 CEM iterations at horizon 6 (8 latent
+    # frames) with the 2-step sampler (62 GFLOP a decision, a fifth of 64 x 2 at horizon 8), and the one-step
+    # student at 32 candidates the same way; then the same small search on PointMaze UMaze, near and far
+    "replan": [("reacher", "cem", "learned", [f"+world_model.num_steps={k}", f"env.search.learned.num_samples={n}",
+                                              *REPLAN]) for k, n in ((2, 16), (1, 32))]
+    + [("pointmaze_umaze", "cem", "learned", ["+world_model.num_steps=2", "env.search.learned.num_samples=16", *REPLAN, *x])
+       for x in ([], ["goal=far", "waypoints=4"])],
     # PointMaze UMaze's one-step student (the shipped model's one_step/) at 64 and 32 candidates, and the
     # 2-step default beside them on the same machine; then the student on far goals with 4 waypoint images
     # (compare far_umaze's learned cell)

@@ -28,12 +28,17 @@ SHARED = "2-core x86-64, shared"
 # Headline: per task, the default planner (CEM) with the learned world model, the simulator as
 # world model (oracle) and random actions, on the evaluation seeds (100000 + i). Plan times come
 # from runs on an otherwise idle machine (the same planner settings as the success runs).
-# the shipped UMaze model plans with its one-step student (num_steps: 1 in its world_model.json)
-_U1 = "one_step_umaze/pointmaze_umaze__cem__learned__world_model-num_steps-1"
+# the shipped UMaze model with its default search row (configs/env/pointmaze_umaze.yaml: re-plan every 2 steps, 16
+# candidates) and 2 sampler steps (num_steps: 2 in its world_model.json)
+_U1 = ("replan/pointmaze_umaze__cem__learned__world_model-num_steps-2__env-search-learned-num_samples-16"
+       "__env-search-learned-horizon-6__env-search-learned-execute-2")
+# the shipped Reacher model with its default search row (configs/env/reacher.yaml: re-plan every 2 steps, 16 candidates)
+REACHER_DEFAULT = ("replan/reacher__cem__learned__world_model-num_steps-2__env-search-learned-num_samples-16"
+                   "__env-search-learned-horizon-6__env-search-learned-execute-2")
 HEADLINE = [
-    dict(task="Reacher", goal="near", learned=["headline/reacher__cem__learned"],
+    dict(task="Reacher", goal="near", learned=[REACHER_DEFAULT],
          oracle=["headline/reacher__cem__oracle"], random=["headline/reacher__random__oracle"],
-         time="speed_avx2/shipped_default", hw=AVX2),
+         time=REACHER_DEFAULT, hw=AVX512),
     dict(task="PointMaze UMaze", goal="near", learned=[_U1],
          oracle=["headline/pointmaze_umaze__cem__oracle"], random=["headline/pointmaze_umaze__random__oracle"],
          time=_U1, hw=AVX512, oracle_note="image cost"),
@@ -63,7 +68,7 @@ HEADLINE = [
 
 # Planners on the learned Reacher model (near goals, evaluation seeds 100000-100049).
 PLANNERS = [
-    ("CEM, probe cost (default)", "shipped", "reacher_dynamics8/shipped_default_eval"),
+    ("CEM, probe cost (64 x 2 at horizon 8, re-planned every 4 steps)", "shipped", "reacher_dynamics8/shipped_default_eval"),
     ("CEM, image cost", "earlier weights", "learned_near_dyn4/reacher__cem__learned"),
     ("MPPI, image cost", "earlier weights", "planners_learned/reacher__mppi__learned"),
     ("video plan + IDM, scored by imagining the IDM's actions (`score=rollout`)", "earlier weights",
@@ -99,9 +104,8 @@ FAR = {
         ("random actions", "pointmaze_medium__random__oracle__goal-far", None)]),
 }
 
-# Plan time per decision of the default Reacher planner (shipped model, CEM 64 x 2, probe cost).
-SPEED = [("speed_avx2/shipped_default", AVX2, "fp32 (no bf16 instructions)"),
-         ("reacher_dynamics8/speed", AVX512, "bf16 denoiser (`world_model.autocast=auto`)")]
+# Plan time per decision of the default Reacher planner (shipped model, its default search row, probe cost).
+SPEED = [("replan/speed", AVX512, "bf16 denoiser (`world_model.autocast=auto`)")]
 
 # Held-out quality of the shipped world models (benchmarks/world_model_quality.py, one chunk).
 QUALITY = [("Reacher-v0", "wm_quality/Reacher-v0_dynamics8.json"),
@@ -214,7 +218,7 @@ PEER_SUFFIX = "__goal-peer__budget-50__success-first"
 # one_step/ part.
 _S32 = ("+world_model.num_steps=1", "env.search.learned.num_samples=32")
 _S32_CELL = "reacher__cem__learned__world_model-num_steps-1__env-search-learned-num_samples-32"
-LEVERS = [("2 sampler steps, 64 candidates", "headline/reacher__cem__learned",
+LEVERS = [("2 sampler steps, 64 candidates (horizon 8, re-plan every 4 steps: the rows' base)", "headline/reacher__cem__learned",
            ("+world_model.num_steps=2", "env.search.learned.num_samples=64")),
           ("2 sampler steps, 32 candidates",
            "decision_levers/reacher__cem__learned__world_model-num_steps-2__env-search-learned-num_samples-32",
@@ -235,15 +239,25 @@ LEVERS = [("2 sampler steps, 64 candidates", "headline/reacher__cem__learned",
            (*_S32, "+env.search.learned.cold_num_samples=128", "planner.keep_elites=4")),
           ("one-step student, 32 candidates, horizon 6", f"proposals/{_S32_CELL}__env-search-learned-horizon-6",
            (*_S32, "env.search.learned.horizon=6"))]
+# re-planning every 2 steps with a small search (`--suite replan`)
+_R = ("env.search.learned.horizon=6", "env.search.learned.execute=2")
+LEVERS += [(f"{what}, {n} candidates, horizon 6, re-plan every 2 steps{' (the default)' if k == 2 else ''}",
+            f"replan/reacher__cem__learned__world_model-num_steps-{k}__env-search-learned-num_samples-{n}"
+            "__env-search-learned-horizon-6__env-search-learned-execute-2",
+            (f"+world_model.num_steps={k}", f"env.search.learned.num_samples={n}", *_R))
+           for what, k, n in (("2 sampler steps", 2, 16), ("one-step student", 1, 32))]
 # decision_flops.py's timings, one JSON per CPU
 LEVER_TIMINGS = ("one_step/decision_reacher.json", "one_step/decision_reacher_avx512bf16.json")
 # PointMaze UMaze's one-step student (`planning_suite.py --suite one_step_umaze`, all cells on one machine)
 _U = "one_step_umaze/pointmaze_umaze__cem__learned__world_model-num_steps-"
-LEVERS_UMAZE = [("2 sampler steps, 64 candidates (the default)", f"{_U}2",
+LEVERS_UMAZE = [("2 sampler steps, 64 candidates", f"{_U}2",
                  ("+world_model.num_steps=2", "env.search.learned.num_samples=64")),
-                ("one-step student, 64 candidates", f"{_U}1", ("+world_model.num_steps=1", "env.search.learned.num_samples=64")),
+                ("one-step student, 64 candidates", f"{_U}1",
+                 ("+world_model.num_steps=1", "env.search.learned.num_samples=64")),
                 ("one-step student, 32 candidates", f"{_U}1__env-search-learned-num_samples-32",
-                 ("+world_model.num_steps=1", "env.search.learned.num_samples=32"))]
+                 ("+world_model.num_steps=1", "env.search.learned.num_samples=32")),
+                ("2 sampler steps, 16 candidates, horizon 6, re-plan every 2 steps (the default)", _U1,
+                 ("+world_model.num_steps=2", "env.search.learned.num_samples=16", *_R))]
 LEVER_TIMINGS_UMAZE = ("one_step/decision_pointmaze_umaze_avx512bf16.json",)
 
 def peer(link: str) -> str:
@@ -272,8 +286,8 @@ def levers(link: str, cells=LEVERS, timing_files=LEVER_TIMINGS) -> str:
     rows = [{tuple(d["overrides"]): d for d in t["decisions"]} for t in timings]
     cols = "".join(f"s / decision, idle ({t['cpu']}, {t['isa']}, {t['decisions'][0]['threads']} threads) | "
                    for t in timings)
-    lines = [f"| decision | GFLOP / decision | {cols}success, hold 10 | success, first |",
-             "|---|---|" + "---|" * len(timings) + "---|---|"]
+    lines = [f"| decision | GFLOP / decision | GFLOP / env step | {cols}success, hold 10 | success, first |",
+             "|---|---|---|" + "---|" * len(timings) + "---|---|"]
     for name, folder, overrides in cells:
         if not (RESULTS / folder / "report.json").exists():
             continue
@@ -286,7 +300,10 @@ def levers(link: str, cells=LEVERS, timing_files=LEVER_TIMINGS) -> str:
             times.append("as the student's" if name.startswith("1 call") else "-" if sec is None else f"{sec:.2f}")
         s = report(folder)["summary"]
         first = s["protocols"]["first"]
-        lines.append(f"| {name} | {'-' if gflop is None else f'{gflop:.0f}'} | {''.join(t + ' | ' for t in times)}"
+        execute = next((t["execute"] for t in timed if t and "execute" in t), None)  # env steps a decision runs
+        per_step = "-" if gflop is None or execute is None else f"{gflop / execute:.0f}"
+        lines.append(f"| {name} | {'-' if gflop is None else f'{gflop:.0f}'} | {per_step} | "
+                     f"{''.join(t + ' | ' for t in times)}"
                      f"{success([folder], link, True)} | "
                      f"{first['successes']}/{s['episodes']} ({first['success_rate']:.0%}) |")
     return "\n".join(lines)

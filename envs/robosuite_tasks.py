@@ -549,8 +549,9 @@ class RobosuiteGoalEnv(GoalImageEnv):
         ``sfplan fit`` collects with): actions (T, 4), each to be held ``hold`` env steps, so
         it also works under an action repeat; the simulator is restored after. Random motion
         from the rest pose rarely brings the hand to the cube: in a Lift fit's 186 episodes of
-        correlated noise, 0.2% of frames had the hand within 3 cm (horizontally) of the cube
-        and less than 10 cm above the table, where every near goal has it."""
+        correlated noise, 0.6% of frames had the hand within 3 cm (horizontally) of the cube
+        and less than 10 cm above the table, where every near goal has it; with this script in
+        half of 16 episodes, 25%."""
         start = self.get_state()
         try:
             return self._run_script(rng, self._goal_length(rng), hold=max(1, int(hold)))
