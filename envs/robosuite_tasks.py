@@ -62,6 +62,7 @@ down around cubeA) is redrawn. The far script succeeded on all of seeds 0-259 of
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any, Callable, List, Tuple
 
@@ -80,17 +81,17 @@ GAIN = 1.0  # action = GAIN * position error / 5 cm, clipped to +-SPEED
 SPEED = 0.5  # the script moves at most 2.5 cm per step per axis (half the action range)
 
 
-def _import_robosuite():
-    import logging
+def _robosuite_errors_only(record) -> bool:
+    return record.levelno >= logging.ERROR
 
+
+def _import_robosuite():
     # robosuite logs its optional extras at import and each env's controller set-up (INFO, and a
     # WARNING per arm-less part of its composite config): ~10 lines an env, ~900 in one
     # `sfplan fit`. A filter (robosuite resets its logger's level on import) keeps its errors.
     log = logging.getLogger("robosuite_logs")
-    if not any(getattr(f, "sfplan", False) for f in log.filters):
-        keep_errors = lambda record: record.levelno >= logging.ERROR  # noqa: E731
-        keep_errors.sfplan = True
-        log.addFilter(keep_errors)
+    if _robosuite_errors_only not in log.filters:
+        log.addFilter(_robosuite_errors_only)
     try:
         import robosuite  # noqa: F401  (heavy: numba, robot models)
     except ImportError as e:  # pragma: no cover - exercised only without robosuite

@@ -84,7 +84,8 @@ class GoalImageWrapper(gym.Env):
         success_threshold: needed when ``success_fn`` returns a float.
         descriptor_fn: optional ``descriptor_fn(env) -> array or {name: array}``: the goal
             descriptor of the env's current state (the same quantity ``goal_fn`` returns for
-            the goal, e.g. a position; a mapping's values are joined in order). With it (and a MuJoCo env) the wrapper labels recorded states
+            the goal, e.g. a position; a mapping's values are joined in order). With it (and a
+            MuJoCo env) the wrapper labels recorded states
             (``goal_descriptor_of``), so ``sfplan fit`` trains a state probe for
             ``cost=probe``; without it that stage is skipped.
 
