@@ -10,6 +10,12 @@ thread) and timed ``--repeats`` times (median, every CPU thread), side by side i
 process (run it on an idle machine). The time per decision is the mean over a full-length
 episode: (first + (D - 1) re-plans) / D, D = ceil(budget / execute) (an episode that ends at its
 goal has fewer re-plans). Success is measured by the suites.
+
+``--emulate-avx2`` times the same decisions as a CPU without AVX-512 would run them: torch's
+kernels, oneDNN and MKL capped to AVX2 (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``,
+``MKL_ENABLE_INSTRUCTIONS``) and the denoiser in fp32 (``world_model.autocast=none``, what
+``auto`` picks without bf16 instructions). Every JSON records the machine's one-thread fp32
+matmul rate, so an emulated figure can be scaled to a real AVX2 CPU's rate.
 """
 from __future__ import annotations
 
@@ -17,8 +23,14 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
+
+# the AVX2 caps must be in the environment before torch (and its MKL / oneDNN) loads
+AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+if "--emulate-avx2" in sys.argv and any(os.environ.get(k) != v for k, v in AVX2_CAPS.items()):
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_CAPS})
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -72,13 +84,28 @@ def _timed(fn, repeats: int) -> float | None:
     return float(np.median(times)) if times else None
 
 
-def decision_cost(task: str, extra: list[str], repeats: int) -> dict:
+def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
+    """GFLOP/s of an n x n fp32 matmul on one thread: the machine's arithmetic rate."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    dt = (time.perf_counter() - t) / repeats
+    torch.set_num_threads(threads)
+    return 2 * n**3 / dt / 1e9
+
+
+def decision_cost(task: str, extra: list[str], repeats: int, common: tuple[str, ...] = ()) -> dict:
     """GFLOP (one thread) and median wall time (all threads) of the first plan and of a
     warm-started re-plan for the eval config ``env=task`` + ``extra``, and the episode's mean
     time per decision."""
     base = [f"env.search.learned.{k}={v}" for k, v in BASE_SEARCH.get(task, {}).items()
             if not any(o.startswith(f"env.search.learned.{k}=") for o in extra)]
-    cfg = load_config("eval", [f"env={task}", "record=false", "device=cpu", *base, *extra])
+    cfg = load_config("eval", [f"env={task}", "record=false", "device=cpu", *base, *extra, *common])
     env, planner, wm = _build(cfg)
     execute, budget, fill = int(cfg.env.execute), int(cfg.env.budget), str(cfg.warm_fill)
     obs, info = env.reset(seed=100000)
@@ -120,18 +147,27 @@ def main() -> None:
                    help="timed first plans and as many timed re-plans per lever (0: FLOPs only)")
     p.add_argument("--out", type=Path, required=True,
                    help="JSON to write; one per task and CPU (the tables read benchmarks/results/one_step/decision_*.json)")
+    p.add_argument("--emulate-avx2", action="store_true",
+                   help="kernels capped to AVX2 and the denoiser in fp32: a CPU without AVX-512 (see above)")
     args = p.parse_args()
     from sfplan.training.trainer import cpu_info
 
-    rows = [decision_cost(args.task, extra, args.repeats) for extra in LEVERS]
+    common = ("world_model.autocast=none",) if args.emulate_avx2 else ()
+    rate = matmul_gflops()
+    rows = [decision_cost(args.task, extra, args.repeats, common) for extra in LEVERS]
     for r in rows:
         t = (f"; first plan {r['first_plan_s']:.2f} s, re-plan {r['replan_s']:.2f} s, {r['seconds_per_decision']:.2f} s "
              f"per decision" if r["first_plan_s"] is not None else "")
         print(f"{' '.join(r['overrides'])}: {r['gflop']:.1f} GFLOP per re-plan, {r['first_plan_gflop']:.1f} the "
               f"first{t}")
     cpu, isa = cpu_info()
+    if args.emulate_avx2:
+        isa = f"AVX2 emulated on {isa}, fp32"
+    print(f"{cpu} ({isa}): fp32 matmul {rate:.1f} GFLOP/s on one thread")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps({"task": args.task, "cpu": cpu, "isa": isa, "cores": os.cpu_count(),
+                                            "matmul_gflops_1thread": rate,
+                                            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
                                             "decisions": rows}, indent=2))
 
 

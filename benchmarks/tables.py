@@ -247,7 +247,9 @@ LEVERS += [(f"{what}, {n} candidates, horizon 6, re-plan every 2 steps{' (the de
             (f"+world_model.num_steps={k}", f"env.search.learned.num_samples={n}", *_R))
            for what, k, n in (("2 sampler steps", 2, 16), ("one-step student", 1, 32))]
 # decision_flops.py's timings, one JSON per CPU
-LEVER_TIMINGS = ("one_step/decision_reacher.json", "one_step/decision_reacher_avx512bf16.json")
+# (the emulated one: the AVX512-BF16 CPU with its kernels capped to AVX2 and the denoiser in fp32, --emulate-avx2)
+LEVER_TIMINGS = ("one_step/decision_reacher.json", "one_step/decision_reacher_avx2emulated.json",
+                 "one_step/decision_reacher_avx512bf16.json")
 # PointMaze UMaze's one-step student (`planning_suite.py --suite one_step_umaze`, all cells on one machine)
 _U = "one_step_umaze/pointmaze_umaze__cem__learned__world_model-num_steps-"
 LEVERS_UMAZE = [("2 sampler steps, 64 candidates", f"{_U}2",
