@@ -17,6 +17,11 @@
     # was the shipped model): no --dynamics-run
     python scripts/ship_model.py --task Reacher-v0 --distill-run outputs/train/Reacher-v0-distill
 
+    # a `sfplan fit` out dir: its model dir and card, the card's planning table from the
+    # given `sfplan eval` reports (NAME=DIR, e.g. 50 evaluation episodes per world model)
+    python scripts/ship_model.py --task Lift-v0 --fit outputs/fit/lift \
+        --report learned=outputs/eval/lift_learned --report random=outputs/eval/lift_random
+
 Copies ``<dynamics run>/model`` (the full world model: VAE + diffusion + scheduler, and the
 IDM from ``--idm-run`` into ``idm/``) into the package atomically (a temporary folder, then
 a rename), refuses a result over ``--max-mb`` (20 MB: what a git repo should carry), and
@@ -120,6 +125,55 @@ def ship_part_only(task: str, run: Path, stage: str) -> None:
     print(f"shipped {dst / sub}")
 
 
+def planning_table(reports: list[str]) -> str:
+    """The model card's planning section from ``NAME=DIR`` `sfplan eval` report folders."""
+    from sfplan.eval.report import protocol_label
+
+    lines = ["## Planning (CEM, evaluation seeds)", "",
+             "| world model | success | 95% CI | protocol | search | seeds | plan s / decision |",
+             "|---|---|---|---|---|---|---|"]
+    for item in reports:
+        name, _, folder = item.partition("=")
+        if not folder or not (Path(folder) / "report.json").is_file():
+            raise SystemExit(f"--report {item}: give NAME=DIR, DIR an `sfplan eval` out_dir with report.json")
+        rep = json.loads((Path(folder) / "report.json").read_text())
+        s, cfg = rep["summary"], rep["config"]
+        lo, hi = s["success_rate_ci95"]
+        planner = cfg.get("planner") or {}
+        search = (f"{planner['num_samples']} x {planner.get('iterations', 1)}, horizon {planner['horizon']}, "
+                  f"executing {cfg['execute']}" if "num_samples" in planner else "-")
+        seeds = rep["meta"]["seeds"]
+        lines.append(f"| {name} | {s['successes']}/{s['episodes']} | {lo:.0%}-{hi:.0%} | {protocol_label(s)} | "
+                     f"{search} | {seeds[0]}-{seeds[-1]} | {s['plan_time_per_decision_s']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def ship_fit(task: str, fit: Path, reports: list[str], max_mb: float) -> None:
+    """Ship a `sfplan fit` out dir's model (``OUT/model``: world model, state probe, IDM and
+    the fit's model card) as ``sfplan/models/<task>/``, atomically; with ``reports`` the card's
+    planning section (the fit's short closing eval) is replaced by those evaluations."""
+    from sfplan.io import atomic_dir
+
+    src = fit / "model"
+    if not (src / "world_model.json").is_file() or not (src / "README.md").is_file():
+        raise SystemExit(f"{src} holds no finished fit model: run the `sfplan fit ... out={fit}` command to its end")
+    size_mb = sum(f.stat().st_size for f in src.rglob("*") if f.is_file()) / 2**20
+    if size_mb > max_mb:
+        raise SystemExit(f"the model is {size_mb:.1f} MB > --max-mb {max_mb}")
+    card = (src / "README.md").read_text()
+    if reports:
+        head, sep, rest = card.partition("\n## Planning")
+        tail = rest.split("\n## ", 1)[1] if "\n## " in rest else ""
+        card = head.rstrip("\n") + "\n\n" + planning_table(reports) + (f"\n## {tail}" if tail else "")
+
+    def write(d: Path) -> None:
+        shutil.copytree(src, d, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.md", "*.json.tmp"))
+        (d / "README.md").write_text(scrub_paths(card))  # the card ships in the repo: no machine paths
+
+    atomic_dir(MODELS / task, write)
+    print(f"shipped {MODELS / task} ({size_mb:.1f} MB)")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", required=True, help="task name, e.g. Reacher-v0 (for sfplan/Reacher-v0)")
@@ -131,8 +185,17 @@ def main(argv=None) -> None:
     ap.add_argument("--probe-run", type=Path, default=None, help="a `sfplan train stage=probe` run")
     ap.add_argument("--distill-run", type=Path, default=None, help="a `sfplan train stage=distill` run")
     ap.add_argument("--quality", type=Path, default=None, help="JSON of benchmarks/world_model_quality.py")
+    ap.add_argument("--fit", type=Path, default=None, help="a `sfplan fit` out dir: ship its model dir and card")
+    ap.add_argument("--report", action="append", default=[], metavar="NAME=DIR",
+                    help="with --fit: an `sfplan eval` report folder for the card's planning table (repeatable)")
     ap.add_argument("--max-mb", type=float, default=20.0)
     args = ap.parse_args(argv)
+
+    if args.fit is not None:
+        if args.dynamics_run or args.vae_run or args.probe_run or args.distill_run or args.idm_run:
+            raise SystemExit("--fit ships a fit's whole model dir: give it alone (with --report)")
+        ship_fit(args.task, args.fit, args.report, args.max_mb)
+        return
 
     if args.dynamics_run is None:
         if args.probe_run is None and args.distill_run is None:

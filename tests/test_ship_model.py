@@ -238,3 +238,37 @@ def test_portable_paths():
     assert scrub_paths("sfplan train data.path=/srv/u/d/e lr 1/2 see https://x.org/a") == \
         "sfplan train data.path=<...>/d/e lr 1/2 see https://x.org/a"
     assert portable({"a": ["/srv/x/y", 3], "b": None}) == {"a": ["<...>/x/y", 3], "b": None}
+
+
+def test_fit_ship_copies_the_model_dir_and_tabulates_the_given_reports(tmp_path):
+    """--fit ships a fit's model dir with its card, the closing eval's table replaced by the
+    reports given (their success, protocol, search, seeds); a bad report or an unfinished fit
+    is refused before anything is written."""
+    import json
+
+    models = tmp_path / "models"
+    ship = _ship_module(models)
+    fit = tmp_path / "fit"
+    (fit / "model" / "probe").mkdir(parents=True)
+    (fit / "model" / "world_model.json").write_text("{}")
+    (fit / "model" / "probe" / "weights").write_bytes(b"probe")
+    (fit / "model" / "README.md").write_text("# World model\n\nMade by `sfplan fit`.\n\n## Held-out quality\n\nq\n\n"
+                                             "## Planning (CEM, evaluation seeds from 100000)\n\n| learned | 4/15 |\n")
+    rep = tmp_path / "eval"
+    rep.mkdir()
+    summary = {"successes": 21, "episodes": 50, "success_rate_ci95": [0.29, 0.56], "success": "first",
+               "plan_time_per_decision_s": 0.61, "success_rate": 0.42}
+    (rep / "report.json").write_text(json.dumps({"summary": summary, "meta": {"seeds": [100000, 100049]},
+                                                 "config": {"execute": 2, "planner": {"num_samples": 16,
+                                                                                      "iterations": 2, "horizon": 6}}}))
+    with pytest.raises(SystemExit, match="NAME=DIR"):
+        ship.main(["--task", "T-v0", "--fit", str(fit), "--report", str(rep)])
+    with pytest.raises(SystemExit, match="no finished fit"):
+        ship.main(["--task", "T-v0", "--fit", str(tmp_path / "nope")])
+    assert not models.exists() or not any(models.iterdir())
+    ship.main(["--task", "T-v0", "--fit", str(fit), "--report", f"learned={rep}"])
+    dst = models / "T-v0"
+    card = (dst / "README.md").read_text()
+    assert (dst / "probe" / "weights").read_bytes() == b"probe" and (dst / "world_model.json").is_file()
+    assert "4/15" not in card and "| learned | 21/50 | 29%-56% |" in card and "16 x 2, horizon 6, executing 2" in card
+    assert "100000-100049" in card and card.startswith("# World model") and "## Held-out quality" in card
