@@ -139,9 +139,50 @@ def table() -> str:
                          f"{q['psnr']['model']:.2f} / {q['psnr']['copy_last']:.2f} | {q['object_psnr']['model']:.2f} / "
                          f"{q['object_psnr']['copy_last']:.2f} | {q['adherence_margin_db']:+.2f} | {_state_error(q)} | "
                          f"{'no' if quality_verdict(q) else 'yes'} |")
+    lines += search_table()
     text = "\n".join(lines) + "\n"
     (RESULTS / "README.md").write_text(text)
     return text
+
+
+SEARCH = RESULTS.parent / "fit_search"  # one `sfplan eval` folder per cell: <env>__<tuning|evaluation>__<row>
+SEARCH_ROWS = {"chunk_64": ["env.search.learned.horizon=8", "env.search.learned.execute=4",
+                            "env.search.learned.num_samples=64"],
+               "replan_16": ["env.search.learned.horizon=6", "env.search.learned.execute=2",
+                             "env.search.learned.num_samples=16"]}
+
+
+def search_table() -> list[str]:
+    """The learned row's search on fitted models: one chunk executing half of it at 64 candidates
+    against three quarters of it re-planned every 2 steps at 16 (cells run with
+    ``sfplan eval ... <SEARCH_ROWS[row]> out_dir=benchmarks/results/fit_search/<env>__<split>__<row>``),
+    paired episode by episode."""
+    from sfplan.eval.report import protocol_label
+
+    cells = {}
+    for f in sorted(SEARCH.glob("*/report.json")):
+        env, split, row = f.parent.name.split("__")
+        cells.setdefault((env, split), {})[row] = json.loads(f.read_text())
+    if not cells:
+        return []
+    lines = ["", "Learned search on fitted models, the same episodes per row (`fit_search/`): success under the "
+             "env's protocol, episodes reached only by this row / only by the other, time per decision (2 episodes "
+             "at a time, one thread each, AMD EPYC AVX512-BF16); tuning seeds 60000 + i chose the generic row, "
+             "evaluation seeds 100000 + i report it:", "",
+             "| env | seeds | row | search | success | only this / only other | s / decision |",
+             "|---|---|---|---|---|---|---|"]
+    for (env, split), rows in cells.items():
+        wins = {k: {e["seed"] for e in r["episodes"] if e["success"]} for k, r in rows.items()}
+        for k, r in rows.items():
+            s = r["summary"]
+            other = [wins[o] for o in wins if o != k and o != "random"]
+            only = (f"{len(wins[k] - other[0])} / {len(other[0] - wins[k])}" if k != "random" and other else "-")
+            seeds = r["meta"]["seeds"]
+            lo, hi = s["success_rate_ci95"]
+            lines.append(f"| {env} | {split} {seeds[0]}-{seeds[-1]} | {k} | {_search_label({'search': _search(r['config'])})} "
+                         f"| {s['successes']}/{s['episodes']} ({lo:.0%}-{hi:.0%}), {protocol_label(s)} | {only} | "
+                         f"{s['plan_time_per_decision_s']:.2f} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def _steps_under_action_repeat(cfg: DictConfig, overrides: list[str]) -> None:
     success is held hold_steps / k (rounded up): the same time in the task as without the
     repeat, so a learned model that plans at k and a baseline that does not are compared on
     equal terms. The search rows of the world models that step the task itself (every row but
-    ``learned``, whose horizon is the model's chunk in its own steps) plan ``horizon`` and
+    ``learned``, which counts the model's own steps) plan ``horizon`` and
     ``execute`` task steps likewise: a Pusher oracle row of 16 / 4 becomes 4 / 1 at k = 4, not
     64 / 16 task steps. Values given on the command line, and a budget derived from the wrapped
     env's own limit (``auto``), are steps of the wrapped env and kept."""
@@ -171,6 +171,17 @@ def _steps_under_action_repeat(cfg: DictConfig, overrides: list[str]) -> None:
                     row[key] = -(-row[key] // k)
 
 
+def _shipped_for(cfg: DictConfig) -> str | None:
+    """The model shipped for the env, where the learned world model's ``path`` is null (its default)."""
+    wm = cfg.get("world_model") or {}
+    if wm.get("kind") != "learned" or wm.get("path") is not None:
+        return None
+    from sfplan.models import shipped_models
+
+    shipped = shipped_models().get(str(OmegaConf.select(cfg, "env.id")))
+    return str(shipped) if shipped is not None else None
+
+
 def model_env_kwargs(name: str, overrides: list[str], cfg: DictConfig) -> dict:
     """``eval``: the env kwargs recorded in the learned model's dir (``world_model.path``, or with
     ``path: null`` the model shipped for the env) when the env is the one it was trained on
@@ -178,12 +189,7 @@ def model_env_kwargs(name: str, overrides: list[str], cfg: DictConfig) -> dict:
     plans at it."""
     if name != "eval":
         return {}
-    path = dict(_split(o) for o in overrides if "=" in o).get("world_model.path")
-    if not path and cfg.get("world_model", {}).get("kind") == "learned" and cfg.world_model.get("path") is None:
-        from sfplan.models import shipped_models
-
-        shipped = shipped_models().get(str(OmegaConf.select(cfg, "env.id")))
-        path = str(shipped) if shipped is not None else None
+    path = dict(_split(o) for o in overrides if "=" in o).get("world_model.path") or _shipped_for(cfg)
     if not path:
         return {}
     rec = _model_dir_env(path) or {}
@@ -228,12 +234,21 @@ def _has_auto(env: DictConfig) -> bool:
     return env.get("budget") == "auto" or any(v == "auto" for row in rows.values() for v in row.values())
 
 
+#: the learned row's ``auto`` search: a small search re-planned often, horizon three quarters of the
+#: model's chunk (6 of 8) executing 2 steps of each plan; with 16 candidates it planned better than one
+#: chunk executing half of it at 64 candidates, at a fifth of the FLOPs, with the shipped Reacher and
+#: PointMaze UMaze models and fitted ones (benchmarks/RESULTS.md#plan-time, benchmarks/results/fit/README.md)
+AUTO_HORIZON_SHARE, AUTO_EXECUTE = 0.75, 2
+
+
 def derive_env_settings(cfg: DictConfig) -> None:
     """Fill the ``auto`` settings of ``env=custom`` from the env itself (made once here, so a
     bad env fails with its fix before anything slow) and from the world model dir:
     ``budget`` (the env's TimeLimit, ``sfplan.envs.spec.derived_budget``), the learned row's
-    ``horizon`` (the model's chunk) and ``cost`` (the one a fit chose, recorded in the model dir's
-    ``world_model.json`` under ``planning``; else ``probe`` where the model dir has one)."""
+    ``horizon`` and ``execute`` (``AUTO_HORIZON_SHARE`` of the model's chunk, ``AUTO_EXECUTE``
+    steps of each plan) and ``cost`` (the one a fit chose, recorded in the model dir's
+    ``world_model.json`` under ``planning``; else ``probe`` where the model dir has one). The
+    model dir is ``world_model.path``, or the model shipped for the env where it is null."""
     import json
     from pathlib import Path
 
@@ -249,8 +264,9 @@ def derive_env_settings(cfg: DictConfig) -> None:
         env.close()
     model_dir = None
     wm = cfg.get("world_model")
-    if wm is not None and wm.get("kind") == "learned" and wm.get("path"):
-        p = Path(str(wm.path)).expanduser()
+    path = (wm.get("path") if wm is not None and wm.get("kind") == "learned" else None) or _shipped_for(cfg)
+    if path:
+        p = Path(str(path)).expanduser()
         model_dir = p if (p / "world_model.json").is_file() else p / "model"
     with open_dict(cfg):
         if cfg.env.get("budget") == "auto":
@@ -261,9 +277,9 @@ def derive_env_settings(cfg: DictConfig) -> None:
             meta = json.loads((model_dir / "world_model.json").read_text())
             chunk = int(meta.get("chunk_size", 8))
         if row.get("horizon") == "auto":
-            row.horizon = chunk
+            row.horizon = max(1, round(AUTO_HORIZON_SHARE * chunk))
         if row.get("execute") == "auto":
-            row.execute = max(1, chunk // 2)
+            row.execute = min(AUTO_EXECUTE, int(row.horizon))
         if row.get("cost") == "auto":  # the cost a fit chose by its held-out check, else probe where there is one
             has_probe = model_dir is not None and (model_dir / "probe" / "config.json").is_file()
             row.cost = (meta.get("planning") or {}).get("cost") or ("probe" if has_probe else "multiscale")

@@ -101,7 +101,7 @@ def test_a_tasks_budget_and_hold_count_its_own_steps_under_a_repeat():
 
 def test_the_oracle_row_plans_as_far_ahead_in_task_steps_under_a_repeat():
     """The oracle row's horizon and execute count the task's steps (Pusher's 16 / 4 is 4 / 1 at
-    k = 4, not 64 / 16 task steps); the learned row's horizon is the model's chunk, kept; a row
+    k = 4, not 64 / 16 task steps); the learned row counts the model's steps, kept; a row
     value given on the command line is kept."""
     from sfplan.config import load_config
 

@@ -98,7 +98,8 @@ def test_an_env_sfplan_does_not_ship_gets_settings_from_itself_not_reacher():
     cfg = load_config("eval", ["env.id=puck_env:make_puck"])
     assert cfg.env.budget == 60  # its TimeLimit
     assert cfg.env.search.learned.cost == "multiscale"  # no model dir with a probe: not Reacher's probe row
-    assert cfg.planner.horizon == 8 and cfg.execute == 4  # the learned row: one chunk of the default model
+    # the learned row: the small search re-planned every 2 steps, 3/4 of the default model's chunk of 8
+    assert (cfg.planner.horizon, cfg.execute, cfg.planner.num_samples) == (6, 2, 16)
     oracle = load_config("eval", ["env.id=puck_env:make_puck", "world_model=oracle"])
     assert oracle.planner.horizon == oracle.env.search.oracle.horizon
     # an id that a shipped task config names composes that config
@@ -107,9 +108,9 @@ def test_an_env_sfplan_does_not_ship_gets_settings_from_itself_not_reacher():
 
 def test_a_users_own_env_yaml_is_merged_over_the_custom_config(tmp_path):
     f = tmp_path / "puck.yaml"
-    f.write_text("id: puck_env:make_puck\nbudget: 30\nsearch:\n  learned: {num_samples: 16}\n")
+    f.write_text("id: puck_env:make_puck\nbudget: 30\nsearch:\n  learned: {num_samples: 32}\n")
     cfg = load_config("eval", [f"env={f}"])
-    assert cfg.env.budget == 30 and cfg.planner.num_samples == 16 and cfg.env.search.learned.horizon == 8
+    assert cfg.env.budget == 30 and cfg.planner.num_samples == 32 and cfg.env.search.learned.horizon == 6
     with pytest.raises(UserError, match="no such file"):
         load_config("eval", [f"env={tmp_path / 'nope.yaml'}"])
 
@@ -263,7 +264,7 @@ def test_a_model_dirs_planning_cost_decides_cost_auto(tmp_path):
     assert load_config("eval", [f"world_model.path={tmp_path}"]).env.search.learned.cost == "probe"
     (tmp_path / "world_model.json").write_text(json.dumps({**meta, "planning": {"cost": "multiscale"}}))
     cfg = load_config("eval", [f"world_model.path={tmp_path}"])
-    assert cfg.env.search.learned.cost == "multiscale" and cfg.planner.horizon == 6
+    assert cfg.env.search.learned.cost == "multiscale" and (cfg.planner.horizon, cfg.execute) == (4, 2)  # 3/4 of 6
 
 
 def test_derived_weights_follow_the_size_of_what_moves():
