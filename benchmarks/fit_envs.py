@@ -10,7 +10,8 @@
 module that is not installed). The fit resumes when run again; each eval is skipped when its
 report exists. Writes ``benchmarks/results/fit/<name>.json``: the fit summary (stages, derived
 recipe, held-out quality, hardware), the model size, and the evaluations on the evaluation
-seeds (100000 + i), learned / oracle / random each on the same episodes.
+seeds (100000 + i), learned / oracle / random each on the same episodes (the oracle on the first
+``--oracle-episodes`` of them where given: its decisions simulate every candidate).
 """
 from __future__ import annotations
 
@@ -48,9 +49,10 @@ def run(args) -> dict:
     evals = {}
     per = {"learned": {"model": str(out)}, "oracle": {"world_model": "oracle"}, "random": {"planner": "random"}}
     for name in args.baselines:
-        where = out / "eval" / (name if args.fit_eval else f"bench_{name}_{args.episodes}")
+        episodes = args.oracle_episodes if name == "oracle" and args.oracle_episodes else args.episodes
+        where = out / "eval" / (name if args.fit_eval else f"bench_{name}_{episodes}")
         if not (where / "report.json").is_file() and not args.fit_eval:
-            sfplan.evaluate(spec, episodes=args.episodes, out_dir=str(where), progress=False, max_gifs=4,
+            sfplan.evaluate(spec, episodes=episodes, out_dir=str(where), progress=False, max_gifs=4, jobs=args.jobs,
                             **per[name])
         rep = json.loads((where / "report.json").read_text())
         s = rep["summary"]
@@ -193,6 +195,9 @@ if __name__ == "__main__":
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--baselines", nargs="+", default=["learned", "oracle", "random"])
+    ap.add_argument("--oracle-episodes", type=int, default=None,
+                    help="fewer episodes for the oracle, whose decisions simulate every candidate (default: --episodes)")
+    ap.add_argument("--jobs", type=int, default=1, help="episodes run side by side (sfplan eval jobs=)")
     ap.add_argument("--fit-eval", action="store_true", help="report the fit's own closing eval (same seeds for "
                     "each baseline, as many episodes as its share allowed) instead of running --episodes more")
     ap.add_argument("--table", action="store_true")

@@ -161,6 +161,9 @@ def ship_fit(task: str, fit: Path, reports: list[str], max_mb: float) -> None:
     if size_mb > max_mb:
         raise SystemExit(f"the model is {size_mb:.1f} MB > --max-mb {max_mb}")
     card = (src / "README.md").read_text()
+    title, _, body = card.partition("\n")
+    card = (f"{title}\n\nShipped with sfplan: `sfplan eval env.id=sfplan/{task}` (or the task's config name) loads it "
+            f"by default.\n{body}")
     if reports:
         head, sep, rest = card.partition("\n## Planning")
         tail = rest.split("\n## ", 1)[1] if "\n## " in rest else ""

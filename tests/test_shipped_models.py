@@ -10,7 +10,10 @@ from sfplan.cli import main
 from sfplan.models import shipped_model_path, shipped_models
 from sfplan.world_model.learned import checkpoint_sha256, load_world_model
 
-SHIPPED = ["sfplan/Reacher-v0", "sfplan/PointMazeUMaze-v0", "sfplan/PointMazeMedium-v0"]
+SHIPPED = ["sfplan/Reacher-v0", "sfplan/PointMazeUMaze-v0", "sfplan/PointMazeMedium-v0", "sfplan/Lift-v0"]
+# a card from `sfplan train` runs (scripts/ship_model.py) or from a `sfplan fit` (ship_model.py --fit)
+TRAINED_CARD = ("Held-out quality", "Stage 2: dynamics", "Stage 1: frame VAE", "command", "wall time")
+FIT_CARD = ("Made by `sfplan fit", "## Derived settings", "## Stages", "## Held-out quality", "## Planning")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
@@ -23,7 +26,7 @@ def test_shipped_model_loads_small_and_carded(task):
     size_mb = sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20
     assert size_mb <= 20.0
     card = (d / "README.md").read_text()
-    for section in ("Held-out quality", "Stage 2: dynamics", "Stage 1: frame VAE", "command", "wall time"):
+    for section in FIT_CARD if "(sfplan fit)" in card.splitlines()[0] else TRAINED_CARD:
         assert section in card, section
     wm = load_world_model(None, device="cpu", task=task)
     assert wm.checkpoint_sha256 == checkpoint_sha256(d)
@@ -47,6 +50,18 @@ def test_generate_defaults_to_the_shipped_model_on_a_simulated_episode(tmp_path)
     assert m["source"] == {"task": "sfplan/Reacher-v0", "seed": 100000, "policy": "correlated"}
     assert m["checkpoint_sha256"] == checkpoint_sha256(shipped_model_path("sfplan/Reacher-v0"))
     assert len(m["per_step"]["step"]) == 4 and (out / "video.gif").exists()
+
+
+def test_a_shipped_fit_model_sets_its_tasks_derived_search_and_action_repeat():
+    """`sfplan eval env=lift` plans with the shipped Lift model as its fit made it: at its action
+    repeat, with the cost the fit chose (its probe) and the search derived from its chunk."""
+    pytest.importorskip("robosuite")
+    from sfplan.config import load_config
+
+    cfg = load_config("eval", ["env=lift"])
+    assert cfg.env.kwargs.action_repeat == 2 and cfg.env.search.learned.cost == "probe"
+    assert (cfg.planner.horizon, cfg.execute, cfg.planner.num_samples) == (6, 2, 16)
+    assert cfg.budget == 40  # the task's 80 steps at the model's repeat of 2
 
 
 def test_no_shipped_model_names_the_fix():
