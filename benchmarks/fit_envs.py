@@ -160,6 +160,7 @@ def search_table() -> list[str]:
     ``sfplan eval ... <SEARCH_ROWS[row]> out_dir=benchmarks/results/fit_search/<env>__<split>__<row>``),
     paired episode by episode."""
     from sfplan.eval.report import protocol_label
+    from tables import plan_time  # benchmarks/tables.py: seconds per decision with the threads it ran on
 
     cells = {}
     for f in sorted(SEARCH.glob("*/report.json")):
@@ -168,9 +169,9 @@ def search_table() -> list[str]:
     if not cells:
         return []
     lines = ["", "Learned search on fitted models, the same episodes per row (`fit_search/`): success under the "
-             "env's protocol, episodes reached only by this row / only by the other, time per decision (2 episodes "
-             "at a time, one thread each, AMD EPYC AVX512-BF16); tuning seeds 60000 + i chose the generic row, "
-             "evaluation seeds 100000 + i report it:", "",
+             "env's protocol, episodes reached only by this row / only by the other, time per decision (AMD EPYC "
+             "AVX512-BF16, 2 cores); tuning seeds 60000 + i chose the generic row, evaluation seeds 100000 + i "
+             "report it:", "",
              "| env | seeds | row | search | success | only this / only other | s / decision |",
              "|---|---|---|---|---|---|---|"]
     for (env, split), rows in cells.items():
@@ -181,9 +182,10 @@ def search_table() -> list[str]:
             only = (f"{len(wins[k] - other[0])} / {len(other[0] - wins[k])}" if k != "random" and other else "-")
             seeds = r["meta"]["seeds"]
             lo, hi = s["success_rate_ci95"]
-            lines.append(f"| {env} | {split} {seeds[0]}-{seeds[-1]} | {k} | {_search_label({'search': _search(r['config'])})} "
+            search = _search_label({"search": _search(r["config"])}) if k != "random" else "random actions"
+            lines.append(f"| {env} | {split} {seeds[0]}-{seeds[-1]} | {k} | {search} "
                          f"| {s['successes']}/{s['episodes']} ({lo:.0%}-{hi:.0%}), {protocol_label(s)} | {only} | "
-                         f"{s['plan_time_per_decision_s']:.2f} |")
+                         f"{plan_time(f'{SEARCH.name}/{env}__{split}__{k}') if k != 'random' else '-'} |")
     return lines
 
 

@@ -262,7 +262,7 @@ LEVERS_UMAZE = [("2 sampler steps, 64 candidates", f"{_U}2",
                  ("+world_model.num_steps=1", "env.search.learned.num_samples=32")),
                 ("2 sampler steps, 16 candidates, horizon 6, re-plan every 2 steps (the default)", _U1,
                  ("+world_model.num_steps=2", "env.search.learned.num_samples=16", *_R))]
-LEVER_TIMINGS_UMAZE = ("one_step/decision_pointmaze_umaze_avx512bf16.json",)
+LEVER_TIMINGS_UMAZE = ("one_step/decision_pointmaze_umaze_avx2emulated.json", "one_step/decision_pointmaze_umaze_avx512bf16.json")
 
 def peer(link: str) -> str:
     lines = ["| task | learned | oracle | random | steps to success, learned (mean) |", "|---|---|---|---|---|"]
