@@ -178,8 +178,8 @@ def search_table() -> list[str]:
         wins = {k: {e["seed"] for e in r["episodes"] if e["success"]} for k, r in rows.items()}
         for k, r in rows.items():
             s = r["summary"]
-            other = [wins[o] for o in wins if o != k and o != "random"]
-            only = (f"{len(wins[k] - other[0])} / {len(other[0] - wins[k])}" if k != "random" and other else "-")
+            other = [wins[o] for o in wins if o != k and o in SEARCH_ROWS]  # the other search row, paired
+            only = f"{len(wins[k] - other[0])} / {len(other[0] - wins[k])}" if k in SEARCH_ROWS and other else "-"
             seeds = r["meta"]["seeds"]
             lo, hi = s["success_rate_ci95"]
             search = _search_label({"search": _search(r["config"])}) if k != "random" else "random actions"

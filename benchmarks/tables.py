@@ -64,7 +64,7 @@ HEADLINE = [
          random=["oracle_near_20/pusher__random__oracle"], time=None, hw=None),
     # the shipped Lift model (a default `sfplan fit`), its task config's learned row derived from the model dir
     dict(task="robosuite Lift", goal="near", learned=["fit_search/lift__evaluation__replan_16"],
-         oracle=["oracle_near_5/lift__cem__oracle"], random=["fit_search/lift__evaluation__random"],
+         oracle=["fit_search/lift__evaluation__oracle"], random=["fit_search/lift__evaluation__random"],
          time="fit_search/lift__evaluation__replan_16", hw=AVX512),
 ]
 
