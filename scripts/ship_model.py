@@ -165,7 +165,7 @@ def ship_fit(task: str, fit: Path, reports: list[str], max_mb: float) -> None:
     card = (f"{title}\n\nShipped with sfplan: `sfplan eval env.id=sfplan/{task}` (or the task's config name) loads it "
             f"by default.\n{body}")
     if reports:
-        head, sep, rest = card.partition("\n## Planning")
+        head, _, rest = card.partition("\n## Planning")
         tail = rest.split("\n## ", 1)[1] if "\n## " in rest else ""
         card = head.rstrip("\n") + "\n\n" + planning_table(reports) + (f"\n## {tail}" if tail else "")
 
