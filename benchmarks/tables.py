@@ -107,7 +107,11 @@ FAR = {
 }
 
 # Plan time per decision of the default Reacher planner (shipped model, its default search row, probe cost).
-SPEED = [("replan/speed", AVX512, "bf16 denoiser (`world_model.autocast=auto`)")]
+SPEED = [("replan/speed", AVX512, "bf16 denoiser (`world_model.autocast=auto`)"),
+         # the same CPU as one without AVX-512: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+         # MKL_ENABLE_INSTRUCTIONS=AVX2 in the environment
+         ("replan/speed_avx2_emulated", "AMD EPYC, 2 cores (AVX512-BF16 capped to AVX2 kernels)",
+          "fp32 denoiser (`world_model.autocast=none`, what `auto` picks without bf16)")]
 
 # Held-out quality of the shipped world models (benchmarks/world_model_quality.py, one chunk).
 QUALITY = [("Reacher-v0", "wm_quality/Reacher-v0_dynamics8.json"),
