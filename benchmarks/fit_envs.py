@@ -34,7 +34,7 @@ def _git_commit() -> str:
 
 def run(args) -> dict:
     import sfplan
-    from sfplan.eval.report import protocol_label
+    from sfplan.eval.report import protocol_label, search_of
 
     spec = args.env
     if spec.count(":") >= 2 and not spec.startswith("sfplan/"):  # DIR:module:callable
@@ -60,7 +60,7 @@ def run(args) -> dict:
                        "success_rate": s["success_rate"],
                        "ci95": s["success_rate_ci95"], "plan_time_per_decision_s": s["plan_time_per_decision_s"],
                        "steps_mean": s["steps_mean"], "seeds": [rep["meta"]["seeds"][0], rep["meta"]["seeds"][-1]],
-                       "search": _search(rep["config"])}
+                       "search": search_of(rep["config"])}
     model_mb = sum(f.stat().st_size for f in (out / "model").rglob("*") if f.is_file()) / 2**20
     res = {"name": args.name, "env": fit["env"], "minutes": fit["minutes"], "commit": _git_commit(),
            "hardware": fit["hardware"], "stages": fit["stages"], "recipe": fit["recipe"],
@@ -80,21 +80,8 @@ def _state_error(q: dict) -> str:
     return f"{se['model']:.3f} / {se['copy_last']:.3f}" + (f" ({se['truth']:.3f})" if "truth" in se else "")
 
 
-def _search(cfg: dict) -> dict | None:
-    """The search an eval planned with (its report's config); None for a planner without one."""
-    planner = cfg.get("planner") or {}
-    if "num_samples" not in planner:
-        return None
-    return {"num_samples": planner["num_samples"], "iterations": planner.get("iterations", 1),
-            "horizon": planner.get("horizon"), "execute": cfg.get("execute")}
-
-
-def _search_label(d: dict | None) -> str:
-    s = (d or {}).get("search")
-    return f"{s['num_samples']} x {s['iterations']}, H {s['horizon']}, exec {s['execute']}" if s else "not recorded"
-
-
 def table() -> str:
+    from sfplan.eval.report import search_label
     from sfplan.training.fit import quality_verdict
 
     rows = [r for r in (json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))) if "eval" in r]
@@ -118,6 +105,7 @@ def table() -> str:
                                                                               "idm"))
         c = st["collect"]
         learned = ev.get("learned", {}).get("plan_time_per_decision_s")
+        search = search_label(ev["learned"]["search"]) if "search" in ev.get("learned", {}) else "not recorded"
         hw = r["hardware"]
         walled = [d for d in st.values() if d.get("status") != "skipped"]
         total = f"{sum(float(d['wall_s']) for d in walled) / 60:.1f}" if all("wall_s" in d for d in walled) else "n/a"
@@ -125,7 +113,7 @@ def table() -> str:
         lines.append(f"| {r['name']} (`{r['env']['id']}`) | {protocol} | {cell('learned')} | {cell('oracle')} | {cell('random')} "
                      f"| {r['minutes']:g} / {total} | {walls} | {c['dataset_episodes']} ep x {c['steps']} steps "
                      f"({c['dataset_mb']:.0f} MB), {c.get('policy', 'correlated')} | {r['model_mb']:.1f} | "
-                     f"{_search_label(ev.get('learned'))} | "
+                     f"{search} | "
                      f"{f'{learned:.2f}' if learned else 'n/a'} | {hw['cpu']} ({hw['isa']}), {hw['cores']} cores |")
     lines += ["", "Derived recipe and held-out quality (one chunk, model / copy-last; adherence = object PSNR "
               "true minus shuffled actions; state error: the distance between the probe's reading of the frames "
@@ -159,7 +147,7 @@ def search_table() -> list[str]:
     against three quarters of it re-planned every 2 steps at 16 (cells run with
     ``sfplan eval ... <SEARCH_ROWS[row]> out_dir=benchmarks/results/fit_search/<env>__<split>__<row>``),
     paired episode by episode."""
-    from sfplan.eval.report import protocol_label
+    from sfplan.eval.report import protocol_label, search_label, search_of
     from tables import plan_time  # benchmarks/tables.py: seconds per decision with the threads it ran on
 
     cells = {}
@@ -182,7 +170,7 @@ def search_table() -> list[str]:
             only = f"{len(wins[k] - other[0])} / {len(other[0] - wins[k])}" if k in SEARCH_ROWS and other else "-"
             seeds = r["meta"]["seeds"]
             lo, hi = s["success_rate_ci95"]
-            search = _search_label({"search": _search(r["config"])}) if k != "random" else "random actions"
+            search = search_label(search_of(r["config"]))
             lines.append(f"| {env} | {split} {seeds[0]}-{seeds[-1]} | {k} | {search} "
                          f"| {s['successes']}/{s['episodes']} ({lo:.0%}-{hi:.0%}), {protocol_label(s)} | {only} | "
                          f"{plan_time(f'{SEARCH.name}/{env}__{split}__{k}') if k != 'random' else '-'} |")

@@ -127,7 +127,7 @@ def ship_part_only(task: str, run: Path, stage: str) -> None:
 
 def planning_table(reports: list[str]) -> str:
     """The model card's planning section from ``NAME=DIR`` `sfplan eval` report folders."""
-    from sfplan.eval.report import protocol_label
+    from sfplan.eval.report import protocol_label, search_label, search_of
 
     lines = ["## Planning (CEM, evaluation seeds)", "",
              "| world model | success | 95% CI | protocol | search | seeds | plan s / decision |",
@@ -137,11 +137,9 @@ def planning_table(reports: list[str]) -> str:
         if not folder or not (Path(folder) / "report.json").is_file():
             raise SystemExit(f"--report {item}: give NAME=DIR, DIR an `sfplan eval` out_dir with report.json")
         rep = json.loads((Path(folder) / "report.json").read_text())
-        s, cfg = rep["summary"], rep["config"]
+        s = rep["summary"]
         lo, hi = s["success_rate_ci95"]
-        planner = cfg.get("planner") or {}
-        search = (f"{planner['num_samples']} x {planner.get('iterations', 1)}, horizon {planner['horizon']}, "
-                  f"executing {cfg['execute']}" if "num_samples" in planner else "-")
+        search = search_label(search_of(rep["config"]))
         seeds = rep["meta"]["seeds"]
         lines.append(f"| {name} | {s['successes']}/{s['episodes']} | {lo:.0%}-{hi:.0%} | {protocol_label(s)} | "
                      f"{search} | {seeds[0]}-{seeds[-1]} | {s['plan_time_per_decision_s']:.2f} |")

@@ -152,6 +152,24 @@ def protocol_label(summary: dict, name: str | None = None) -> str:
     return f"hold {summary['hold_steps']}" if name == "hold" else name
 
 
+def search_of(config: dict) -> dict | None:
+    """The search a report's ``config`` planned with (candidates, CEM iterations, horizon,
+    steps executed per plan); None for a planner that draws no candidates (random)."""
+    planner = config.get("planner") or {}
+    if "num_samples" not in planner:
+        return None
+    return {"num_samples": planner["num_samples"], "iterations": planner.get("iterations", 1),
+            "horizon": planner.get("horizon"), "execute": config.get("execute")}
+
+
+def search_label(search: dict | None) -> str:
+    """``search_of``'s dict as a table cell: ``16 x 2, horizon 6, executing 2``."""
+    if not search:
+        return "-"
+    return (f"{search['num_samples']} x {search['iterations']}, horizon {search['horizon']}, "
+            f"executing {search['execute']}")
+
+
 def _headline(report: dict) -> list[tuple[str, str]]:
     s, m = report["summary"], report["meta"]
     protocol = s.get("protocol", "first")
