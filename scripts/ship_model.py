@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from sfplan.paths import portable_path, scrub_paths
@@ -273,4 +274,10 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as e:  # a refusal (a message, not a status): bad input, exit 2 as the CLI does
+        if isinstance(e.code, str):
+            print(f"ship_model.py: {e.code}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
